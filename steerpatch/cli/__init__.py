@@ -1,0 +1,1 @@
+"""The `steerpatch` command line: a thin shell over the library."""

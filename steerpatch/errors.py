@@ -1,0 +1,65 @@
+"""The error tree. Every error a user can cause is a `SteerpatchError` with an exit code.
+
+The CLI prints `str(error)` as one line (or one line per problem for documents) and exits with
+`error.exit_code`; no traceback reaches the user for these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class SteerpatchError(Exception):
+    """Base class: bad input or a refused operation. Exit code 2 unless a subclass says otherwise."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
+        self.problems = list(problems)
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+class PatchError(SteerpatchError):
+    """A patch document is invalid, tampered with, or does not fit its model or SAE."""
+
+
+class SAEError(SteerpatchError):
+    """An SAE folder or file is malformed or does not fit the model."""
+
+
+class ModelError(SteerpatchError):
+    """A model cannot be found, loaded or fingerprinted."""
+
+
+class DatasetError(SteerpatchError):
+    """An image folder or manifest is missing, empty or unreadable."""
+
+
+class OutputError(SteerpatchError):
+    """An output location cannot be written (exists and is not empty, say)."""
+
+
+class RegistryError(SteerpatchError):
+    """The MLflow registry refused an operation or holds something unexpected."""
+
+
+class CompileError(SteerpatchError):
+    """An ONNX graph could not be built, or failed its parity check."""
+
+
+class MissingDependencyError(SteerpatchError):
+    """An optional dependency (an extra) is needed for this command."""
+
+
+class GateFailed(SteerpatchError):
+    """A validation verdict or promotion gate failed. Exit code 1: the input was fine, the result was not."""
+
+    exit_code = 1
+
+
+class IntegrityError(SteerpatchError):
+    """A stored artifact no longer matches its recorded hash. Exit code 1."""
+
+    exit_code = 1
