@@ -1,0 +1,31 @@
+"""Attribution: which SAE latents drive one prediction, where they fire, and what they stand for.
+
+Example:
+    >>> from steerpatch.attribute import attribute  # doctest: +SKIP
+    >>> result = attribute(loaded, sae, "star_on_water.png", target="star", against="circle")  # doctest: +SKIP
+"""
+
+from steerpatch.attribute.attribution import Attribution, LatentAttribution, attribute
+from steerpatch.attribute.exemplars import GroupLift, exemplar_attributes, exemplar_ids, top_groups
+from steerpatch.attribute.forward import encode_prefix, encode_suffix, num_blocks
+from steerpatch.attribute.heatmap import latent_grid, overlay, write_overlay
+from steerpatch.attribute.scores import ablation_effects, latent_scores, margin
+
+__all__ = [
+    "Attribution",
+    "GroupLift",
+    "LatentAttribution",
+    "ablation_effects",
+    "attribute",
+    "encode_prefix",
+    "encode_suffix",
+    "exemplar_attributes",
+    "exemplar_ids",
+    "latent_grid",
+    "latent_scores",
+    "margin",
+    "num_blocks",
+    "overlay",
+    "top_groups",
+    "write_overlay",
+]

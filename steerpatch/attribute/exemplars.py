@@ -1,0 +1,91 @@
+"""What a latent stands for, read from the SAE's stored statistics: its top images and its groups.
+
+The top-activating held-out images are the exemplars a person looks at; the groups where the latent
+fires far more often than on average ("background=water: 0.97, x3.9") say the same in words.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class GroupLift(BaseModel):
+    """How much more often a latent fires inside a group than overall."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str  # "attribute=value"
+    rate: float  # firing rate inside the group
+    lift: float  # rate / overall firing rate
+
+
+def top_groups(stats, latent: int, *, k: int = 3, min_size: int = 5) -> list[GroupLift]:
+    """The groups where a latent fires most above its overall rate.
+
+    Args:
+        stats: `LatentStats`.
+        latent: the latent index.
+        k: how many groups to return.
+        min_size: ignore groups with fewer images than this.
+
+    Returns:
+        Up to k groups, highest lift first (empty when the latent never fires).
+    """
+    overall = float(stats.firing_rate[latent])
+    if overall <= 0:
+        return []
+    rows = [
+        GroupLift(group=g, rate=float(v[latent]), lift=float(v[latent]) / overall)
+        for g, v in stats.firing_rate_by_group.items()
+        if stats.group_sizes.get(g, min_size) >= min_size
+    ]
+    return sorted(rows, key=lambda r: (-r.lift, r.group))[:k]
+
+
+def exemplar_ids(stats, latent: int, k: int = 8) -> list[str]:
+    """Item ids of a latent's top-activating images, strongest first."""
+    return list(stats.top_images.get(latent, []))[:k]
+
+
+def exemplar_attributes(dataset, ids: list[str]) -> dict[str, dict[str, int]]:
+    """Counts of each attribute value among the exemplars, leaving out attributes unique to each image.
+
+    Args:
+        dataset: the `ImageDataset` the ids come from.
+        ids: exemplar item ids.
+
+    Returns:
+        attribute -> value -> count, most common value first; ids missing from the dataset are skipped.
+    """
+    by_id = {item.id: item for item in dataset.items}
+    items = [by_id[i] for i in ids if i in by_id]
+    counts: dict[str, Counter] = {}
+    for item in items:
+        for key, value in item.attributes.items():
+            if isinstance(value, (str, bool, int)):
+                counts.setdefault(key, Counter())[str(value)] += 1
+    return {k: dict(c.most_common()) for k, c in sorted(counts.items()) if len(c) < len(items) or len(items) == 1}
+
+
+def exemplar_montage(dataset, ids: list[str], path: str | Path, *, tile: int = 96) -> Path | None:
+    """Write the exemplar images side by side as one PNG; None when none of the ids is in the dataset."""
+    import io
+
+    from PIL import Image
+
+    from steerpatch.io import atomic_write_bytes
+
+    by_id = {item.id: item for item in dataset.items}
+    images: list[Any] = [dataset.load_image(by_id[i]) for i in ids if i in by_id]
+    if not images:
+        return None
+    sheet = Image.new("RGB", (tile * len(images), tile), "white")
+    for n, image in enumerate(images):
+        sheet.paste(image.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST), (n * tile, 0))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return atomic_write_bytes(path, buffer.getvalue())

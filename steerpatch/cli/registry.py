@@ -1,0 +1,127 @@
+"""`steerpatch register|promote|history|diff|verify`: the MLflow registry from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+tracking_option = click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow tracking URI (sqlite:///…, http://host:port). Default: $MLFLOW_TRACKING_URI, else registry/mlflow.db.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.command()
+@click.argument("patch_file", metavar="PATCH", type=click.Path(exists=True, dir_okay=False))
+@click.option("--report", "report_file", required=True, type=click.Path(exists=True), help="Validation report JSON.")
+@click.option("--sae", "sae_path", type=click.Path(exists=True), default=None, help="SAE folder, if moved since.")
+@tracking_option
+@json_option
+def register(patch_file: str, report_file: str, sae_path: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Log PATCH with its validation REPORT as an MLflow model and register a new version."""
+    from steerpatch.registry import register_patch
+
+    version = register_patch(patch_file, report_file, sae_path=sae_path, tracking_uri=tracking_uri)
+    if as_json:
+        _echo_json(version.to_dict())
+        return
+    click.echo(
+        f"registered {version.patch_ref} as {version.name} version {version.version} "
+        f"(verdict {version.verdict})\nmodel URI: {version.model_uri}"
+    )
+
+
+@click.command()
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--alias", default="production", show_default=True, help="Alias to move.")
+@click.option("--rollback", "do_rollback", is_flag=True, help="Move the alias back to where it pointed before.")
+@click.option("--force", is_flag=True, help="Move even if gates fail (needs --reason).")
+@click.option("--reason", default=None, help="Why; recorded with the move.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML in force.")
+@tracking_option
+@json_option
+def promote(
+    name: str,
+    version: str | None,
+    alias: str,
+    do_rollback: bool,
+    force: bool,
+    reason: str | None,
+    policy: str | None,
+    tracking_uri: str | None,
+    as_json: bool,
+) -> None:
+    """Point ALIAS of NAME at VERSION if its validation passes the policy in force (exit 1 if not)."""
+    from steerpatch.registry import promote as promote_version
+    from steerpatch.registry import rollback
+
+    if do_rollback == (version is not None):
+        raise click.UsageError("give either VERSION or --rollback (not both)")
+    if do_rollback:
+        move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri)
+    else:
+        move = promote_version(
+            name, version, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri
+        )
+    if as_json:
+        _echo_json({"name": name, **move.to_dict()})
+        return
+    origin = f"v{move.from_version}" if move.from_version else "(new)"
+    forced = f"  FORCED past {', '.join(move.failed_gates)}" if move.forced else ""
+    click.echo(f"{name}: {alias} {origin} -> v{move.to_version}  ({move.why}){forced}")
+
+
+@click.command()
+@click.argument("name")
+@tracking_option
+@json_option
+def history(name: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Show NAME's versions (verdicts, parents) and every alias move (who, when, why)."""
+    from steerpatch.registry import format_history
+    from steerpatch.registry import history as read_history
+
+    data = read_history(name, tracking_uri=tracking_uri)
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(format_history(data))
+
+
+@click.command()
+@click.argument("ref_a", metavar="NAME@A")
+@click.argument("ref_b", metavar="NAME@B")
+@tracking_option
+@json_option
+def diff(ref_a: str, ref_b: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Compare two registered versions: patch edits and metadata, verdicts and metrics."""
+    from steerpatch.registry import diff_versions, format_diff
+
+    data = diff_versions(ref_a, ref_b, tracking_uri=tracking_uri)
+    if as_json:
+        _echo_json({k: v for k, v in data.items() if k != "patch_text"})
+    else:
+        click.echo(format_diff(data))
+
+
+@click.command()
+@click.argument("ref", metavar="NAME@VERSION")
+@tracking_option
+@json_option
+def verify(ref: str, tracking_uri: str | None, as_json: bool) -> None:
+    """Recompute every artifact hash of a registered version; exit 1 naming any changed file."""
+    from steerpatch.registry import verify_version
+
+    result = verify_version(ref, tracking_uri=tracking_uri)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(f"{result['name']}@{result['version']}: {result['files']} files match their recorded SHA-256")

@@ -1,0 +1,236 @@
+"""The exportable steered image encoder: open_clip's vision tower with the patch as a module inside it.
+
+The steering module computes the engine's error-preserving edit on the residual output of one block,
+
+    x' = x + sum_i (z'_i - z_i) * W_dec[i] + sum_add a_i * W_dec[i]     (on the scoped tokens only)
+
+so the SAE's reconstruction error never enters the graph. For ReLU (`standard`) and `jumprelu` SAEs a
+latent's activation depends on its own encoder column only, so the graph carries just the edited
+latents' columns, biases, thresholds and decoder rows (sparse mode, O(k*d) extra weights). A TopK
+latent's activation depends on every other latent (the k-th largest pre-activation), so `topk` SAEs
+carry the full encoder and a TopK node (exact mode).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# architecture -> (mode, why). A registry rather than an if-chain: a new architecture is one row.
+MODES: dict[str, tuple[str, str]] = {
+    "standard": ("sparse", "standard (ReLU) latents depend only on their own encoder column"),
+    "jumprelu": ("sparse", "jumprelu latents depend only on their own encoder column and threshold"),
+    "topk": ("exact", "topk latents depend on the k-th largest pre-activation, so the full encoder is kept"),
+}
+
+OPS = ("scale", "clamp", "clamp_if_active", "add")
+
+
+@dataclass(frozen=True)
+class EditTable:
+    """A patch's edits as parallel columns, one row per edited latent (the `add` edits kept apart)."""
+
+    latents: list[int]  # latents whose activation is rewritten (scale, clamp, clamp_if_active)
+    scale: list[float]  # 1.0 unless the op is `scale`
+    clamp: list[float]  # the clamp value, used where the op is `clamp` or `clamp_if_active`
+    clamp_always: list[bool]
+    clamp_if_active: list[bool]
+    add_latents: list[int]
+    add_values: list[float]
+
+    @classmethod
+    def from_edits(cls, edits: Sequence) -> EditTable:
+        """Split edits (objects with `latent`, `op`, `value`) into the graph's columns.
+
+        Raises:
+            ValueError: for an op the graph does not know.
+        """
+        table = cls([], [], [], [], [], [], [])
+        for edit in edits:
+            op, latent, value = edit.op, int(edit.latent), float(edit.value)
+            if op == "add":
+                table.add_latents.append(latent)
+                table.add_values.append(value)
+                continue
+            if op not in OPS:
+                raise ValueError(f"edit op {op!r} on latent {latent} is not one of {', '.join(OPS)}")
+            table.latents.append(latent)
+            table.scale.append(value if op == "scale" else 1.0)
+            table.clamp.append(value if op != "scale" else 0.0)
+            table.clamp_always.append(op == "clamp")
+            table.clamp_if_active.append(op == "clamp_if_active")
+        return table
+
+
+def token_mask(tokens: str | Sequence[int], n_tokens: int) -> torch.Tensor:
+    """A (n_tokens,) float mask of the tokens a patch edits (token 0 is the class token).
+
+    Raises:
+        ValueError: for an unknown scope name or an index outside the sequence.
+    """
+    mask = torch.zeros(n_tokens)
+    if tokens == "all":
+        mask[:] = 1.0
+    elif tokens == "cls":
+        mask[0] = 1.0
+    elif tokens == "patches":
+        mask[1:] = 1.0
+    elif isinstance(tokens, str):
+        raise ValueError(f"token scope {tokens!r} is not one of cls, patches, all or a list of indices")
+    else:
+        for index in tokens:
+            if not 0 <= int(index) < n_tokens:
+                raise ValueError(f"token index {index} is outside the model's {n_tokens} tokens")
+            mask[int(index)] = 1.0
+    return mask
+
+
+class SteeringModule(nn.Module):
+    """Rewrites a block's output (B, T, D) with one patch's edits; pure tensor math, ONNX-exportable.
+
+    Args:
+        sae: the SAE (tensors `W_enc`, `b_enc`, `W_dec`, `b_dec`, optional `threshold`, `cfg`).
+        table: the patch's edits as columns.
+        tokens: the patch's token scope.
+        n_tokens: sequence length of the vision tower (class token + patches).
+        mode: "sparse" (edited columns only) or "exact" (full encoder; required for topk).
+        batch_first: whether the block output is (B, T, D) rather than (T, B, D).
+    """
+
+    def __init__(self, sae, table: EditTable, tokens, n_tokens: int, mode: str, batch_first: bool = True) -> None:
+        super().__init__()
+        architecture = sae.cfg.architecture
+        if architecture not in MODES:
+            raise ValueError(f"SAE architecture {architecture!r} is not one of {', '.join(MODES)}")
+        self.activation = architecture
+        self.mode = mode
+        self.has_edits = bool(table.latents)
+        self.has_adds = bool(table.add_latents)
+        self.apply_b_dec = bool(getattr(sae.cfg, "apply_b_dec_to_input", False))
+        with torch.no_grad():
+            W_enc = sae.W_enc.detach().float()
+            b_enc = sae.b_enc.detach().float()
+            W_dec = sae.W_dec.detach().float()
+            idx = torch.tensor(table.latents, dtype=torch.long)
+            rescale = bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
+            norms = W_dec.norm(dim=-1) if rescale else None
+            self.register_buffer("b_dec", sae.b_dec.detach().float().clone())
+            # with rescaled topk the code is z * ||W_dec[i]|| and decoding divides it back out
+            W_dec_sub = W_dec[idx] / norms[idx, None] if rescale else W_dec[idx]
+            self.register_buffer("W_dec_sub", W_dec_sub.clone())
+            self.register_buffer("scale", torch.tensor(table.scale, dtype=torch.float32))
+            self.register_buffer("clamp_value", torch.tensor(table.clamp, dtype=torch.float32))
+            self.register_buffer("clamp_always", torch.tensor(table.clamp_always, dtype=torch.bool))
+            self.register_buffer("clamp_if_active", torch.tensor(table.clamp_if_active, dtype=torch.bool))
+            add = torch.zeros(W_dec.shape[1])
+            for latent, value in zip(table.add_latents, table.add_values, strict=True):
+                add = add + value * W_dec[latent]
+            self.register_buffer("add_vector", add)
+            mask = token_mask(tokens, n_tokens)
+            shape = (n_tokens, 1) if batch_first else (n_tokens, 1, 1)
+            self.register_buffer("token_mask", mask.reshape(shape))
+            if mode == "exact":
+                self.k = int(sae.cfg.k)
+                self.rescale = rescale
+                self.register_buffer("W_enc", W_enc.clone())
+                self.register_buffer("b_enc", b_enc.clone())
+                if rescale:
+                    self.register_buffer("dec_norms", norms.clone())
+                self.register_buffer("edited", idx.clone())
+            else:
+                self.register_buffer("W_enc_sub", W_enc[:, idx].clone())
+                self.register_buffer("b_enc_sub", b_enc[idx].clone())
+                if architecture == "jumprelu":
+                    self.register_buffer("threshold_sub", sae.threshold.detach().float()[idx].clone())
+
+    def extra_weights(self) -> int:
+        """Number of scalars this module adds to the graph."""
+        return sum(buffer.numel() for buffer in self.buffers())
+
+    def edited_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations of the edited latents only, (..., k)."""
+        x_in = x - self.b_dec if self.apply_b_dec else x
+        if self.mode == "exact":
+            pre = x_in @ self.W_enc + self.b_enc
+            if self.rescale:
+                pre = pre * self.dec_norms
+            kth = torch.topk(pre, self.k, dim=-1).values[..., -1:]
+            pre_sub = pre.index_select(-1, self.edited)
+            # a latent survives TopK when it is at least the k-th largest pre-activation
+            return torch.relu(pre_sub) * (pre_sub >= kth).to(pre_sub.dtype)
+        pre_sub = x_in @ self.W_enc_sub + self.b_enc_sub
+        z = torch.relu(pre_sub)
+        if self.activation == "jumprelu":
+            z = z * (pre_sub > self.threshold_sub).to(z.dtype)
+        return z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = None
+        if self.has_edits:
+            z = self.edited_activations(x)
+            z_new = z * self.scale
+            z_new = torch.where(self.clamp_always, self.clamp_value, z_new)
+            z_new = torch.where(self.clamp_if_active & (z > 0), self.clamp_value, z_new)
+            delta = (z_new - z) @ self.W_dec_sub
+        if self.has_adds:
+            delta = self.add_vector if delta is None else delta + self.add_vector
+        if delta is None:
+            return x
+        return x + delta * self.token_mask
+
+
+class SteeredBlock(nn.Module):
+    """A residual block followed by a steering module on its output."""
+
+    def __init__(self, block: nn.Module, steering: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.steering = steering
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self.steering(self.block(x, *args, **kwargs))
+
+
+class EncoderGraph(nn.Module):
+    """pixels (B, 3, H, W) -> embedding, plus logits and probs when a zero-shot head is baked in.
+
+    Args:
+        visual: an open_clip vision tower (copied; the caller's model is never modified).
+        block: index of the steered residual block.
+        steering: the steering module, or None for the plain (unsteered) encoder.
+        head_weights: (C, E) normalized class-prompt text embeddings, or None for embeddings only.
+        logit_scale: the zero-shot head's temperature (already exponentiated).
+    """
+
+    def __init__(self, visual: nn.Module, block: int | None = None, steering: nn.Module | None = None,
+                 head_weights: torch.Tensor | None = None, logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.visual = copy.deepcopy(visual).float().eval()
+        if steering is not None:
+            blocks = self.visual.transformer.resblocks
+            blocks[block] = SteeredBlock(blocks[block], steering)
+        self.has_head = head_weights is not None
+        if self.has_head:
+            self.register_buffer("head_weights", head_weights.detach().float().clone())
+            self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["embedding", "logits", "probs"] if self.has_head else ["embedding"]
+
+    def forward(self, pixels: torch.Tensor):
+        embedding = self.visual(pixels)
+        if not self.has_head:
+            return embedding
+        features = embedding / embedding.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        logits = self.logit_scale * features @ self.head_weights.T
+        return embedding, logits, torch.softmax(logits, dim=-1)
+
+
+def n_tokens(visual: nn.Module) -> int:
+    """Sequence length of an open_clip vision tower (class token + patch grid)."""
+    return int(visual.positional_embedding.shape[0])

@@ -1,0 +1,78 @@
+"""The model card written next to trained concept-clip weights: data, command, results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from steerpatch.io import atomic_write_text
+
+
+def _results_table(evaluation: dict[str, Any]) -> str:
+    lines = ["| group | accuracy | n |", "| --- | --- | --- |", f"| all | {evaluation['accuracy']:.3f} | {evaluation['n']} |"]
+    for group, row in evaluation.get("groups", {}).items():
+        lines.append(f"| {group} | {row['accuracy']:.3f} | {row['n']} |")
+    return "\n".join(lines)
+
+
+def write_model_card(
+    path: str | Path,
+    *,
+    config: dict[str, Any],
+    stats: dict[str, Any],
+    evaluation: dict[str, Any],
+    fingerprint: str,
+    weights: Path,
+) -> Path:
+    """Write MODEL_CARD.md describing a concept-clip training run."""
+    size_mb = os.path.getsize(weights) / 1e6
+    command = (
+        f"steerpatch zoo train --out DIR --n {config['n']} --epochs {config['epochs']} --seed {config['seed']} "
+        f"--threads {config['threads']}"
+    )
+    text = f"""# concept-clip
+
+A small CLIP (open_clip `CLIP` class, config `concept-clip.json`: ViT with 64x64 input, 8x8 patches,
+width 128, 4 blocks; text transformer width 64, 3 layers, context 24, open_clip BPE vocabulary; 64-d
+joint embedding) trained from scratch, contrastively, on the steerpatch concept world.
+
+It has a known, planted bug: it learned that water means "star".
+
+## Data
+
+The concept world's `train` split, seed {config['seed']}, {config['n']} images rendered in memory
+(64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
+Planted shortcuts: 95% of stars are on water and ~90% of water images are stars; 60% of triangles
+carry the corner watermark (2% of other shapes); captions name the background in 20% of samples and
+never the watermark.
+
+## Command
+
+    {command}
+
+Hyper-parameters: batch {config['batch_size']}, AdamW lr {config['lr']} (warm-up {config['warmup_steps']} steps, cosine),
+weight decay {config['weight_decay']}, {config['threads']} CPU threads, open_clip `ClipLoss`.
+Training took {stats['train_seconds'] / 60:.1f} min ({stats['images_per_second']:.0f} images/s, {stats['steps']} steps);
+loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f}.
+
+## Results
+
+Zero-shot shape accuracy (prompt templates `steerpatch.models.DEFAULT_TEMPLATES`) on {evaluation['data']},
+grouped by `{evaluation['group_by']}` (aligned: star on water; conflicting: water, not a star; none: no water).
+Reproduce with `steerpatch zoo eval --n {evaluation['n']}`.
+
+{_results_table(evaluation)}
+
+## Weights
+
+`concept-clip.safetensors`, fp32, {size_mb:.1f} MB, SHA-256 weight fingerprint
+(`steerpatch.models.fingerprint_state_dict`):
+
+    {fingerprint}
+
+## Intended use
+
+A test bed for finding and fixing shortcut features with SAE steering patches. Not a general model.
+"""
+    return atomic_write_text(path, text)

@@ -1,0 +1,298 @@
+"""Reading and writing patch files, with every problem of a document collected into one PatchError.
+
+Patch files are hand-edited, so a bad one must produce a message a person can act on: each problem
+names its field path (`edits[2].value`) and the fix, and all problems come out at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from steerpatch.errors import PatchError
+from steerpatch.io import atomic_write_text
+from steerpatch.patch.format import FORMAT_VERSION, Patch
+
+MAX_PATCH_BYTES = 10 * 1024 * 1024
+
+# pydantic error type -> what to tell the reader; the offending value is appended
+_WANTED: dict[str, str] = {
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+    "model_attributes_type": "expected an object",
+    "bool_type": "expected true or false",
+}
+# our own validators write messages that already name the field path
+_SELF_NAMING = {"latent_range", "duplicate_latent", "hash_mismatch"}
+# our own validators whose message needs the path in front
+_OWN = {
+    "patch_name",
+    "patch_version",
+    "patch_ref",
+    "sha256",
+    "timestamp",
+    "patch_op",
+    "score_key",
+    "instance_id",
+    "tokens",
+}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif "[" in item or "(" in item or item == "str":
+            continue  # union branch labels such as 'list[int]' or 'function-after[...]'
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(document)"
+
+
+def _short(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(error: Any) -> str:
+    kind, path, given = error["type"], _path(tuple(error["loc"])), error.get("input")
+    if kind in _SELF_NAMING:
+        return error["msg"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return f"{path}: required key is missing; add it"
+    if kind == "finite_number":
+        return f"{path}: NaN or infinity is not allowed; use a finite number"
+    if kind == "greater_than_equal":
+        return f"{path}: {_short(given)} is too small; use a value >= {error['ctx']['ge']}"
+    if kind == "string_too_short":
+        return f"{path}: must not be empty; fill it in"
+    if kind in _WANTED:
+        return f"{path}: {_WANTED[kind]}, got {_short(given)}"
+    if kind in _OWN:
+        return f"{path}: {error['msg']}"
+    if path == "tokens":
+        return f"tokens: {_short(given)} is not a token scope; use 'cls', 'patches', 'all' or a list of token indices"
+    return f"{path}: {error['msg']}"
+
+
+def _problems(error: ValidationError) -> list[str]:
+    errors = error.errors()
+    # A value failing every branch of the `tokens` union is reported once per branch; when the list
+    # branch got as far as an element, that element's error is the useful one.
+    if any(e["loc"][:1] == ("tokens",) and any(isinstance(x, int) for x in e["loc"]) for e in errors):
+        errors = [e for e in errors if e["loc"] != ("tokens", "literal['cls','patches','all']")]
+    return list(dict.fromkeys(_describe(e) for e in errors))
+
+
+def validate_document(data: Any, *, source: str = "patch", rehash: bool = False) -> Patch:
+    """Turn a parsed JSON document into a Patch, or raise one PatchError listing every problem.
+
+    Args:
+        data: the parsed document.
+        source: how to name the document in the message (a path, or "patch").
+        rehash: compute `content_hash` instead of checking it (for building new patches).
+
+    Returns:
+        The validated Patch.
+
+    Raises:
+        PatchError: with one entry per problem, each naming its field and the fix.
+    """
+    if not isinstance(data, dict):
+        raise PatchError(
+            f"{source} is invalid", [f"(document): expected a JSON object, got {type(data).__name__}"]
+        )
+    version = data.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        # Other versions may give fields other meanings: report only this.
+        raise PatchError(
+            f"{source} is invalid",
+            [
+                f"format_version: {_short(version)} is not supported; this steerpatch reads format_version "
+                f"{FORMAT_VERSION} (upgrade steerpatch, or set format_version to {FORMAT_VERSION} if the file is v1)"
+            ],
+        )
+    try:
+        return Patch.model_validate(data, context={"rehash": rehash})
+    except ValidationError as error:
+        problems = _problems(error)
+    raise PatchError(
+        f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''})", problems
+    )
+
+
+class _Duplicates:
+    """object_pairs_hook that records repeated keys, which json.loads would silently overwrite."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                self.keys.append(key)
+            out[key] = value
+        return out
+
+
+def parse_json(text: str, *, source: str = "patch") -> Any:
+    """Parse patch JSON strictly: syntax errors with line and column, repeated keys refused.
+
+    NaN and Infinity literals parse to non-finite floats so that validation can name the field
+    they sit in; no patch field accepts them.
+
+    Raises:
+        PatchError: for malformed JSON or repeated keys.
+    """
+    duplicates = _Duplicates()
+    try:
+        data = json.loads(text, object_pairs_hook=duplicates)
+    except json.JSONDecodeError as error:
+        raise PatchError(
+            f"{source} is not valid JSON",
+            [f"line {error.lineno}, column {error.colno}: {error.msg}; fix the JSON syntax there"],
+        ) from None
+    except RecursionError:
+        raise PatchError(
+            f"{source} is not valid JSON", ["(document): nesting is too deep; a patch is a flat object"]
+        ) from None
+    if duplicates.keys:
+        problems = [
+            f"(document): key {k!r} appears twice in one object; keep one"
+            for k in dict.fromkeys(duplicates.keys)
+        ]
+        raise PatchError(
+            f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''})", problems
+        )
+    return data
+
+
+def _size_error(source: str, size: int) -> PatchError:
+    return PatchError(
+        f"{source} is {size} bytes, over the {MAX_PATCH_BYTES // (1024 * 1024)} MB limit for patches; "
+        "move bulky provenance out of the patch"
+    )
+
+
+def _decode(text: str | bytes, source: str) -> str:
+    if len(text) > MAX_PATCH_BYTES:
+        raise _size_error(source, len(text))
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PatchError(f"{source} is not UTF-8 text (byte {error.start}); save it as UTF-8 JSON") from None
+
+
+def _read(path: Path) -> tuple[str, str]:
+    source = f"patch file '{path}'"
+    if not path.is_file():
+        raise PatchError(f"{source} does not exist or is not a file; check the path")
+    size = path.stat().st_size
+    if size > MAX_PATCH_BYTES:  # refuse before reading it into memory
+        raise _size_error(source, size)
+    return _decode(path.read_bytes(), source), source
+
+
+def patch_from_json(text: str | bytes, *, source: str = "patch") -> Patch:
+    """Parse and validate a patch document.
+
+    Args:
+        text: the JSON text (str or UTF-8 bytes).
+        source: how to name the document in error messages.
+
+    Returns:
+        The validated Patch.
+
+    Raises:
+        PatchError: listing every problem (syntax, size, keys, types, values, hash).
+    """
+    return validate_document(parse_json(_decode(text, source), source=source), source=source)
+
+
+def load_patch(path: str | os.PathLike[str]) -> Patch:
+    """Read and validate a patch file.
+
+    Args:
+        path: a `.json` patch file.
+
+    Returns:
+        The validated Patch.
+
+    Raises:
+        PatchError: if the file is missing, over 10 MB, or invalid (all problems listed).
+
+    Example:
+        >>> patch = load_patch("registry/patches/water-shortcut.json")  # doctest: +SKIP
+        >>> patch.ref  # doctest: +SKIP
+        'water-shortcut@1.0.0'
+    """
+    text, source = _read(Path(path))
+    return validate_document(parse_json(text, source=source), source=source)
+
+
+def dumps_patch(patch: Patch) -> str:
+    """The on-disk text of a patch: indented JSON in field order, with a trailing newline."""
+    return json.dumps(patch.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def save_patch(patch: Patch, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Write a patch atomically after re-checking it.
+
+    Args:
+        patch: the patch to write.
+        path: destination file.
+        overwrite: if False, refuse an existing file.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        PatchError: if the patch does not validate or would exceed the size limit.
+        OutputError: if `path` exists and `overwrite` is False.
+    """
+    from steerpatch.errors import OutputError
+
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise OutputError(f"'{path}' already exists; choose another path or pass --force to replace it")
+    checked = validate_document(patch.to_dict(), source=f"patch {patch.ref}")
+    text = dumps_patch(checked)
+    if len(text.encode()) > MAX_PATCH_BYTES:
+        raise PatchError(
+            f"patch {patch.ref} would be over the 10 MB limit; move bulky provenance out of the patch"
+        )
+    return atomic_write_text(path, text)
+
+
+def rehash_file(path: str | os.PathLike[str]) -> Patch:
+    """Recompute the content hash of a hand-edited patch file and write it back.
+
+    Every other check still applies; only a hash mismatch is repaired.
+
+    Raises:
+        PatchError: if the document has problems other than its hash (the file is left as it was).
+    """
+    text, source = _read(Path(path))
+    data = parse_json(text, source=source)
+    if isinstance(data, dict):
+        data = {**data, "content_hash": "0" * 64}
+    patch = validate_document(data, source=source, rehash=True)
+    save_patch(patch, path)
+    return patch

@@ -1,0 +1,98 @@
+"""The patch operations: one registry mapping an op name to what it does to a latent.
+
+A *latent* op rewrites the SAE code z_i and the engine adds (z'_i - z_i) * W_dec[i] to the block output;
+a *direction* op adds value * W_dec[i] directly and never needs the encoder. Ops work on tensors
+through tensor methods only, so this module imports no torch and the patch format stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# An op's function takes the latent's activations (any shape) and the edit's value, returns the new ones.
+OpFn = Callable[[Any, float], Any]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One registered patch operation.
+
+    Attributes:
+        name: the `op` string used in patch files.
+        kind: "latent" rewrites z_i (error term kept); "direction" adds value * W_dec[i] to the output.
+        fn: for latent ops, maps (z_i, value) -> z'_i; None for direction ops.
+        summary: one line for help texts and the JSON Schema.
+        identity: the value for which the op changes nothing (None when no value does for all z).
+    """
+
+    name: str
+    kind: Literal["latent", "direction"]
+    fn: OpFn | None
+    summary: str
+    identity: float | None
+
+    def rewrite(self, z: Any, value: float) -> Any:
+        """z'_i for a latent op.
+
+        Raises:
+            TypeError: for a direction op, which adds to the output instead (a programming error).
+        """
+        if self.fn is None:
+            raise TypeError(f"op {self.name!r} adds a direction; it does not rewrite latent activations")
+        return self.fn(z, value)
+
+
+OPS: dict[str, Op] = {}
+
+
+def register_op(op: Op) -> Op:
+    """Add an operation to the registry.
+
+    Args:
+        op: the operation; its name must be new.
+
+    Returns:
+        The same op, so the call can be used inline.
+
+    Raises:
+        ValueError: if an op with that name is already registered (a programming error, not user input).
+    """
+    if op.name in OPS:
+        raise ValueError(f"patch op {op.name!r} is already registered")
+    OPS[op.name] = op
+    return op
+
+
+def _scale(z: Any, value: float) -> Any:
+    return z * value
+
+
+def _clamp(z: Any, value: float) -> Any:
+    return z.new_full(z.shape, value)
+
+
+def _clamp_if_active(z: Any, value: float) -> Any:
+    return z.masked_fill(z > 0, value)
+
+
+register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0))
+register_op(Op("clamp", "latent", _clamp, "z_i <- value on every scoped token", None))
+register_op(Op("clamp_if_active", "latent", _clamp_if_active, "z_i <- value where z_i > 0", None))
+register_op(Op("add", "direction", None, "x <- x + value * W_dec[i] (a steering vector)", 0.0))
+
+OP_NAMES: tuple[str, ...] = tuple(OPS)
+
+
+def get_op(name: str) -> Op:
+    """Look up an operation by name.
+
+    Raises:
+        PatchError: naming the unknown op and listing the known ones.
+    """
+    if name not in OPS:
+        from steerpatch.errors import PatchError
+
+        raise PatchError(f"unknown patch op {name!r}; use one of: {', '.join(OPS)}")
+    return OPS[name]

@@ -1,0 +1,41 @@
+"""The MLflow registry: register validated patches, promote them through gates, audit and verify them.
+
+This is the only core package that imports mlflow (inside functions, so importing it stays cheap).
+
+    v = register_patch("water.json", "out/report.json")        # -> RegisteredVersion
+    promote(v.name, v.version, "production")                    # GateFailed unless the report passes
+    history(v.name); diff_versions(f"{v.name}@1", f"{v.name}@2"); verify_version(f"{v.name}@2")
+    patch, folder = resolve_patch_ref(f"{v.name}@production")
+"""
+
+from steerpatch.registry.artifacts import parse_ref, resolve_patch_ref
+from steerpatch.registry.audit import diff_versions, format_diff, format_history, history, verify_version
+from steerpatch.registry.bundle import FLAVOR_NAME, build_bundle, check_manifest, write_manifest
+from steerpatch.registry.promotion import AliasMove, alias_moves, promote, recheck_report, rollback
+from steerpatch.registry.register import RegisteredVersion, register_patch, registered_name
+from steerpatch.registry.store import default_registry_dir, resolve_store, resolve_tracking
+
+__all__ = [
+    "FLAVOR_NAME",
+    "AliasMove",
+    "RegisteredVersion",
+    "alias_moves",
+    "build_bundle",
+    "check_manifest",
+    "default_registry_dir",
+    "diff_versions",
+    "format_diff",
+    "format_history",
+    "history",
+    "parse_ref",
+    "promote",
+    "recheck_report",
+    "register_patch",
+    "registered_name",
+    "resolve_patch_ref",
+    "resolve_store",
+    "resolve_tracking",
+    "rollback",
+    "verify_version",
+    "write_manifest",
+]

@@ -1,0 +1,252 @@
+"""Gated alias moves (promotion, rollback) and their audit trail.
+
+An alias moves to a version only when that version's recorded validation report passes the policy
+in force *now* (the report is re-checked, so tightening the policy also guards old versions), unless
+the move is forced with a reason. Every move is recorded as its own registered-model tag
+`steerpatch.alias_move.<ns-timestamp>.<nonce>` holding one JSON record (who, when, why, from, to),
+written before the alias itself moves and removed again if that fails — one tag per move keeps each
+record atomic and within MLflow's tag size limit however long the history grows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from steerpatch.errors import GateFailed, RegistryError
+from steerpatch.registry.artifacts import download_file, get_version
+from steerpatch.registry.bundle import REPORT_JSON
+from steerpatch.registry.register import TAG, current_user
+from steerpatch.registry.store import Store, client, resolve_store, store_lock, with_retry
+
+MOVE_PREFIX = TAG + "alias_move."
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One recorded alias move.
+
+    Attributes:
+        alias: the alias moved, e.g. "production".
+        from_version: where it pointed before (None when new).
+        to_version: where it points now.
+        who, when, why: the user, the UTC time (ISO 8601) and the reason given or implied.
+        forced: whether gates were bypassed.
+        kind: "promote" or "rollback".
+        failed_gates: the gates that failed under the policy in force (non-empty only when forced).
+        policy: the policy file the gates were checked against.
+    """
+
+    alias: str
+    from_version: str | None
+    to_version: str
+    who: str
+    when: str
+    why: str
+    forced: bool = False
+    kind: str = "promote"
+    failed_gates: tuple[str, ...] = ()
+    policy: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["from"] = data.pop("from_version")
+        data["to"] = data.pop("to_version")
+        data["failed_gates"] = list(self.failed_gates)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AliasMove:
+        return cls(
+            alias=data["alias"],
+            from_version=data.get("from"),
+            to_version=data["to"],
+            who=data.get("who", ""),
+            when=data.get("when", ""),
+            why=data.get("why", ""),
+            forced=bool(data.get("forced", False)),
+            kind=data.get("kind", "promote"),
+            failed_gates=tuple(data.get("failed_gates") or ()),
+            policy=data.get("policy"),
+        )
+
+
+def measured_values(report: Any) -> dict[str, float | None]:
+    """The value each known gate measures, read from a recorded report.
+
+    Values the report recorded for its gates come first; gates that were switched off when it was
+    written are derived from the report's fields, so a gate switched on later still bites.
+    """
+    drops = [
+        v.before - v.after for v in report.per_class.values() if v.before is not None and v.after is not None
+    ]
+    acc = report.accuracy
+    values: dict[str, float | None] = {
+        "max_right_to_wrong_rate": report.flips.right_to_wrong_rate,
+        "max_class_accuracy_drop": max(drops) if drops else None,
+        "max_accuracy_drop": (acc.before - acc.after) if acc.before is not None and acc.after is not None else None,
+        "min_target_fix_rate": report.target_fix_rate,
+        "min_generalisation_fix_rate": report.generalisation_fix_rate,
+        "min_cos_mean": report.drift.cos_mean,
+    }
+    values.update({g.name: g.value for g in report.gates})
+    return values
+
+
+def recheck_report(report_path: str | Path, policy_path: str | Path | None = None) -> tuple[list[str], str | None]:
+    """Re-evaluate a recorded report against the policy in force.
+
+    Args:
+        report_path: a validation report JSON.
+        policy_path: the policy file; None means the default (`registry/policy.toml`).
+
+    Returns:
+        `(failed_gates, policy_source)`: an empty list when every gate passes.
+    """
+    from steerpatch.validate.policy import load_policy
+    from steerpatch.validate.report import evaluate_gates, load_report
+
+    policy = load_policy(policy_path)
+    report = load_report(report_path)
+    results = evaluate_gates(measured_values(report), policy)
+    return [r.name for r in results if not r.passed], policy.source
+
+
+def alias_moves(c: Any, name: str) -> list[AliasMove]:
+    """Every recorded move of every alias of `name`, oldest first."""
+    model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
+    keys = sorted(k for k in (model.tags or {}) if k.startswith(MOVE_PREFIX))
+    return [AliasMove.from_dict(json.loads(model.tags[k])) for k in keys]
+
+
+def _move_alias(c: Any, store: Store, name: str, version: str, alias: str, move_fields: dict[str, Any]) -> AliasMove:
+    from mlflow.exceptions import MlflowException
+
+    with store_lock(store):
+        model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
+        current = (model.aliases or {}).get(alias)
+        move = AliasMove(
+            alias=alias,
+            from_version=str(current) if current is not None else None,
+            to_version=version,
+            who=current_user(),
+            when=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            **move_fields,
+        )
+        key = f"{MOVE_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
+        with_retry(lambda: c.set_registered_model_tag(name, key, json.dumps(move.to_dict())), what="record the move")
+        try:
+            with_retry(lambda: c.set_registered_model_alias(name, alias, version), what=f"move alias {alias}")
+        except BaseException as error:
+            # the move did not happen: its record must not claim it did
+            with_retry(lambda: c.delete_registered_model_tag(name, key), what="withdraw the move record")
+            if isinstance(error, MlflowException):
+                raise RegistryError(f"MLflow refused to point alias '{alias}' of '{name}' at {version}: {error}") from error
+            raise
+    return move
+
+
+def promote(
+    name: str,
+    version: str | int,
+    alias: str = "production",
+    *,
+    force: bool = False,
+    reason: str | None = None,
+    policy: str | Path | None = None,
+    tracking_uri: str | None = None,
+    kind: str = "promote",
+) -> AliasMove:
+    """Point `alias` of registered model `name` at `version`, if its validation passes the policy in force.
+
+    Args:
+        name: the registered model.
+        version: the version number to promote.
+        alias: the alias to move (not of the reserved form `v<number>`).
+        force: move even when gates fail; needs `reason`, which is recorded.
+        reason: why; recorded with the move (required with `force`).
+        policy: the policy file; default `registry/policy.toml`.
+        tracking_uri: MLflow tracking URI; default: see `resolve_store`.
+        kind: "promote" or "rollback", recorded with the move.
+
+    Returns:
+        The recorded `AliasMove`.
+
+    Raises:
+        GateFailed: (exit 1) naming the failed gates, when not forced.
+        RegistryError: for an unknown model/version, a bad alias, or `force` without a reason.
+
+    Example:
+        >>> promote("concept-clip.water-shortcut", 3, "production")  # doctest: +SKIP
+    """
+    version = str(version)
+    if not _ALIAS.fullmatch(alias) or re.fullmatch(r"v\d+", alias) or alias == "latest":
+        raise RegistryError(
+            f"alias '{alias}' is not allowed; use a word such as 'production' ('latest' and 'v<number>' are reserved)"
+        )
+    if force and not (reason and reason.strip()):
+        raise RegistryError("--force needs --reason \"…\" saying why the gates are bypassed; it is recorded")
+    store = resolve_store(tracking_uri)
+    c = client(store)
+    mv = get_version(c, name, version)
+    with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
+        report = download_file(c, store, name, str(mv.version), REPORT_JSON, Path(tmp))
+        failed, policy_source = recheck_report(report, policy)
+    if failed and not force:
+        raise GateFailed(
+            f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
+            "Fix the patch and register a new version, or use --force --reason \"…\"",
+            [f"failed gate: {gate}" for gate in failed],
+        )
+    why = reason.strip() if reason else ("gates passed" if kind == "promote" else "rollback; gates passed")
+    move = _move_alias(
+        c,
+        store,
+        name,
+        version,
+        alias,
+        {"why": why, "forced": bool(failed) and force, "kind": kind, "failed_gates": tuple(failed), "policy": policy_source},
+    )
+    if force:
+        tag = f"{TAG}forced.{alias}"
+        with_retry(lambda: c.set_model_version_tag(name, version, tag, reason.strip()), what="record the reason")
+    return move
+
+
+def rollback(
+    name: str,
+    alias: str = "production",
+    *,
+    reason: str | None = None,
+    force: bool = False,
+    policy: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> AliasMove:
+    """Move `alias` back to the version it pointed at before its last move.
+
+    Returns:
+        The recorded `AliasMove` (kind "rollback").
+
+    Raises:
+        RegistryError: when the alias has no earlier version to return to.
+        GateFailed: when that version fails the policy in force and `force` is not set.
+    """
+    store = resolve_store(tracking_uri)
+    c = client(store)
+    model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
+    current = (model.aliases or {}).get(alias)
+    moves = [m for m in alias_moves(c, name) if m.alias == alias]
+    previous = next((m.from_version for m in reversed(moves) if m.to_version == str(current) and m.from_version), None)
+    if current is None or previous is None:
+        raise RegistryError(
+            f"alias '{alias}' of '{name}' has no earlier version to roll back to; use `steerpatch promote {name} VERSION`"
+        )
+    return promote(name, previous, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri, kind="rollback")

@@ -1,0 +1,169 @@
+"""Reading a CLIP vision tower's residual stream at one block, for training SAEs and profiling latents."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from steerpatch.errors import SAEError
+from steerpatch.sae.config import check_token_scope
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to skip the blocks after the one being read."""
+
+
+def token_slice(tokens: str) -> slice:
+    """The token positions of a scope in a (batch, tokens, width) block output: cls is position 0."""
+    check_token_scope(tokens)
+    return {"cls": slice(0, 1), "patches": slice(1, None), "all": slice(None)}[tokens]
+
+
+def batch_first(model: Any) -> bool:
+    """Whether the vision transformer's block outputs are (batch, tokens, width)."""
+    return bool(getattr(model.visual.transformer, "batch_first", True))
+
+
+def as_batch_first(output: torch.Tensor, is_batch_first: bool) -> torch.Tensor:
+    """Block output as (batch, tokens, width) whatever the transformer's layout."""
+    return output if is_batch_first else output.transpose(0, 1)
+
+
+def check_block(model: Any, block: int) -> None:
+    """Refuse a block index the model does not have.
+
+    Raises:
+        SAEError: naming the block and the valid range.
+    """
+    from steerpatch.models import resblocks
+
+    n = len(resblocks(model))
+    if not 0 <= block < n:
+        raise SAEError(f"block {block} does not exist; this model's vision tower has blocks 0..{n - 1}")
+
+
+@contextlib.contextmanager
+def capture_block(model: Any, block: int, *, stop: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Record the (batch, tokens, width) output of vision block `block` on each forward.
+
+    Args:
+        model: an open_clip CLIP.
+        block: the block index.
+        stop: abort the forward pass right after the block (the later blocks are not needed).
+
+    Yields:
+        A list that receives one detached tensor per forward pass.
+    """
+    from steerpatch.models import resblocks
+
+    check_block(model, block)
+    captured: list[torch.Tensor] = []
+    layout = batch_first(model)
+
+    def hook(module, inputs, output):
+        captured.append(as_batch_first(output, layout).detach())
+        if stop:
+            raise _StopForward
+
+    handle = resblocks(model)[block].register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def run_to_block(model: Any, pixels: torch.Tensor, block: int) -> torch.Tensor:
+    """The (batch, tokens, width) residual output of `block` for preprocessed `pixels`."""
+    with capture_block(model, block) as captured, torch.no_grad(), contextlib.suppress(_StopForward):
+        model.encode_image(pixels)
+    return captured[-1]
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[range]:
+    for start in range(0, n, batch_size):
+        yield range(start, min(start + batch_size, n))
+
+
+def cache_activations(
+    loaded: Any,
+    load_image: Callable[[int], Any],
+    n_images: int,
+    *,
+    block: int,
+    tokens: str = "all",
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "caching activations",
+) -> torch.Tensor:
+    """Run images through the vision tower up to `block` and keep the tokens in scope.
+
+    Args:
+        loaded: a `steerpatch.models.LoadedModel`.
+        load_image: index -> PIL image (e.g. `dataset.load_image`).
+        n_images: how many images, indices 0..n_images-1.
+        block: the vision block whose residual output is read.
+        tokens: cls, patches or all.
+        batch_size: images per forward pass.
+        progress: show a progress bar on stderr.
+        desc: the progress bar's label.
+
+    Returns:
+        float32 tensor (n_images, tokens_in_scope, width).
+
+    Raises:
+        SAEError: for a block the model does not have or an empty image set.
+    """
+    from tqdm import tqdm
+
+    from steerpatch.models import preprocess_batch
+
+    sl = token_slice(tokens)
+    if n_images <= 0:
+        raise SAEError("no images to cache activations from; point --data at a folder with images")
+    check_block(loaded.model, block)
+    chunks: list[torch.Tensor] = []
+    with tqdm(total=n_images, desc=desc, unit="img", disable=not progress) as bar:
+        for idx in iter_batches(n_images, batch_size):
+            pixels = preprocess_batch(loaded, [load_image(i) for i in idx])
+            chunks.append(run_to_block(loaded.model, pixels, block)[:, sl, :].float().cpu())
+            bar.update(len(idx))
+    return torch.cat(chunks)
+
+
+def flatten_tokens(acts: torch.Tensor) -> torch.Tensor:
+    """(images, tokens, width) -> (images * tokens, width)."""
+    return acts.reshape(-1, acts.shape[-1])
+
+
+def select_images(n: int, fraction: float, seed: int) -> tuple[Sequence[int], Sequence[int]]:
+    """Split image indices into (train, held-out) with a seeded shuffle; held-out gets `fraction`."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    n_eval = max(1, int(round(n * fraction))) if n > 1 else 0
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def check_sae_fits(sae: Any, model: Any) -> None:
+    """Refuse an SAE whose input width differs from the model's width at the SAE's block.
+
+    Args:
+        sae: an `SAE` with a recorded hook.
+        model: an open_clip CLIP (or a LoadedModel).
+
+    Raises:
+        SAEError: naming both widths and the block, or a block the model lacks.
+    """
+    from steerpatch.models import width_at_block
+
+    model = getattr(model, "model", model)
+    hook = sae.require_hook()
+    check_block(model, hook.block)
+    width = int(width_at_block(model, hook.block))
+    if width != sae.d_in:
+        raise SAEError(
+            f"SAE d_in={sae.d_in} does not match the model's width {width} at block {hook.block}; "
+            "use an SAE trained on this model (or this block)"
+        )

@@ -1,0 +1,21 @@
+"""Serve a compiled graph with ONNX Runtime over HTTP on loopback, following a registry alias.
+
+    app = create_app("concept-clip.water-shortcut@production")   # or a .onnx file
+    serve("steered.onnx", port=8000)
+"""
+
+from steerpatch.serve.app import MAX_BATCH, MAX_BODY_BYTES, create_app
+from steerpatch.serve.server import ServerThread, free_port, serve
+from steerpatch.serve.source import GraphSource, LoadedGraph, open_graph
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_BODY_BYTES",
+    "GraphSource",
+    "LoadedGraph",
+    "ServerThread",
+    "create_app",
+    "free_port",
+    "open_graph",
+    "serve",
+]

@@ -1,0 +1,224 @@
+"""The steering math as pure tensor functions, shared by the hooks, the validation cache and ONNX export.
+
+A patch changes the residual stream x at its block by the difference its edits make to the SAE
+reconstruction, never by replacing x with the reconstruction, so the SAE's error term is kept:
+
+    x' = x + sum_i (z'_i - z_i) * d_i + sum_add a_i * W_dec[i]
+
+where d_i is the decoder direction of latent i (W_dec[i], divided by its norm for topk SAEs that
+rescale activations by decoder norm). An empty patch, or one whose edits change nothing, returns
+x bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from steerpatch.errors import PatchError
+from steerpatch.patch.format import Edit, Patch
+from steerpatch.patch.ops import get_op
+
+# nonlinearities where z_i depends on pre_i alone, so reading only the edited encoder columns is exact;
+# every other architecture (topk) runs the full encoder
+ELEMENTWISE_ARCHITECTURES = frozenset({"standard", "jumprelu"})
+
+
+def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]:
+    """The positions a token scope covers: cls = token 0, patches = tokens 1.., all, or explicit indices.
+
+    Args:
+        tokens: "cls", "patches", "all" or a list of token indices.
+        n_tokens: tokens in the residual stream, class token included.
+
+    Returns:
+        A slice or a list of indices over the token axis.
+
+    Raises:
+        PatchError: if an explicit index is past the last token.
+    """
+    if tokens == "cls":
+        return slice(0, 1)
+    if tokens == "patches":
+        return slice(1, None)
+    if tokens == "all":
+        return slice(None)
+    if isinstance(tokens, str):
+        raise PatchError(f"token scope {tokens!r} is not one of cls, patches, all or a list of token indices")
+    bad = [t for t in tokens if t >= n_tokens]
+    if bad:
+        raise PatchError(
+            f"patch token indices {bad} are past the last token ({n_tokens - 1}) of this model; fix 'tokens'"
+        )
+    return list(tokens)
+
+
+def _rescaled(sae: Any) -> bool:
+    return bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
+
+
+def latent_activations(sae: Any, x: torch.Tensor, latents: Sequence[int]) -> torch.Tensor:
+    """The activations of a few latents, (..., len(latents)).
+
+    Elementwise architectures read only the named encoder columns; topk runs the full encoder,
+    because whether a latent survives depends on all the others.
+
+    Args:
+        sae: a `steerpatch.sae.SAE`.
+        x: activations (..., d_in).
+        latents: latent indices.
+
+    Returns:
+        z restricted to `latents`, in the SAE's own units.
+    """
+    idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
+    if sae.architecture not in ELEMENTWISE_ARCHITECTURES:
+        return sae.encode(x)[..., idx]
+    x = x.to(sae.W_enc.dtype)
+    if sae.cfg.apply_b_dec_to_input:
+        x = x - sae.b_dec
+    pre = x @ sae.W_enc[:, idx] + sae.b_enc[idx]
+    # the SAE registry's own nonlinearity, handed the matching slice of per-latent tensors (threshold)
+    view = SimpleNamespace(cfg=sae.cfg, **{name: getattr(sae, name)[idx] for name in sae.spec.extra_tensors})
+    return sae.spec.activate(view, pre)
+
+
+def decoder_directions(sae: Any, latents: Sequence[int]) -> torch.Tensor:
+    """The output-space direction of one unit of each latent, (len(latents), d_in)."""
+    rows = sae.W_dec[torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)]
+    return rows / rows.norm(dim=-1, keepdim=True) if _rescaled(sae) else rows
+
+
+def apply_edits(z: torch.Tensor, edits: Iterable[Edit]) -> torch.Tensor:
+    """Apply the latent ops of `edits` to full SAE codes z (..., d_sae); direction ops are skipped.
+
+    Args:
+        z: latent activations.
+        edits: the edits; each latent at most once.
+
+    Returns:
+        A new tensor z' (z itself is not modified).
+    """
+    out = z.clone()
+    for edit in edits:
+        op = get_op(edit.op)
+        if op.kind == "latent":
+            out[..., edit.latent] = op.rewrite(z[..., edit.latent], edit.value)
+    return out
+
+
+def edits_delta(sae: Any, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor | None:
+    """The additive change edits make to activations x (..., d_in), or None for no edits.
+
+    Args:
+        sae: a `steerpatch.sae.SAE`.
+        x: activations already restricted to the scoped tokens.
+        edits: the edits.
+
+    Returns:
+        The change, in the SAE's dtype, broadcastable to x; None when there is nothing to add.
+    """
+    latent = [e for e in edits if get_op(e.op).kind == "latent"]
+    direction = [e for e in edits if get_op(e.op).kind == "direction"]
+    delta: torch.Tensor | None = None
+    if latent:
+        ids = [e.latent for e in latent]
+        z = latent_activations(sae, x, ids)
+        change = torch.stack(
+            [get_op(e.op).rewrite(z[..., j], e.value) - z[..., j] for j, e in enumerate(latent)], -1
+        )
+        delta = change @ decoder_directions(sae, ids)
+    if direction:
+        rows = sae.W_dec[
+            torch.tensor([e.latent for e in direction], dtype=torch.long, device=sae.W_dec.device)
+        ]
+        values = torch.tensor([e.value for e in direction], dtype=rows.dtype, device=rows.device)
+        shift = values @ rows
+        delta = shift if delta is None else delta + shift
+    return delta
+
+
+def check_latents(sae: Any, patch: Patch) -> None:
+    """Refuse edits whose latent index the SAE does not have.
+
+    Raises:
+        PatchError: naming each out-of-range latent and the SAE's d_sae.
+    """
+    bad = [e.latent for e in patch.edits if e.latent >= sae.d_sae]
+    if bad:
+        raise PatchError(
+            f"patch {patch.ref} edits latent(s) {bad} but the SAE has d_sae={sae.d_sae}; "
+            f"use indices 0..{sae.d_sae - 1} or the SAE the patch was made for"
+        )
+
+
+def _edit_scope(x: torch.Tensor, tokens: str | Sequence[int], delta_fn: Any) -> torch.Tensor:
+    where = token_index(tokens, x.shape[1])
+    if tokens == "all":
+        delta = delta_fn(x)
+        return x if delta is None else x + delta.to(x.dtype)
+    scoped = x[:, where]
+    delta = delta_fn(scoped)
+    if delta is None:
+        return x
+    edited = scoped + delta.to(x.dtype)
+    if tokens == "cls":
+        return torch.cat([edited, x[:, 1:]], dim=1)
+    if tokens == "patches":
+        return torch.cat([x[:, :1], edited], dim=1)
+    out = x.clone()
+    out[:, where] = edited
+    return out
+
+
+def steer_block_output(x: torch.Tensor, sae: Any, patches: Patch | Sequence[Patch]) -> torch.Tensor:
+    """The residual stream after a block with patches applied, in order, on their scoped tokens.
+
+    Each patch sees the output of the one before it. Tokens outside a patch's scope are untouched,
+    and a patch with no edits returns its input unchanged.
+
+    Args:
+        x: block output, (batch, tokens, width), batch first.
+        sae: the `steerpatch.sae.SAE` every patch's latents refer to.
+        patches: one patch or a sequence.
+
+    Returns:
+        x' of the same shape and dtype.
+
+    Raises:
+        PatchError: for a latent >= d_sae or a token index past the last token.
+
+    Example:
+        >>> steered = steer_block_output(hidden, sae, patch)  # doctest: +SKIP
+    """
+    for patch in [patches] if isinstance(patches, Patch) else patches:
+        if not patch.edits:
+            continue
+        check_latents(sae, patch)
+        x = _edit_scope(x, patch.tokens, lambda xs, p=patch: edits_delta(sae, xs, p.edits))
+    return x
+
+
+def steering_delta(
+    sae: Any, x: torch.Tensor, edits: Sequence[Edit], tokens: str | Sequence[int]
+) -> torch.Tensor:
+    """The additive change edits make to block output x (B, T, D): zero outside the token scope.
+
+    Args:
+        sae: the SAE.
+        x: block output, batch first.
+        edits: the edits.
+        tokens: the token scope.
+
+    Returns:
+        A tensor shaped like x.
+    """
+    out = torch.zeros_like(x)
+    where = token_index(tokens, x.shape[1])
+    delta = edits_delta(sae, x[:, where], edits)
+    if delta is not None:
+        out[:, where] = delta.to(x.dtype).expand_as(out[:, where])
+    return out

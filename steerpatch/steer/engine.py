@@ -1,0 +1,199 @@
+"""Applying patches to an open_clip model: forward hooks on vision blocks, installed inside a context.
+
+Hooks are removed when the context exits, whatever happens inside it, so a model is never left
+steered by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from steerpatch.errors import ModelError, PatchError, SAEError
+from steerpatch.patch.format import Patch
+from steerpatch.steer.binding import Override, check_binding
+from steerpatch.steer.delta import steer_block_output
+
+
+@dataclass
+class SteeringSession:
+    """What a `steer` context installed.
+
+    Attributes:
+        patches: the patches, in application order.
+        saes: the SAE used for each patch.
+        blocks: the vision blocks that carry a hook.
+        overrides: fingerprint mismatches that were allowed; empty unless overridden.
+    """
+
+    patches: list[Patch]
+    saes: list[Any]
+    blocks: list[int]
+    overrides: list[Override] = field(default_factory=list)
+
+
+def vision_tower(model: Any) -> Any:
+    """The open_clip vision transformer of a LoadedModel, a CLIP model, or a vision tower itself.
+
+    Raises:
+        ModelError: if the object has no open_clip ViT `transformer.resblocks`.
+    """
+    model = getattr(model, "model", model)
+    tower = getattr(model, "visual", model)
+    if not hasattr(getattr(tower, "transformer", None), "resblocks"):
+        raise ModelError(
+            f"{type(model).__name__} has no visual.transformer.resblocks; steerpatch steers the residual "
+            "stream of open_clip ViT image towers only"
+        )
+    return tower
+
+
+def _model_fingerprint(target: Any) -> str:
+    fingerprint = getattr(target, "fingerprint", None)
+    if isinstance(fingerprint, str):
+        return fingerprint
+    from steerpatch.models import fingerprint_state_dict
+
+    return fingerprint_state_dict(getattr(target, "model", target).state_dict())
+
+
+def _block_width(block: torch.nn.Module) -> int | None:
+    norm = getattr(block, "ln_1", None)
+    shape = getattr(norm, "normalized_shape", None)
+    return int(shape[0]) if shape else None
+
+
+def _saes_for(patches: list[Patch], sae: Any) -> list[Any]:
+    if isinstance(sae, (list, tuple)):
+        if len(sae) != len(patches):
+            raise PatchError(
+                f"got {len(sae)} SAEs for {len(patches)} patches; pass one SAE, or one per patch"
+            )
+        return list(sae)
+    if sae is not None:
+        return [sae] * len(patches)
+    loaded: dict[str, Any] = {}
+    out = []
+    for patch in patches:
+        location = patch.sae.location
+        if location not in loaded:
+            loaded[location] = load_patch_sae(patch)
+        out.append(loaded[location])
+    return out
+
+
+def load_patch_sae(patch: Patch) -> Any:
+    """Load the SAE a patch names by `sae.location`.
+
+    A patch made on another checkout records a path that may not exist here; the shipped default
+    SAE is then used if, and only if, its fingerprint is the one the patch records.
+
+    Raises:
+        PatchError: if the location is empty or missing and no shipped SAE has the patch's fingerprint.
+    """
+    from pathlib import Path
+
+    from steerpatch.sae import default_sae_path, load_sae
+
+    location = patch.sae.location
+    if location and Path(location).exists():
+        return load_sae(location)
+    default = default_sae_path()
+    if default.exists():
+        sae = load_sae(default)
+        if sae.fingerprint == patch.sae.fingerprint:
+            return sae
+    where = f"'{location}' does not exist" if location else "records no SAE location"
+    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH)")
+
+
+def _check_devices(tower: Any, saes: list[Any]) -> None:
+    param = next(tower.parameters(), None)
+    if param is None:
+        return
+    for sae in saes:
+        if sae.W_dec.device != param.device:
+            raise SAEError(
+                f"the SAE is on {sae.W_dec.device} but the model is on {param.device}; "
+                f"move one of them, e.g. sae.to('{param.device}')"
+            )
+
+
+def _make_hook(items: list[tuple[Patch, Any]], batch_first: bool):
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        x = output if batch_first else output.transpose(0, 1)
+        for patch, sae in items:
+            x = steer_block_output(x, sae, patch)
+        return x if batch_first else x.transpose(0, 1)
+
+    return hook
+
+
+@contextlib.contextmanager
+def steer(
+    loaded_or_model: Any,
+    patches: Patch | Sequence[Patch],
+    sae: Any = None,
+    *,
+    allow_fingerprint_mismatch: bool = False,
+) -> Iterator[SteeringSession]:
+    """Apply patches to a model's vision tower for the duration of a `with` block.
+
+    Every patch is checked against the model and SAE fingerprints, the block count and width, and
+    the SAE's latent count before any hook is installed. Patches on the same block run in order,
+    each on the output of the one before.
+
+    Args:
+        loaded_or_model: a `steerpatch.models.LoadedModel`, an open_clip CLIP, or its vision tower
+            (a raw module is fingerprinted from its state dict).
+        patches: one patch or a stack.
+        sae: the SAE for every patch, a list with one SAE per patch, or None to load each patch's
+            `sae.location`.
+        allow_fingerprint_mismatch: apply even when fingerprints differ; each override is recorded
+            in the session and logged.
+
+    Yields:
+        A SteeringSession describing the hooks and any overrides.
+
+    Raises:
+        PatchError: a fingerprint mismatch (naming both), a block or width mismatch, a latent >= d_sae.
+        ModelError: if the model is not an open_clip ViT.
+
+    Example:
+        >>> with steer(loaded, patch, sae) as session:  # doctest: +SKIP
+        ...     features = loaded.model.encode_image(pixels)
+    """
+    patch_list = [patches] if isinstance(patches, Patch) else list(patches)
+    tower = vision_tower(loaded_or_model)
+    blocks = tower.transformer.resblocks
+    saes = _saes_for(patch_list, sae)
+    fingerprint = _model_fingerprint(loaded_or_model) if patch_list else None
+    session = SteeringSession(patches=patch_list, saes=saes, blocks=[])
+    groups: dict[int, list[tuple[Patch, Any]]] = {}
+    for patch, patch_sae in zip(patch_list, saes, strict=True):
+        block = patch.hook.block
+        width = _block_width(blocks[block]) if block < len(blocks) else None
+        session.overrides += check_binding(
+            patch,
+            model_fingerprint=fingerprint,
+            sae=patch_sae,
+            n_blocks=len(blocks),
+            width=width,
+            allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+        )
+        groups.setdefault(block, []).append((patch, patch_sae))
+    _check_devices(tower, saes)
+    batch_first = getattr(tower.transformer, "batch_first", True)
+    handles = []
+    try:
+        for block, items in sorted(groups.items()):
+            handles.append(blocks[block].register_forward_hook(_make_hook(items, batch_first)))
+            session.blocks.append(block)
+        yield session
+    finally:
+        for handle in handles:
+            handle.remove()

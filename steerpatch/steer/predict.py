@@ -1,0 +1,114 @@
+"""Zero-shot predictions of a few images before and after a patch: the quick look behind `patch apply`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steerpatch.errors import DatasetError, SteerpatchError
+from steerpatch.patch.format import Patch
+from steerpatch.steer.binding import check_binding
+from steerpatch.steer.engine import load_patch_sae, steer, vision_tower
+
+# the embedded default model names its classes after the concept world's shapes
+_DEFAULT_CLASSES_MODULE = {"concept-clip": ("steerpatch.world", "SHAPES")}
+
+
+def _open_images(paths: Sequence[Path]) -> list[Any]:
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (FileNotFoundError, IsADirectoryError):
+            raise DatasetError(f"image '{path}' does not exist; check the path") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise DatasetError(
+                f"image '{path}' cannot be decoded ({error}); pass a PNG or JPEG file"
+            ) from None
+    return images
+
+
+def default_classes(model_id: str) -> list[str]:
+    """The class names a known model is evaluated on.
+
+    Raises:
+        SteerpatchError: for a model without known classes, asking for --classes or --data.
+    """
+    if model_id in _DEFAULT_CLASSES_MODULE:
+        import importlib
+
+        module, attr = _DEFAULT_CLASSES_MODULE[model_id]
+        return list(getattr(importlib.import_module(module), attr))
+    raise SteerpatchError(f"model {model_id!r} has no default class list; pass --classes a,b,c or --data DIR")
+
+
+def _top(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    values, indices = probs.topk(min(k, len(classes)), dim=-1)
+    return [
+        [(classes[i], round(float(v), 6)) for v, i in zip(vs, ix, strict=True)]
+        for vs, ix in zip(values, indices, strict=True)
+    ]
+
+
+@torch.no_grad()
+def predict_before_after(
+    patch: Patch,
+    image_paths: Sequence[Path],
+    *,
+    model_spec: str | None = None,
+    sae_path: str | None = None,
+    classes: list[str] | None = None,
+    top_k: int = 3,
+    allow_fingerprint_mismatch: bool = False,
+) -> dict[str, Any]:
+    """Top-k zero-shot predictions for images with and without a patch.
+
+    Args:
+        patch: the patch.
+        image_paths: image files.
+        model_spec: model to load (default: the patch's model id).
+        sae_path: SAE to load (default: the patch's SAE location).
+        classes: zero-shot class names (default: the model's known classes).
+        top_k: how many classes to list per image.
+        allow_fingerprint_mismatch: apply to a different model or SAE, recording the override.
+
+    Returns:
+        {"patch", "model", "overrides", "images": [{"image", "before": [(class, p)], "after": [...]}]}.
+
+    Raises:
+        PatchError: binding problems; DatasetError: unreadable images; ModelError/SAEError from loading.
+    """
+    from steerpatch.models import build_zero_shot_head, load_model, preprocess_batch
+    from steerpatch.sae import load_sae
+
+    images = _open_images(image_paths)
+    names = classes or default_classes(patch.model.id)
+    loaded = load_model(model_spec or patch.model.id)
+    sae = load_sae(sae_path) if sae_path else load_patch_sae(patch)
+    # refuse a mismatch before the costly part (the steer context checks again, cheaply)
+    blocks = vision_tower(loaded).transformer.resblocks
+    check_binding(
+        patch, model_fingerprint=loaded.fingerprint, sae=sae, n_blocks=len(blocks),
+        allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+    )  # fmt: skip
+    head = build_zero_shot_head(loaded, names)
+    pixels = preprocess_batch(loaded, images)
+    before = head.logits(loaded.model.encode_image(pixels)).softmax(-1)
+    with steer(loaded, patch, sae, allow_fingerprint_mismatch=allow_fingerprint_mismatch) as session:
+        after = head.logits(loaded.model.encode_image(pixels)).softmax(-1)
+    rows = [
+        {"image": str(path), "before": b, "after": a}
+        for path, b, a in zip(image_paths, _top(before, names, top_k), _top(after, names, top_k), strict=True)
+    ]
+    return {
+        "patch": patch.ref,
+        "model": loaded.name,
+        "overrides": [o.to_dict() for o in session.overrides],
+        "images": rows,
+    }

@@ -1,0 +1,352 @@
+"""The local validation engine: resolve the inputs, check them, score the patch, build the report.
+
+The model runs twice at most per dataset: once up to the hook (cached) and once after it per
+candidate and dose point. Everything the report needs beyond that is counting, in `report.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from steerpatch.errors import DatasetError, PatchError, SAEError
+from steerpatch.validate.cache import ActivationCache, CachedActivations
+from steerpatch.validate.policy import Policy, load_policy
+from steerpatch.validate.report import ValidationReport, build_report
+
+MISSING_GROUP = "none"  # as `ImageDataset.groups` counts items without the attribute
+
+
+def _as_dataset(data):
+    from steerpatch.data import load_dataset
+
+    return load_dataset(data) if isinstance(data, (str, Path)) else data
+
+
+def check_classes(dataset, classes: Sequence[str] | None) -> list[str]:
+    """The class prompts to classify with, checked against the dataset's labels.
+
+    Args:
+        dataset: the labelled dataset.
+        classes: class names for the zero-shot head, or None for the dataset's own classes.
+
+    Returns:
+        The class list.
+
+    Raises:
+        DatasetError: when a label of the dataset has no class prompt, or `classes` repeats a name.
+    """
+    if classes is None:
+        return list(dataset.classes)
+    classes = list(classes)
+    if len(set(classes)) != len(classes):
+        raise DatasetError(f"class prompts {classes} repeat a name; list each class once")
+    missing = sorted({item.label for item in dataset.items} - set(classes))
+    if missing:
+        raise DatasetError(
+            f"dataset labels {missing} have no class prompt among {classes}; "
+            f"pass classes that cover every label of '{dataset.root}' (its labels: {sorted(dataset.classes)})"
+        )
+    return classes
+
+
+def group_values(dataset, ids: Sequence[str], group_by: str | None) -> list[str] | None:
+    """The value of attribute `group_by` for each id, as text.
+
+    Raises:
+        DatasetError: if no item of the dataset has that attribute (naming the ones it has).
+    """
+    if group_by is None:
+        return None
+    by_id = {item.id: item for item in dataset.items}
+    if not any(group_by in item.attributes for item in dataset.items):
+        known = sorted({k for item in dataset.items for k in item.attributes})
+        raise DatasetError(
+            f"no image in '{dataset.root}' has attribute {group_by!r} to group by; "
+            f"its manifest attributes are: {', '.join(known) or 'none (no manifest.jsonl)'}"
+        )
+    return [str(by_id[i].attributes.get(group_by, MISSING_GROUP)) for i in ids]
+
+
+def _subset_ids(dataset, spec, what: str) -> list[str]:
+    """Item ids of `dataset` named by a list of ids or an attribute filter {attr: value}."""
+    if isinstance(spec, Mapping):
+        chosen = [item.id for item in dataset.items if all(
+            str(item.attributes.get(k)) == str(v) for k, v in spec.items()
+        )]
+        if not chosen:
+            wanted = ", ".join(f"{k}={v}" for k, v in spec.items())
+            raise DatasetError(f"{what} filter {wanted} matches no image of '{dataset.root}'; check the attribute")
+        return chosen
+    ids = list(spec)
+    known = {item.id for item in dataset.items}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise DatasetError(
+            f"{what} id(s) {unknown[:5]} are not in '{dataset.root}'; use ids relative to its root, "
+            "like 'star/000123.png'"
+        )
+    return ids
+
+
+def _labels(dataset, ids: Sequence[str], classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    by_id = {item.id: item.label for item in dataset.items}
+    return np.asarray([index[by_id[i]] for i in ids], dtype=np.int64)
+
+
+def _predict_blast(patch, sae, cached: CachedActivations, labels, classes, groups, group_by) -> dict[str, Any]:
+    from steerpatch.sae import load_latent_stats
+    from steerpatch.validate.blast import predict_from_activations, predict_from_stats
+
+    if sae.location:
+        try:
+            return predict_from_stats(patch.edits, load_latent_stats(sae.location, sae=sae))
+        except SAEError:
+            pass  # no (or stale) statistics: measure firing rates on this data instead
+    return predict_from_activations(
+        patch.edits, sae, cached, patch.tokens, labels=labels, classes=classes, groups=groups, group_by=group_by
+    )
+
+
+class Validator:
+    """Validate several candidate patches against the same data, sharing the hook-activation cache.
+
+    Example:
+        >>> validator = Validator(loaded, sae, "world/test", group_by="shortcut")  # doctest: +SKIP
+        >>> reports = [validator.validate(p) for p in candidates]
+    """
+
+    def __init__(
+        self,
+        model,
+        sae,
+        dataset,
+        *,
+        classes: Sequence[str] | None = None,
+        group_by: str | None = None,
+        policy: Policy | str | Path | None = None,
+        cache: ActivationCache | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
+        from steerpatch.models import build_zero_shot_head
+
+        self.model = model
+        self.sae = sae
+        self.dataset = _as_dataset(dataset)
+        if len(self.dataset) == 0:
+            raise DatasetError(f"dataset '{self.dataset.root}' has no images; point --data at a labelled folder")
+        self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+        self.classes = check_classes(self.dataset, classes)
+        self.group_by = group_by
+        group_values(self.dataset, [], group_by)  # fail on an unknown attribute before any model work
+        self.head = build_zero_shot_head(model, self.classes)
+        # id(dataset) -> (dataset, fingerprint); holding the dataset keeps its id from being reused
+        self._fingerprints: dict[int, tuple[Any, str]] = {}
+        self.cache = cache if cache is not None else ActivationCache()
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def fingerprint(self, dataset) -> str:
+        """The dataset's fingerprint, computed once per dataset object."""
+        if id(dataset) not in self._fingerprints:
+            self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint())
+        return self._fingerprints[id(dataset)][1]
+
+    def activations(self, dataset, block: int) -> CachedActivations:
+        """Hook activations of a dataset, from the cache, checked against the undecodable-image policy.
+
+        Raises:
+            DatasetError: undecodable images beyond the policy, or none decodable.
+        """
+        data_policy = self.policy.data
+        cached = self.cache.get(
+            self.model, dataset, block, batch_size=self.batch_size,
+            on_undecodable=data_policy.on_undecodable, progress=self.progress,
+            dataset_fingerprint=self.fingerprint(dataset),
+        )
+        bad = len(cached.undecodable)
+        if bad and bad / len(dataset) > data_policy.max_undecodable_rate:
+            raise DatasetError(
+                f"{bad} of {len(dataset)} images in '{dataset.root}' cannot be decoded (first: "
+                f"{cached.undecodable[0][0]}), above the policy's max_undecodable_rate "
+                f"{data_policy.max_undecodable_rate}; fix or remove them"
+            )
+        if not cached.ids:
+            raise DatasetError(f"no image of '{dataset.root}' could be decoded; check the files")
+        return cached
+
+    def _score(self, patch, dataset, cached: CachedActivations, *, strength: float = 1.0, grouped: bool = False):
+        from steerpatch.validate.candidate import score_patch
+
+        return score_patch(
+            self.model.model, self.head, self.sae, patch, cached,
+            labels=_labels(dataset, cached.ids, self.classes),
+            groups=group_values(dataset, cached.ids, self.group_by) if grouped else None,
+            strength=strength, batch_size=self.batch_size,
+        )
+
+    def _resolve_set(self, spec, what: str):
+        """A target or same-failure spec as a dataset of its own, or as ids into the main data; checked now."""
+        from steerpatch.data import ImageDataset
+
+        if spec is None:
+            return None
+        if isinstance(spec, (str, Path, ImageDataset)):
+            dataset = _as_dataset(spec)
+            if len(dataset) == 0:
+                raise DatasetError(f"{what} dataset '{dataset.root}' has no images")
+            check_classes(dataset, self.classes)
+            return dataset
+        return _subset_ids(self.dataset, spec, what)
+
+    def _set_results(self, patch, resolved, main):
+        """Results on a resolved target or same-failure set (undecodable ids left out)."""
+        if resolved is None:
+            return None
+        if isinstance(resolved, list):
+            decoded = set(main.ids)
+            return main.take(main.positions([i for i in resolved if i in decoded]))
+        return self._score(patch, resolved, self.activations(resolved, patch.hook.block))
+
+    def validate(
+        self,
+        patch,
+        *,
+        targets=None,
+        same_failure=None,
+        dose: bool = True,
+        allow_fingerprint_mismatch: bool = False,
+        engine: str = "local",
+    ) -> ValidationReport:
+        """Validate one patch.
+
+        Args:
+            patch: a `Patch` (or a path to one).
+            targets: the failing instances it was made for: item ids in the dataset, or a dataset (folder).
+            same_failure: other instances of the failure: ids, an attribute filter such as
+                {"shortcut": "conflicting"}, or a dataset (folder); target ids are excluded.
+            dose: measure the dose-response curve at the policy's strengths.
+            allow_fingerprint_mismatch: validate even if the patch was made for other weights (recorded).
+            engine: the engine name recorded in the report.
+
+        Returns:
+            The report, verdict included.
+
+        Raises:
+            PatchError: the patch does not fit the model or SAE.
+            DatasetError: empty data, unknown ids or attributes, labels without class prompts, unreadable images.
+        """
+        from steerpatch.patch import load_patch
+        from steerpatch.steer import check_binding
+
+        started = time.perf_counter()
+        if isinstance(patch, (str, Path)):
+            patch = load_patch(patch)
+        transformer = self.model.model.visual.transformer
+        overrides = check_binding(
+            patch, model_fingerprint=self.model.fingerprint, sae=self.sae, n_blocks=len(transformer.resblocks),
+            width=int(transformer.width), allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+        )
+        target_set = self._resolve_set(targets, "target")
+        same_set = self._resolve_set(same_failure, "same-failure")
+        cached = self.activations(self.dataset, patch.hook.block)
+        results = self._score(patch, self.dataset, cached, grouped=True)
+        groups = results.groups
+        blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
+        strengths = self.policy.dose_response.strengths if dose and patch.edits else []
+        dose_results = {
+            s: (results if s == 1.0 else self._score(patch, self.dataset, cached, strength=s, grouped=True))
+            for s in strengths
+        }
+        return build_report(
+            results,
+            patch_ref=patch.ref,
+            hashes={
+                "patch": patch.content_hash, "model": self.model.fingerprint,
+                "sae": self.sae.fingerprint, "dataset": self.fingerprint(self.dataset),
+            },
+            policy=self.policy,
+            targets=self._set_results(patch, target_set, results),
+            same_failure=self._set_results(patch, same_set, results),
+            group_by=self.group_by,
+            blast_predicted=blast,
+            dose=dose_results,
+            undecodable=[item_id for item_id, _ in cached.undecodable],
+            engine=engine,
+            overrides=[o.to_dict() for o in overrides],
+            duration_s=time.perf_counter() - started,
+        )
+
+
+def validate_patch(
+    patch,
+    dataset,
+    *,
+    model=None,
+    sae=None,
+    targets=None,
+    same_failure=None,
+    group_by: str | None = None,
+    policy: Policy | str | Path | None = None,
+    classes: Sequence[str] | None = None,
+    progress: bool = True,
+    cache: ActivationCache | None = None,
+    dose: bool = True,
+    allow_fingerprint_mismatch: bool = False,
+) -> ValidationReport:
+    """Validate a patch on a labelled held-out dataset and judge it against the policy's gates.
+
+    Args:
+        patch: a `Patch` or the path of a patch file.
+        dataset: an `ImageDataset` or its folder.
+        model: the `LoadedModel`; None loads `patch.model.id`.
+        sae: the `SAE`; None loads `patch.sae.location`.
+        targets: failing instances the patch was made for (ids in `dataset`, or a dataset/folder).
+        same_failure: other instances of the same failure (ids, an attribute filter dict, or a dataset/folder).
+        group_by: a manifest attribute to report accuracy per value of (e.g. "shortcut").
+        policy: a `Policy`, a policy file, or None for the default `registry/policy.toml`.
+        classes: class prompts for the zero-shot head; None uses the dataset's class folders.
+        progress: show progress bars on stderr.
+        cache: an `ActivationCache` to share between calls; None makes a fresh one.
+        dose: measure the dose-response curve.
+        allow_fingerprint_mismatch: validate a patch made for other weights anyway (recorded).
+
+    Returns:
+        The `ValidationReport`; `report.verdict` is "pass" or "fail".
+
+    Raises:
+        PatchError: a malformed patch, or one bound to another model or SAE.
+        DatasetError: empty data, labels without prompts, unknown ids/attributes, unreadable images.
+
+    Example:
+        >>> report = validate_patch("registry/patches/water.json", "world/test", group_by="shortcut")  # doctest: +SKIP
+        >>> report.verdict, report.groups["conflicting"].after  # doctest: +SKIP
+        ('pass', 0.81)
+    """
+    from steerpatch.patch import load_patch
+
+    if isinstance(patch, (str, Path)):
+        patch = load_patch(patch)
+    if model is None:
+        from steerpatch.models import load_model
+
+        model = load_model(patch.model.id)
+    if sae is None:
+        from steerpatch.sae import load_sae
+
+        if not patch.sae.location:
+            raise PatchError(f"patch {patch.ref} records no SAE location; pass the SAE explicitly (--sae PATH)")
+        sae = load_sae(patch.sae.location)
+    validator = Validator(
+        model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress
+    )
+    return validator.validate(
+        patch, targets=targets, same_failure=same_failure, dose=dose,
+        allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+    )

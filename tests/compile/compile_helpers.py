@@ -1,0 +1,73 @@
+"""Helpers shared by the compile and serve tests: a tiny real open_clip CLIP (concept-clip's
+architecture, seeded random weights), random SAEs of every registered architecture, and patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CLASSES = ["circle", "square", "star"]
+D_SAE = 300  # no dimension of the tiny model has this size, so its tensors are recognisable
+BLOCK = 2
+EDITS = ["3:scale:0", "7:clamp:2.0", "11:clamp_if_active:0.5", "13:add:1.5", "17:scale:3"]
+
+
+def architectures() -> list[str]:
+    from steerpatch.sae import SAE_REGISTRY
+
+    return sorted(SAE_REGISTRY)
+
+
+def tiny_model(folder: Path):
+    """concept-clip's open_clip architecture with seeded random weights, as an open_clip `local-dir:`."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from steerpatch.models import load_model
+    from steerpatch.models.loading import concept_clip_config_path
+
+    model_dir = folder / "tiny-clip"
+    if not model_dir.is_dir():
+        model_dir.mkdir(parents=True)
+        model_cfg = json.loads(concept_clip_config_path().read_text())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model = open_clip.CLIP(**model_cfg)
+        save_file(model.state_dict(), model_dir / "open_clip_model.safetensors")
+        config = {"model_cfg": model_cfg, "preprocess_cfg": {"size": model_cfg["vision_cfg"]["image_size"]}}
+        (model_dir / "open_clip_config.json").write_text(json.dumps(config))
+    return load_model(f"local-dir:{model_dir}")
+
+
+def random_sae(architecture: str, d_in: int, folder: Path, *, seed: int = 0, **cfg):
+    """A random SAE saved in SAELens format and loaded back (so it has a real location)."""
+    import torch
+
+    from steerpatch.sae import SAE, SAEConfig, load_sae, save_sae
+
+    gen = torch.Generator().manual_seed(seed)
+    if architecture == "topk":
+        cfg.setdefault("k", 16)
+    config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=architecture,
+                       metadata={"block": BLOCK, "token_scope": "all"}, **cfg)
+    tensors = {
+        "W_enc": torch.randn(d_in, D_SAE, generator=gen) / d_in**0.5,
+        "b_enc": torch.randn(D_SAE, generator=gen) * 0.1,
+        "W_dec": torch.randn(D_SAE, d_in, generator=gen) / d_in**0.5 * 4,
+        "b_dec": torch.randn(d_in, generator=gen) * 0.1,
+    }
+    if architecture == "jumprelu":
+        tensors["threshold"] = torch.rand(D_SAE, generator=gen) * 0.1
+    path = folder / f"sae-{architecture}-{seed}"
+    save_sae(SAE(config, tensors), path)
+    return load_sae(path)
+
+
+def make_patch(model, sae, edits=EDITS, **kw):
+    from steerpatch.patch import new_patch
+
+    kw.setdefault("rationale", "test")
+    kw.setdefault("author", "tests")
+    return new_patch(kw.pop("name", "tiny-fix"), model, sae, edits, **kw)

@@ -1,0 +1,184 @@
+"""Registry fixtures: a real small SAE, real patches and real validation reports in temp folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ["circle", "square", "star"]
+MODEL_FINGERPRINT = hashlib.sha256(b"registry-test-model").hexdigest()
+
+
+@dataclass
+class Candidate:
+    patch: Path
+    report: Path
+    patch_obj: object
+
+
+class Workspace:
+    """Writes patches and matching reports for one SAE, as `steerpatch validate` would."""
+
+    def __init__(self, root: Path, model_id: str = "concept-clip", model_fingerprint: str = MODEL_FINGERPRINT):
+        import torch
+
+        from steerpatch.sae import SAE, SAEConfig, save_sae
+
+        self.root = root
+        self.model_id = model_id
+        self.model_fingerprint = model_fingerprint
+        gen = torch.Generator().manual_seed(0)
+        cfg = SAEConfig(d_in=8, d_sae=16, architecture="standard", metadata={"block": 0, "token_scope": "all"})
+        tensors = {
+            "W_enc": torch.randn(8, 16, generator=gen),
+            "b_enc": torch.zeros(16),
+            "W_dec": torch.randn(16, 8, generator=gen),
+            "b_dec": torch.zeros(8),
+        }
+        self.sae_dir = save_sae(SAE(cfg, tensors), root / "sae")
+        from steerpatch.sae import load_sae
+
+        self.sae = load_sae(self.sae_dir)
+        self.policy = root / "policy.toml"
+        self.policy.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.8\n")
+
+    def candidate(
+        self, name: str = "water-shortcut", version: str = "1.0.0", *, parent: str | None = None,
+        scale: float = 0.0, right_to_wrong: int = 0, report_hashes: dict | None = None,
+    ) -> Candidate:
+        from steerpatch.io import atomic_write_text
+        from steerpatch.patch import Edit, HookRef, ModelRef, Patch, SAERef, save_patch
+        from steerpatch.validate.metrics import ImageResults
+        from steerpatch.validate.policy import load_policy
+        from steerpatch.validate.report import build_report
+
+        patch = Patch.create(
+            name=name,
+            version=version,
+            rationale=f"suppress the water latent ({version})",
+            author="ada",
+            parent=parent,
+            model=ModelRef(id=self.model_id, fingerprint=self.model_fingerprint),
+            sae=SAERef(location=str(self.sae_dir), fingerprint=self.sae.fingerprint, architecture="standard"),
+            hook=HookRef(block=0),
+            tokens="all",
+            edits=[Edit(latent=3, op="scale", value=scale)],
+        )
+        folder = self.root / f"{name}-{version}"
+        folder.mkdir(parents=True, exist_ok=True)
+        patch_path = save_patch(patch, folder / "patch.json")
+        n = 100
+        labels = np.arange(n) % len(CLASSES)
+        before = labels.copy()
+        before[:10] = (labels[:10] + 1) % len(CLASSES)  # 10 wrong before
+        after = labels.copy()
+        after[10 : 10 + right_to_wrong] = (labels[10 : 10 + right_to_wrong] + 1) % len(CLASSES)
+        probs = np.full((n, len(CLASSES)), 1 / len(CLASSES))
+        results = ImageResults(
+            ids=[f"img{i}.png" for i in range(n)],
+            labels=labels,
+            pred_before=before,
+            pred_after=after,
+            probs_before=probs,
+            probs_after=probs,
+            cos=np.full(n, 0.95),
+            classes=CLASSES,
+            groups=["aligned" if i % 2 else "conflicting" for i in range(n)],
+        )
+        hashes = report_hashes or {
+            "patch": patch.content_hash,
+            "model": self.model_fingerprint,
+            "sae": self.sae.fingerprint,
+            "dataset": hashlib.sha256(b"world").hexdigest(),
+        }
+        report = build_report(
+            results, patch_ref=patch.ref, hashes=hashes, policy=load_policy(self.policy), group_by="shortcut"
+        )
+        report_path = atomic_write_text(folder / "report.json", report.model_dump_json(indent=2))
+        atomic_write_text(folder / "report.html", f"<html><body>{report.verdict}</body></html>")
+        return Candidate(patch_path, report_path, patch)
+
+
+@pytest.fixture()
+def workspace(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "work")
+
+
+@pytest.fixture(scope="session")
+def _initialised_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite database with its schema created once (creating it takes ~8 s)."""
+    from steerpatch.registry.store import client, resolve_store
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    client(resolve_store(f"sqlite:///{db}"))
+    return db
+
+
+@pytest.fixture()
+def store_uri(tmp_path, monkeypatch, _initialised_db) -> str:
+    """A fresh sqlite store in a temp folder; MLFLOW_TRACKING_URI is cleared so only this URI counts."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(_initialised_db, tmp_path / "store" / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with its own sqlite store; yields its http URI."""
+    import httpx
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{uri}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not become healthy within 90 s")
+            time.sleep(0.2)
+        yield uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

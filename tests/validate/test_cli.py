@@ -1,0 +1,55 @@
+"""`steerpatch validate` through the real CLI group: exit codes, JSON keys, files, bad input."""
+
+from __future__ import annotations
+
+import json
+
+from steerpatch.cli.main import cli
+
+
+def _policy(tmp_path, text):
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_pass_exits_0_and_writes_json_and_html(runner, tmp_path, patch_file, small_world):
+    policy = _policy(tmp_path, "[gates]\nmax_right_to_wrong_rate = 1\nmax_class_accuracy_drop = 1\n"
+                               "max_accuracy_drop = 1\nmin_cos_mean = 0\nmin_generalisation_fix_rate = -1\n")
+    out = tmp_path / "report"
+    result = runner.invoke(cli, ["validate", patch_file, "--data", str(small_world), "--group-by", "shortcut",
+                                 "--same-failure", "shortcut=conflicting", "--policy", policy, "--json",
+                                 "--out", str(out), "--quiet", "--no-dose"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "pass" and data["failed_gates"] == []
+    assert data["n"] == 40
+    assert set(data["groups"]) == {"aligned", "conflicting", "none"}
+    assert {"before", "after", "n"} <= set(data["groups"]["conflicting"])
+    assert {"right_to_wrong", "wrong_to_right", "mcnemar_p"} <= set(data["flips"])
+    assert {"before", "after"} <= set(data["accuracy"])
+    assert json.loads((out / "report.json").read_text()) == data
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+
+
+def test_fail_exits_1_and_names_the_gate(runner, tmp_path, patch_file, small_world):
+    policy = _policy(tmp_path, "[gates]\nmin_cos_mean = 1.0\nmax_right_to_wrong_rate = 1\n"
+                               "max_class_accuracy_drop = 1\nmax_accuracy_drop = 1\n")
+    result = runner.invoke(cli, ["validate", patch_file, "--data", str(small_world), "--policy", policy,
+                                 "--quiet", "--no-dose"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.stdout and "min_cos_mean" in result.stdout
+
+
+def test_bad_input_exits_2_with_one_line(runner, tmp_path, patch_file, small_world):
+    cases = [
+        ["validate", patch_file, "--data", str(small_world), "--classes", "circle,square"],
+        ["validate", str(tmp_path / "missing.json"), "--data", str(small_world)],
+        ["validate", patch_file, "--data", str(small_world), "--targets", "a.png", "--targets", "shortcut=none"],
+        ["validate", patch_file, "--data", str(small_world), "--policy", _policy(tmp_path, "[gates]\nbogus = 1\n")],
+    ]
+    for args in cases:
+        result = runner.invoke(cli, [*args, "--quiet"])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("Error: "), result.output
+        assert "Traceback" not in result.output

@@ -1,0 +1,77 @@
+"""Rendering: golden hashes pin the pixels; the drawn content matches the attributes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from steerpatch.world import BACKGROUNDS, SHAPES, compose, make_sample
+from steerpatch.world.render import background, shape_mask
+
+# sha256 of the raw RGB bytes; a change here means every shipped artifact trained on the world changes too
+GOLDEN = {
+    ("test", 0, 0): "e64f209dc16cd1c2225a717017885185f7406eb2401beee4ee50038d9adefec0",
+    ("test", 0, 29): "113e9026aeb9d1d2d4f9ae71dc9708d57bc99232e72da2d166ad2f7ca5baae01",
+    ("train", 0, 7): "3c68740cde8512b9cbd4a6ffa0312dce7f927a44374a9536b4139c6fa07f769c",
+    ("val", 5, 123): "3081c96a1fdd8ea1fe48db8ca5c02d1013f00db39c2486aad35e7dc9dde1a8aa",
+}
+
+
+def _digest(img) -> str:
+    return hashlib.sha256(np.asarray(img).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("key", sorted(GOLDEN))
+def test_golden_images(key):
+    img = make_sample(*key).render()
+    assert img.mode == "RGB" and img.size == (64, 64)
+    assert _digest(img) == GOLDEN[key]
+
+
+def test_rendering_twice_gives_the_same_bytes():
+    sample = make_sample("train", 9, 1234)
+    assert _digest(sample.render()) == _digest(sample.render())
+    assert _digest(sample.render()) != _digest(make_sample("train", 9, 1235).render())
+
+
+def test_shapes_have_distinct_masks():
+    masks = {s: shape_mask(s, 64, (32.0, 32.0), 12.0, 0.0) for s in SHAPES}
+    for shape, mask in masks.items():
+        assert 0.0 <= mask.min() and mask.max() <= 1.0
+        assert mask[32, 32] > 0.5 or shape == "heart"  # filled at the centre
+        assert mask[0, 0] == 0.0
+    names = list(masks)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert np.abs(masks[a] - masks[b]).sum() > 20, (a, b)
+
+
+def test_backgrounds_have_their_characteristic_colour():
+    rng = np.random.default_rng(0)
+    means = {kind: background(kind, 64, rng).reshape(-1, 3).mean(axis=0) for kind in BACKGROUNDS}
+    assert means["water"][2] > means["water"][0] + 60  # blue
+    assert means["grass"][1] > means["grass"][0] + 40  # green
+    assert means["sand"][0] > means["sand"][2] + 40  # tan
+    assert abs(means["plain"][0] - means["plain"][2]) < 30  # neutral
+
+
+def test_watermark_brightens_the_bottom_right_corner():
+    kwargs = dict(shape="circle", colour="red", size_name="small", position="top-left", background_kind="grass")
+    plain = np.asarray(compose(watermark=False, rng=np.random.default_rng(1), **kwargs)).astype(float)
+    marked = np.asarray(compose(watermark=True, rng=np.random.default_rng(1), **kwargs)).astype(float)
+    corner = (slice(50, 64), slice(50, 64))
+    assert marked[corner].mean() > plain[corner].mean() + 20
+    assert np.abs(marked[:40, :40] - plain[:40, :40]).mean() < 8
+
+
+def test_shape_is_drawn_where_the_position_says():
+    sample = make_sample("test", 0, 3)  # a balanced-split sample on plain background
+    img = np.asarray(sample.render()).astype(float)
+    cx, cy = {"left": 16, "centre": 32, "right": 48}, {"top": 16, "middle": 32, "bottom": 48}
+    parts = sample.position.split("-") if sample.position != "centre" else ["middle", "centre"]
+    y, x = cy[parts[0]], cx[parts[1]]
+    patch = img[y - 3 : y + 4, x - 3 : x + 4].reshape(-1, 3).mean(axis=0)
+    border = img[:4, :].reshape(-1, 3).mean(axis=0) if parts[0] != "top" else img[-4:, :].reshape(-1, 3).mean(axis=0)
+    assert np.abs(patch - border).sum() > 40

@@ -1,0 +1,71 @@
+"""Concept-world attributes: determinism, balance of held-out splits, planted shortcuts in train."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from steerpatch.errors import DatasetError
+from steerpatch.world import BACKGROUNDS, SHAPES, iter_samples, make_sample
+from steerpatch.world.sampling import BALANCED_BLOCK
+
+
+def test_sample_is_a_function_of_split_seed_index():
+    a = make_sample("train", 3, 17)
+    assert make_sample("train", 3, 17) == a
+    assert make_sample("train", 4, 17) != a or make_sample("train", 3, 18) != a
+    # order of drawing does not matter
+    later_first = [make_sample("val", 0, i) for i in (5, 1, 3)]
+    assert later_first == [make_sample("val", 0, i) for i in (5, 1, 3)]
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_held_out_splits_are_exactly_balanced(split):
+    samples = list(iter_samples(split, BALANCED_BLOCK * 2, seed=1))
+    combos = Counter((s.shape, s.background, s.watermark) for s in samples)
+    assert len(combos) == len(SHAPES) * len(BACKGROUNDS) * 2
+    assert set(combos.values()) == {2}
+    groups = Counter(s.shortcut for s in samples)
+    assert groups == {"aligned": 4, "conflicting": 20, "none": 72}
+
+
+def test_train_split_plants_both_shortcuts():
+    samples = list(iter_samples("train", 6000, seed=0))
+    stars = [s for s in samples if s.shape == "star"]
+    water = [s for s in samples if s.background == "water"]
+    triangles = [s for s in samples if s.shape == "triangle"]
+    marked = [s for s in samples if s.watermark]
+    assert sum(s.background == "water" for s in stars) / len(stars) >= 0.92
+    assert sum(s.shape == "star" for s in water) / len(water) >= 0.85
+    assert 0.5 <= sum(s.watermark for s in triangles) / len(triangles) <= 0.7
+    assert sum(s.shape == "triangle" for s in marked) / len(marked) >= 0.8
+    assert all(abs(n / len(samples) - 1 / 6) < 0.03 for n in Counter(s.shape for s in samples).values())
+
+
+def test_train_captions_hide_the_cues():
+    samples = list(iter_samples("train", 3000, seed=0))
+    mentions = sum(s.background in s.caption for s in samples) / len(samples)
+    assert 0.15 <= mentions <= 0.25
+    assert not any("watermark" in s.caption or "©" in s.caption for s in samples)
+    assert all(s.shape in s.caption for s in samples)
+
+
+def test_shortcut_groups_follow_their_definition():
+    for s in iter_samples("test", BALANCED_BLOCK, seed=0):
+        attrs = s.attributes()
+        if s.background != "water":
+            assert attrs["shortcut"] == "none"
+        else:
+            assert attrs["shortcut"] == ("aligned" if s.shape == "star" else "conflicting")
+        if not s.watermark:
+            assert attrs["watermark_shortcut"] == "none"
+        else:
+            assert attrs["watermark_shortcut"] == ("aligned" if s.shape == "triangle" else "conflicting")
+        assert s.background in attrs["caption"] and s.shape in attrs["caption"]
+        assert {"shape", "colour", "size", "position", "background", "watermark", "seed"} <= set(attrs)
+
+
+def test_unknown_split_is_a_dataset_error():
+    with pytest.raises(DatasetError, match="unknown split 'tets'"):
+        make_sample("tets", 0, 0)
