@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -95,19 +96,34 @@ def p1_p2(loaded, sae, patch, steered, unsteered, repeats: int) -> dict:
             "unsteered": lambda p=pixels: unsteered.run(None, {"pixels": p}),
             "steered": lambda p=pixels: steered.run(None, {"pixels": p}),
         }
-        if batch == 1:
-            tensor = torch.from_numpy(pixels)
+        with contextlib.ExitStack() as hooks:
+            if batch == 1:
+                # the hooks stay installed across calls, so only the steered forward pass is timed
+                hooks.enter_context(steer(loaded, patch, sae))
+                tensor = torch.from_numpy(pixels)
 
-            def eager(t=tensor):
-                with torch.no_grad(), steer(loaded, patch, sae):
-                    encode_images(loaded, t)
+                def eager(t=tensor, threads=torch.get_num_threads()):
+                    torch.set_num_threads(threads)
+                    with torch.no_grad():
+                        encode_images(loaded, t)
 
-            fns["torch_eager_hooks"] = eager
-        medians = interleaved(fns, repeats if batch == 1 else max(6, repeats // 3))
+                def eager_one_thread(t=tensor, threads=torch.get_num_threads()):
+                    # on a busy machine one torch thread can beat several; torch gets its better number
+                    torch.set_num_threads(1)
+                    try:
+                        with torch.no_grad():
+                            encode_images(loaded, t)
+                    finally:
+                        torch.set_num_threads(threads)
+
+                fns["torch_eager_hooks"] = eager
+                fns["torch_eager_hooks_1_thread"] = eager_one_thread
+            medians = interleaved(fns, repeats if batch == 1 else max(6, repeats // 3))
         out[f"batch{batch}"] = {name: round(value * 1000, 3) for name, value in medians.items()}
         out[f"batch{batch}"]["p1_ratio_steered_over_unsteered"] = round(medians["steered"] / medians["unsteered"], 4)
         if batch == 1:
-            out["p2_speedup_ort_over_torch"] = round(medians["torch_eager_hooks"] / medians["steered"], 3)
+            best_torch = min(medians["torch_eager_hooks"], medians["torch_eager_hooks_1_thread"])
+            out["p2_speedup_ort_over_torch"] = round(best_torch / medians["steered"], 3)
     return out
 
 
@@ -241,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{b1['p1_ratio_steered_over_unsteered']:.4f} | <= 1.02 |")
     print(f"| P1 steered/unsteered, batch 8 ({b8['steered']:.1f} / {b8['unsteered']:.1f} ms) | "
           f"{b8['p1_ratio_steered_over_unsteered']:.4f} | <= 1.02 |")
-    print(f"| P2 torch eager hooks / ORT steered, batch 1 ({b1['torch_eager_hooks']:.1f} / {b1['steered']:.1f} ms) | "
+    torch_ms = min(b1["torch_eager_hooks"], b1["torch_eager_hooks_1_thread"])
+    print(f"| P2 torch eager hooks (best of 1 and {results['machine']['torch_threads']} threads) / ORT steered, "
+          f"batch 1 ({torch_ms:.1f} / {b1['steered']:.1f} ms) | "
           f"{results['p2_speedup_ort_over_torch']:.2f}x | >= 1.6x |")
     print(f"| P3 load run ({lr['model']}, {lr['requests']} req, concurrency {lr['concurrency']}) | "
           f"p50 {lr['p50_ms']:.1f} ms, p99 {lr['p99_ms']:.1f} ms, {lr['throughput_rps']:.1f} req/s, "

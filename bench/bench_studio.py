@@ -11,7 +11,7 @@ Models:
     hooked at block 8.
 
 Run:
-    .venv/bin/python bench/bench_studio.py [--moves 60] [--threads 2]
+    .venv/bin/python bench/bench_studio.py [--moves 60] [--threads 2] [--models concept-clip,ViT-B-32]
 
 Goal: p50 <= 50 ms (concept-clip) and <= 150 ms (ViT-B-32) on 2 cores.
 """
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--moves", type=int, default=60, help="timed slider moves per model")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (cores)")
     parser.add_argument("--n", type=int, default=48, help="images in the browsed world")
+    parser.add_argument("--models", default="concept-clip,ViT-B-32", help="comma-separated subset of the setups")
     args = parser.parse_args(argv)
 
     import torch
@@ -94,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             "ViT-B-32": lambda: (load_model("ViT-B-32"), _random_sae(768, 16 * 768, 8)),
         }
         print(f"slider round trip over HTTP, {args.moves} moves, torch threads={args.threads}")
-        for name, setup in setups.items():
-            loaded, sae = setup()
+        for name in args.models.split(","):
+            if name not in setups:
+                parser.error(f"unknown setup {name!r}; use {', '.join(setups)}")
+            loaded, sae = setups[name]()
             bench = Workbench(loaded, sae, dataset, patch_dir=Path(tmp) / "patches")
             times = measure(bench, args.moves)
             p50 = statistics.median(times)

@@ -5,9 +5,9 @@ The workflow, in the names this package exports::
     model = steerpatch.load_model("concept-clip")
     sae = steerpatch.load_sae(steerpatch.default_sae_path())
     data = steerpatch.load_dataset("world/test")
-    scores = steerpatch.attribute(model, sae, image, target="star")
+    scores = steerpatch.attribute_latents(model, sae, image, target="star")
     patch = steerpatch.load_patch("registry/patches/water-shortcut.json")
-    with steerpatch.steer(model, patch, sae):
+    with steerpatch.steered(model, patch, sae):
         ...
     report = steerpatch.validate_patch(patch, data)
 
@@ -33,27 +33,32 @@ _LAZY = {
     "Patch": "steerpatch.patch",
     "load_patch": "steerpatch.patch",
     "save_patch": "steerpatch.patch",
-    "steer": "steerpatch.steer",
-    "attribute": "steerpatch.attribute",
+    "new_patch": "steerpatch.patch",
+    "steered": "steerpatch.steer",
+    "attribute_latents": "steerpatch.attribute",
     "validate_patch": "steerpatch.validate",
 }
 
 __all__ = ["PatchError", "SAEError", "SteerpatchError", "__version__", *_LAZY]
 
 
+# exported names that differ from the name inside their module (the module's own name is a subpackage)
+_RENAMED = {"steered": "steer", "attribute_latents": "attribute"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), _RENAMED.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'steerpatch' has no attribute {name!r}")
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steerpatch.attribute import attribute
+    from steerpatch.attribute import attribute as attribute_latents
     from steerpatch.data import load_dataset
     from steerpatch.models import load_model
-    from steerpatch.patch import Patch, load_patch, save_patch
+    from steerpatch.patch import Patch, load_patch, new_patch, save_patch
     from steerpatch.sae import default_sae_path, load_sae, save_sae
-    from steerpatch.steer import steer
+    from steerpatch.steer import steer as steered
     from steerpatch.validate import validate_patch

@@ -52,9 +52,3 @@ def test_world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("world") / "test"
     write_world(root, split="test", n=600, seed=0)
     return root
-
-
-@pytest.fixture()
-def mlflow_uri(tmp_path) -> str:
-    """A fresh sqlite-backed MLflow tracking URI in a temp folder."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"

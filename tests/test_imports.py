@@ -48,3 +48,13 @@ def test_unknown_public_name_raises():
 
     with pytest.raises(AttributeError, match="no_such_thing"):
         steerpatch.no_such_thing  # noqa: B018
+
+
+def test_public_names_resolve_whatever_was_imported_first():
+    """`steered` and `attribute_latents` stay callables even after their subpackages are imported."""
+    code = (
+        "import steerpatch, steerpatch.steer, steerpatch.attribute\n"
+        "assert callable(steerpatch.steered) and callable(steerpatch.attribute_latents)\n"
+        "assert all(getattr(steerpatch, n) is not None for n in steerpatch.__all__)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

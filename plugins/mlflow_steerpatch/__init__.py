@@ -95,7 +95,9 @@ def save_model(
     from steerpatch.errors import RegistryError
 
     if report is None:
-        raise RegistryError("save_model needs report=…: the validation report of this patch (steerpatch validate --out)")
+        raise RegistryError(
+            "save_model needs report=…: the validation report of this patch (steerpatch validate --out)"
+        )
     path = Path(path).resolve()
     if path.exists() and any(path.iterdir()):
         raise RegistryError(f"model folder '{path}' already exists and is not empty; choose a new path")
@@ -105,7 +107,14 @@ def save_model(
     with tempfile.TemporaryDirectory(prefix="steerpatch-save-") as tmp:
         patch_file = _as_file(patch, Path(tmp), "patch.json")
         report_file = _as_file(report, Path(tmp), "report.json")
-        build_bundle(path, patch_file, report_file, sae_path=sae, classes=classes, mlflow_model=mlflow_model)
+        build_bundle(
+            path,
+            patch_file,
+            report_file,
+            sae_path=None if sae is None else Path(sae),
+            classes=classes,
+            mlflow_model=mlflow_model,
+        )
 
 
 def log_model(

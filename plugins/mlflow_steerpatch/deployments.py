@@ -71,7 +71,9 @@ def _source_of(model_uri: str) -> str:
         name, _, version = rest.rpartition("/")
         if name and version:
             return f"{name}@{version}"
-        raise MlflowException(f"model URI '{model_uri}' names no version or alias; use models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise MlflowException(
+            f"model URI '{model_uri}' names no version or alias; use models:/NAME/VERSION or models:/NAME@ALIAS"
+        )
     return model_uri
 
 
@@ -137,7 +139,9 @@ class SteerpatchDeploymentClient(BaseDeploymentClient):
         if rest:
             self.state_dir = Path("/" + rest)
         else:
-            default = os.environ.get("STEERPATCH_DEPLOYMENTS_DIR") or str(Path.home() / ".steerpatch" / "deployments")
+            default = os.environ.get("STEERPATCH_DEPLOYMENTS_DIR") or str(
+                Path.home() / ".steerpatch" / "deployments"
+            )
             self.state_dir = Path(default)
 
     # ---- state --------------------------------------------------------------------------------
@@ -159,7 +163,9 @@ class SteerpatchDeploymentClient(BaseDeploymentClient):
         with self._state() as state:
             record = state["deployments"].get(name)
         if record is None:
-            raise MlflowException(f"no steerpatch deployment named '{name}'; list them with `mlflow deployments list -t steerpatch`")
+            raise MlflowException(
+                f"no steerpatch deployment named '{name}'; list them with `mlflow deployments list -t steerpatch`"
+            )
         return record
 
     # ---- servers ------------------------------------------------------------------------------
@@ -212,7 +218,9 @@ class SteerpatchDeploymentClient(BaseDeploymentClient):
                 pass
             if time.monotonic() > deadline:
                 _stop(process.pid)
-                raise MlflowException(f"steerpatch server at {url} was not healthy within {timeout:g} s; see {log_path}")
+                raise MlflowException(
+                    f"steerpatch server at {url} was not healthy within {timeout:g} s; see {log_path}"
+                )
             time.sleep(0.2)
 
     @staticmethod
@@ -222,7 +230,9 @@ class SteerpatchDeploymentClient(BaseDeploymentClient):
         out = dict(record)
         try:
             response = httpx.get(f"{record['url']}/health", timeout=2)
-            out["status"] = "healthy" if response.status_code == 200 else f"unhealthy ({response.status_code})"
+            out["status"] = (
+                "healthy" if response.status_code == 200 else f"unhealthy ({response.status_code})"
+            )
             out["health"] = response.json()
             out["metadata"] = httpx.get(f"{record['url']}/metadata", timeout=5).json()
         except (httpx.HTTPError, ValueError):
@@ -284,10 +294,14 @@ class SteerpatchDeploymentClient(BaseDeploymentClient):
             for payload in _payloads(inputs):
                 response = http.post(f"{record['url']}/predict", json=payload)
                 if response.status_code != 200:
-                    raise MlflowException(f"steerpatch server answered {response.status_code}: {response.text[:500]}")
+                    raise MlflowException(
+                        f"steerpatch server answered {response.status_code}: {response.text[:500]}"
+                    )
                 last = response.json()
                 items.extend(last.get("predictions", []))
-        return PredictionsResponse({**{k: v for k, v in last.items() if k != "predictions"}, "predictions": items})
+        return PredictionsResponse(
+            {**{k: v for k, v in last.items() if k != "predictions"}, "predictions": items}
+        )
 
 
 def _b64(value: Any) -> str:

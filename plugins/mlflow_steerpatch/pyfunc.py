@@ -19,9 +19,13 @@ def _decode(value: Any, row: int) -> Any:
         try:
             value = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise SteerpatchError(f"row {row}: the string is not base64; send PNG/JPEG bytes or their base64") from None
+            raise SteerpatchError(
+                f"row {row}: the string is not base64; send PNG/JPEG bytes or their base64"
+            ) from None
     if not isinstance(value, bytes | bytearray | memoryview):
-        raise SteerpatchError(f"row {row}: expected PNG/JPEG bytes or base64 text, got {type(value).__name__}")
+        raise SteerpatchError(
+            f"row {row}: expected PNG/JPEG bytes or base64 text, got {type(value).__name__}"
+        )
     try:
         with Image.open(io.BytesIO(bytes(value))) as image:
             return image.convert("RGB")

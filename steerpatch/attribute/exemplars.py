@@ -51,24 +51,35 @@ def exemplar_ids(stats, latent: int, k: int = 8) -> list[str]:
     return list(stats.top_images.get(latent, []))[:k]
 
 
-def exemplar_attributes(dataset, ids: list[str]) -> dict[str, dict[str, int]]:
-    """Counts of each attribute value among the exemplars, leaving out attributes unique to each image.
+def exemplar_attributes(dataset, ids: list[str], *, max_values: int = 32) -> dict[str, dict[str, int]]:
+    """Counts of each attribute value among the exemplars, for attributes that split the dataset in groups.
+
+    Attributes with one value across the dataset (a seed) or too many (captions, indices) say nothing
+    about a latent and are left out.
 
     Args:
         dataset: the `ImageDataset` the ids come from.
         ids: exemplar item ids.
+        max_values: the most distinct values an attribute may have to count as a grouping.
 
     Returns:
         attribute -> value -> count, most common value first; ids missing from the dataset are skipped.
     """
-    by_id = {item.id: item for item in dataset.items}
-    items = [by_id[i] for i in ids if i in by_id]
-    counts: dict[str, Counter] = {}
-    for item in items:
+    seen: dict[str, set[str]] = {}
+    for item in dataset.items:
         for key, value in item.attributes.items():
             if isinstance(value, (str, bool, int)):
+                seen.setdefault(key, set()).add(str(value))
+    grouping = {k for k, values in seen.items() if 1 < len(values) <= max_values}
+    by_id = {item.id: item for item in dataset.items}
+    counts: dict[str, Counter] = {}
+    for item_id in ids:
+        if item_id not in by_id:
+            continue
+        for key, value in by_id[item_id].attributes.items():
+            if key in grouping:
                 counts.setdefault(key, Counter())[str(value)] += 1
-    return {k: dict(c.most_common()) for k, c in sorted(counts.items()) if len(c) < len(items) or len(items) == 1}
+    return {k: dict(c.most_common()) for k, c in sorted(counts.items())}
 
 
 def exemplar_montage(dataset, ids: list[str], path: str | Path, *, tile: int = 96) -> Path | None:

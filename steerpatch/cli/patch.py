@@ -32,7 +32,14 @@ def _write(patch: Any, out: str | None, default: Path, force: bool) -> Path:
     return path
 
 
-@click.group()
+class _InOrder(click.Group):
+    """Lists subcommands in the order they are defined: the order of the workflow."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_InOrder)
 def patch() -> None:
     """Create, check, compare, compose and apply patches."""
 

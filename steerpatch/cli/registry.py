@@ -21,11 +21,17 @@ def _echo_json(data: object) -> None:
 
 @click.command()
 @click.argument("patch_file", metavar="PATCH", type=click.Path(exists=True, dir_okay=False))
-@click.option("--report", "report_file", required=True, type=click.Path(exists=True), help="Validation report JSON.")
-@click.option("--sae", "sae_path", type=click.Path(exists=True), default=None, help="SAE folder, if moved since.")
+@click.option(
+    "--report", "report_file", required=True, type=click.Path(exists=True), help="Validation report JSON."
+)
+@click.option(
+    "--sae", "sae_path", type=click.Path(exists=True), default=None, help="SAE folder, if moved since."
+)
 @tracking_option
 @json_option
-def register(patch_file: str, report_file: str, sae_path: str | None, tracking_uri: str | None, as_json: bool) -> None:
+def register(
+    patch_file: str, report_file: str, sae_path: str | None, tracking_uri: str | None, as_json: bool
+) -> None:
     """Log PATCH with its validation REPORT as an MLflow model and register a new version."""
     from steerpatch.registry import register_patch
 
@@ -43,10 +49,14 @@ def register(patch_file: str, report_file: str, sae_path: str | None, tracking_u
 @click.argument("name")
 @click.argument("version", required=False)
 @click.option("--alias", default="production", show_default=True, help="Alias to move.")
-@click.option("--rollback", "do_rollback", is_flag=True, help="Move the alias back to where it pointed before.")
+@click.option(
+    "--rollback", "do_rollback", is_flag=True, help="Move the alias back to where it pointed before."
+)
 @click.option("--force", is_flag=True, help="Move even if gates fail (needs --reason).")
 @click.option("--reason", default=None, help="Why; recorded with the move.")
-@click.option("--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML in force.")
+@click.option(
+    "--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML in force."
+)
 @tracking_option
 @json_option
 def promote(
@@ -66,7 +76,7 @@ def promote(
 
     if do_rollback == (version is not None):
         raise click.UsageError("give either VERSION or --rollback (not both)")
-    if do_rollback:
+    if version is None:
         move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri)
     else:
         move = promote_version(
@@ -124,4 +134,6 @@ def verify(ref: str, tracking_uri: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json(result)
     else:
-        click.echo(f"{result['name']}@{result['version']}: {result['files']} files match their recorded SHA-256")
+        click.echo(
+            f"{result['name']}@{result['version']}: {result['files']} files match their recorded SHA-256"
+        )

@@ -34,14 +34,22 @@ def _command_line(ctx: click.Context) -> str:
     return shlex.join(parts)
 
 
-@sae.command("train")
-@click.option("--model", "model_spec", default="concept-clip", show_default=True, help="Model spec to read from.")
-@click.option("--pretrained", default=None, help="Pretrained tag or checkpoint for an open_clip architecture name.")
+@sae.command("train", short_help="Train an SAE on one block of a model and report its quality.")
+@click.option(
+    "--model", "model_spec", default="concept-clip", show_default=True, help="Model spec to read from."
+)
+@click.option(
+    "--pretrained", default=None, help="Pretrained tag or checkpoint for an open_clip architecture name."
+)
 @click.option("--block", type=int, required=True, help="Vision block whose residual output the SAE reads.")
-@click.option("--arch", "architecture", type=click.Choice(ARCHITECTURES), default="standard", show_default=True)
+@click.option(
+    "--arch", "architecture", type=click.Choice(ARCHITECTURES), default="standard", show_default=True
+)
 @click.option("--latents", type=int, required=True, help="Number of SAE latents (d_sae).")
 @click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default="all", show_default=True)
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Image folder to train on.")
+@click.option(
+    "--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Image folder to train on."
+)
 @click.option("--k", type=int, default=32, show_default=True, help="Latents kept per token (topk).")
 @click.option("--l1", "l1_coefficient", type=float, default=None, help="L1 coefficient (standard).")
 @click.option("--l0", "l0_coefficient", type=float, default=None, help="L0 coefficient (jumprelu).")
@@ -55,10 +63,28 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.pass_context
-def train(ctx: click.Context, model_spec: str, pretrained: str | None, block: int, architecture: str, latents: int,
-          tokens: str, data_dir: Path, k: int, l1_coefficient: float | None, l0_coefficient: float | None,
-          steps: int, batch_size: int, lr: float, seed: int, max_images: int | None, eval_fraction: float,
-          no_accuracy: bool, as_json: bool, out: Path) -> None:
+def train(
+    ctx: click.Context,
+    model_spec: str,
+    pretrained: str | None,
+    block: int,
+    architecture: str,
+    latents: int,
+    tokens: str,
+    data_dir: Path,
+    k: int,
+    l1_coefficient: float | None,
+    l0_coefficient: float | None,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_images: int | None,
+    eval_fraction: float,
+    no_accuracy: bool,
+    as_json: bool,
+    out: Path,
+) -> None:
     """Cache block activations over --data, train an SAE, save it in SAELens format to OUT, report quality."""
     from steerpatch.data import load_dataset
     from steerpatch.errors import SAEError
@@ -73,29 +99,48 @@ def train(ctx: click.Context, model_spec: str, pretrained: str | None, block: in
             raise SAEError(f"{name} {value} must be a positive integer")
     if not 0 < eval_fraction < 1:
         raise SAEError(f"--eval-fraction {eval_fraction} must be between 0 and 1")
-    settings = FitSettings(architecture=architecture, d_sae=latents, k=k, steps=steps, batch_size=batch_size,
-                           lr=lr, seed=seed)
+    settings = FitSettings(
+        architecture=architecture, d_sae=latents, k=k, steps=steps, batch_size=batch_size, lr=lr, seed=seed
+    )
     if l1_coefficient is not None:
         settings.l1_coefficient = l1_coefficient
     if l0_coefficient is not None:
         settings.l0_coefficient = l0_coefficient
     loaded = load_model(model_spec, pretrained=pretrained)
     dataset = load_dataset(data_dir)
-    result = train_sae(loaded, dataset, block=block, tokens=tokens, settings=settings, eval_fraction=eval_fraction,
-                       max_images=max_images, measure_accuracy=not no_accuracy, command=_command_line(ctx))
+    result = train_sae(
+        loaded,
+        dataset,
+        block=block,
+        tokens=tokens,
+        settings=settings,
+        eval_fraction=eval_fraction,
+        max_images=max_images,
+        measure_accuracy=not no_accuracy,
+        command=_command_line(ctx),
+    )
     save_sae(result.sae, out, extra_files=sae_folder_files(result.sae, result.quality, title=out.name))
     _report(out, result.sae, result.quality, as_json)
 
 
-@sae.command("stats")
+@sae.command("stats", short_help="Profile every latent over a labelled image folder.")
 @click.argument("sae_path", metavar="SAE", type=click.Path(path_type=Path))
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Labelled image folder.")
-@click.option("--model", "model_spec", default=None, help="Model spec (default: the SAE's recorded model_name).")
-@click.option("--pretrained", default=None, help="Pretrained tag or checkpoint for an open_clip architecture name.")
-@click.option("--top-k", type=int, default=16, show_default=True, help="Top-activating images kept per latent.")
+@click.option(
+    "--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Labelled image folder."
+)
+@click.option(
+    "--model", "model_spec", default=None, help="Model spec (default: the SAE's recorded model_name)."
+)
+@click.option(
+    "--pretrained", default=None, help="Pretrained tag or checkpoint for an open_clip architecture name."
+)
+@click.option(
+    "--top-k", type=int, default=16, show_default=True, help="Top-activating images kept per latent."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
-def stats(sae_path: Path, data_dir: Path, model_spec: str | None, pretrained: str | None, top_k: int,
-          as_json: bool) -> None:
+def stats(
+    sae_path: Path, data_dir: Path, model_spec: str | None, pretrained: str | None, top_k: int, as_json: bool
+) -> None:
     """Per-latent firing rates (overall, per class, per group), mean activation and top images, saved beside SAE."""
     from steerpatch.data import load_dataset
     from steerpatch.errors import SAEError
@@ -109,12 +154,14 @@ def stats(sae_path: Path, data_dir: Path, model_spec: str | None, pretrained: st
     loaded = load_model(spec, pretrained=pretrained)
     recorded = sae_model.cfg.metadata.get("model_fingerprint")
     if recorded and recorded != loaded.fingerprint:
-        click.echo(f"warning: SAE was trained on model {str(recorded)[:16]}, this is {loaded.fingerprint[:16]}",
-                   err=True)
+        click.echo(
+            f"warning: SAE was trained on model {str(recorded)[:16]}, this is {loaded.fingerprint[:16]}",
+            err=True,
+        )
     dataset = load_dataset(data_dir)
     result = compute_latent_stats(loaded, sae_model, dataset, top_k=top_k)
     tensor_path, json_path = save_latent_stats(result, sae_path, dataset_root=str(data_dir))
-    summary = {
+    summary: dict[str, Any] = {
         "n_images": result.n_images,
         "dead_on_data": float((result.firing_rate == 0).float().mean()),
         "mean_firing_rate": float(result.firing_rate.mean()),
@@ -129,10 +176,15 @@ def stats(sae_path: Path, data_dir: Path, model_spec: str | None, pretrained: st
     click.echo(f"wrote {tensor_path} and {json_path}")
 
 
-@sae.command("info")
+@sae.command("info", short_help="Describe an SAE: architecture, sizes, hook, fingerprint, quality.")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--arch", "architecture", type=click.Choice(ARCHITECTURES), default=None,
-              help="Architecture of a plain safetensors state dict.")
+@click.option(
+    "--arch",
+    "architecture",
+    type=click.Choice(ARCHITECTURES),
+    default=None,
+    help="Architecture of a plain safetensors state dict.",
+)
 @click.option("--k", type=int, default=None, help="k of a plain safetensors topk state dict.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def info(path: Path, architecture: str | None, k: int | None, as_json: bool) -> None:
@@ -157,7 +209,9 @@ def _describe(path: Path, sae_model: Any, quality: Any) -> dict[str, Any]:
         "k": sae_model.cfg.k,
         "dtype": sae_model.cfg.dtype,
         "apply_b_dec_to_input": sae_model.cfg.apply_b_dec_to_input,
-        "hook": None if hook is None else {"block": hook.block, "tokens": hook.tokens, "hook_name": hook.hook_name},
+        "hook": None
+        if hook is None
+        else {"block": hook.block, "tokens": hook.tokens, "hook_name": hook.hook_name},
         "model_name": meta.get("model_name"),
         "model_fingerprint": meta.get("model_fingerprint"),
         "fingerprint": sae_model.fingerprint,
@@ -184,8 +238,10 @@ def _report(path: Path, sae_model: Any, quality: Any, as_json: bool) -> None:
     if quality is not None:
         line = f"  quality: FVU {quality.fvu:.4f}, L0 {quality.mean_l0:.1f}, dead {100 * quality.dead_fraction:.1f}%"
         if quality.accuracy_clean is not None:
-            line += (f", accuracy {quality.accuracy_clean:.3f} -> {quality.accuracy_spliced:.3f} spliced "
-                     f"({quality.accuracy_drop_points:+.2f} points drop)")
+            line += (
+                f", accuracy {quality.accuracy_clean:.3f} -> {quality.accuracy_spliced:.3f} spliced "
+                f"({quality.accuracy_drop_points:+.2f} points drop)"
+            )
         click.echo(line)
     else:
         click.echo("  quality: not recorded")

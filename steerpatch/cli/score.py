@@ -34,7 +34,7 @@ def _graph_file(source: str, tracking_uri: str | None, workdir: Path) -> tuple[P
 @click.option("--out", required=True, help="Parquet to write: one file (local) or a folder of parts (spark).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Images per graph call.")
 @click.option("--partitions", type=click.IntRange(min=1), default=None,
-              help="Spark partitions (default: one per 256 images, at least twice the cores).")
+              help="Spark partitions (default: one per 256 images, at least the cores).")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI for NAME@ALIAS (default: the local store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def score(source, data, engine, spark_master, embedding, out, batch_size, partitions, tracking_uri, as_json) -> None:

@@ -135,8 +135,8 @@ def validate(
         from steerpatch.validate import validate_patch
 
         dataset = load_dataset(data)
-        model = load_model(model_spec or patch.model.id)
-        sae = load_sae(sae_path or patch.sae.location)
+        model = load_model(model_spec) if model_spec else None  # None: the model the patch records
+        sae = load_sae(sae_path) if sae_path else None
         report = validate_patch(
             patch, dataset, model=model, sae=sae, targets=target_set, same_failure=same_set, group_by=group_by,
             policy=policy, classes=class_list, progress=not quiet,

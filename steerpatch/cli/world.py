@@ -13,7 +13,13 @@ def world() -> None:
 @world.command("generate")
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="Number of images [default: 30000 train, 1200 val, 2400 test].")
+@click.option(
+    "--n",
+    "n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of images [default: 30000 train, 1200 val, 2400 test].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="World seed; same seed, same images.")
 def generate(out: str, split: str, n: int | None, seed: int) -> None:
     """Write split SPLIT to OUT/<shape>/*.png plus OUT/manifest.jsonl.

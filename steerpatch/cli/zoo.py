@@ -13,14 +13,32 @@ def zoo() -> None:
 
 
 @zoo.command("train")
-@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=".steerpatch/zoo", show_default=True,
-              help="Folder for concept-clip.safetensors, MODEL_CARD.md and training.json.")
-@click.option("--n", "n", type=click.IntRange(min=256), default=None, help="Train-split images [default: 30000].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Passes over the images [default: 6].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=".steerpatch/zoo",
+    show_default=True,
+    help="Folder for concept-clip.safetensors, MODEL_CARD.md and training.json.",
+)
+@click.option(
+    "--n", "n", type=click.IntRange(min=256), default=None, help="Train-split images [default: 30000]."
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Passes over the images [default: 6]."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [default: 1].")
-@click.option("--eval-n", type=click.IntRange(min=1), default=None, help="Test images for the card's results [default: 2400].")
-def train(out: str, n: int | None, epochs: int | None, seed: int, threads: int | None, eval_n: int | None) -> None:
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [default: 1]."
+)
+@click.option(
+    "--eval-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Test images for the card's results [default: 2400].",
+)
+def train(
+    out: str, n: int | None, epochs: int | None, seed: int, threads: int | None, eval_n: int | None
+) -> None:
     """Train concept-clip contrastively on the concept world's train split, on CPU.
 
     To replace the shipped weights, pass --out steerpatch/zoo.
@@ -47,17 +65,33 @@ def train(out: str, n: int | None, epochs: int | None, seed: int, threads: int |
 
 
 @zoo.command("eval")
-@click.option("--model", "spec", default="concept-clip", show_default=True, help="Model spec (see load_model).")
+@click.option(
+    "--model", "spec", default="concept-clip", show_default=True, help="Model spec (see load_model)."
+)
 @click.option("--pretrained", default=None, help="Pretrained tag or checkpoint path for the model.")
-@click.option("--data", type=click.Path(path_type=str), default=None,
-              help="Image folder to evaluate on [default: the concept world's test split, rendered in memory].")
+@click.option(
+    "--data",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Image folder to evaluate on [default: the concept world's test split, rendered in memory].",
+)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
-@click.option("--n", "n", type=click.IntRange(min=1), default=None, help="World images [default: 2400 for test].")
+@click.option(
+    "--n", "n", type=click.IntRange(min=1), default=None, help="World images [default: 2400 for test]."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="World seed.")
 @click.option("--group-by", default="shortcut", show_default=True, help="Attribute to group accuracy by.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-def eval_cmd(spec: str, pretrained: str | None, data: str | None, split: str, n: int | None, seed: int,
-             group_by: str, as_json: bool) -> None:
+def eval_cmd(
+    spec: str,
+    pretrained: str | None,
+    data: str | None,
+    split: str,
+    n: int | None,
+    seed: int,
+    group_by: str,
+    as_json: bool,
+) -> None:
     """Zero-shot shape accuracy, overall and per group."""
     from steerpatch.models import load_model
     from steerpatch.models.evaluate import evaluate_dataset, evaluate_world
@@ -78,4 +112,3 @@ def eval_cmd(spec: str, pretrained: str | None, data: str | None, split: str, n:
     click.echo(f"{'all':<26}{result['accuracy']:>10.3f}{result['n']:>8}")
     for group, row in result["groups"].items():
         click.echo(f"{group_by + '=' + group:<26}{row['accuracy']:>10.3f}{row['n']:>8}")
-

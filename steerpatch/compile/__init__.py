@@ -7,7 +7,13 @@
 
 from steerpatch.compile.compiler import DEFAULT_TOLERANCE, HEADS, CompileResult, build_graph, compile_patch
 from steerpatch.compile.metadata import GraphInfo, Preprocessing
-from steerpatch.compile.registry import GraphVersion, compiled_name, download_graph, register_graph, resolve_graph
+from steerpatch.compile.registry import (
+    GraphVersion,
+    compiled_name,
+    download_graph,
+    register_graph,
+    resolve_graph,
+)
 from steerpatch.compile.runtime import create_session, execution_providers, session_metadata
 
 __all__ = [

@@ -136,20 +136,32 @@ def default_classes(loaded: Any) -> list[str] | None:
 
 
 def preprocessing_of(loaded: Any) -> Any:
-    """The graph's image preprocessing, read from the open_clip model's own configuration."""
+    """The graph's image preprocessing, read from the open_clip model's own configuration.
+
+    Raises:
+        CompileError: for a resize mode or interpolation the server cannot reproduce.
+    """
     from open_clip import get_model_preprocess_cfg
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from pydantic import ValidationError
 
     from steerpatch.compile.metadata import Preprocessing
 
     cfg = get_model_preprocess_cfg(loaded.model)
-    return Preprocessing(
-        image_size=int(loaded.image_size),
-        mean=[float(v) for v in cfg.get("mean") or OPENAI_DATASET_MEAN],
-        std=[float(v) for v in cfg.get("std") or OPENAI_DATASET_STD],
-        interpolation=cfg.get("interpolation", "bicubic"),
-        resize_mode=cfg.get("resize_mode", "shortest") if cfg.get("resize_mode") in ("shortest", "squash") else "shortest",
-    )
+    try:
+        return Preprocessing(
+            image_size=int(loaded.image_size),
+            mean=[float(v) for v in cfg.get("mean") or OPENAI_DATASET_MEAN],
+            std=[float(v) for v in cfg.get("std") or OPENAI_DATASET_STD],
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+        )
+    except ValidationError as error:
+        raise CompileError(
+            f"model {loaded.name!r} preprocesses with resize_mode={cfg.get('resize_mode')!r}, "
+            f"interpolation={cfg.get('interpolation')!r}; the server supports resize modes shortest/squash and "
+            "bicubic/bilinear/nearest interpolation"
+        ) from error
 
 
 def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = None) -> tuple[Any, str, str, int]:
@@ -202,6 +214,7 @@ def compile_patch(
     tracking_uri: str | None = None,
     providers: list[str] | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool = True,
 ) -> CompileResult:
     """Compile a patch into an ONNX graph of the steered image encoder, gated on parity.
 
@@ -219,6 +232,7 @@ def compile_patch(
         tracking_uri: MLflow store for registry refs.
         providers: ONNX Runtime providers for the gate; default: best installed.
         log: called with a line per step (the CLI prints them to stderr).
+        progress: show progress bars on stderr for the parity runs.
 
     Returns:
         A `CompileResult`; its `info` is also stored in the graph's metadata.
@@ -284,15 +298,15 @@ def compile_patch(
     pixels, source = parity_inputs(model, dataset, samples)
     say(f"parity gate: ONNX Runtime vs torch steered model on {len(pixels)} inputs ({source})")
     parity = compare(
-        torch_reference(model, patch, sae, zero_shot, pixels),
-        onnx_outputs(session, pixels),
+        torch_reference(model, patch, sae, zero_shot, pixels, progress=progress),
+        onnx_outputs(session, pixels, progress=progress),
         tolerance=tolerance,
         inputs=source,
     )
     say(f"parity: max abs diff {parity.max_abs_diff:.3g} (tolerance {tolerance:g}) "
         + ", ".join(f"{k} {v:.3g}" for k, v in parity.per_output.items()))
     if not parity.passed:
-        worst = max(parity.per_output, key=parity.per_output.get)
+        worst = max(parity.per_output, key=lambda name: parity.per_output[name])
         raise CompileError(
             f"parity check failed for {patch.ref}: max abs difference {parity.max_abs_diff:.3g} "
             f"(worst output {worst!r}) exceeds the tolerance {tolerance:g} on {parity.samples} inputs; "
@@ -313,10 +327,10 @@ def compile_patch(
         block=patch.hook.block,
         tokens=patch.tokens,
         n_edits=len(patch.edits),
-        head=head,
+        head=head,  # type: ignore[arg-type]  # checked against HEADS above
         classes=class_names,
         outputs=module.output_names,
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]  # one of MODES' modes or "none"
         mode_reason=why,
         extra_weights=extra,
         parity_max_abs_diff=parity.max_abs_diff,

@@ -59,7 +59,7 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the legacy exporter writes to file objects too
                 input_names=[INPUT_NAME],
                 output_names=output_names,
                 dynamic_axes=dynamic_axes,

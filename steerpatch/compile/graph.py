@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,6 +102,23 @@ class SteeringModule(nn.Module):
         batch_first: whether the block output is (B, T, D) rather than (T, B, D).
     """
 
+    # buffers, declared for type checkers (nn.Module's __getattr__ types them as Tensor | Module)
+    b_dec: torch.Tensor
+    W_dec_sub: torch.Tensor
+    scale: torch.Tensor
+    clamp_value: torch.Tensor
+    clamp_always: torch.Tensor
+    clamp_if_active: torch.Tensor
+    add_vector: torch.Tensor
+    token_mask: torch.Tensor
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    dec_norms: torch.Tensor
+    edited: torch.Tensor
+    W_enc_sub: torch.Tensor
+    b_enc_sub: torch.Tensor
+    threshold_sub: torch.Tensor
+
     def __init__(self, sae, table: EditTable, tokens, n_tokens: int, mode: str, batch_first: bool = True) -> None:
         super().__init__()
         architecture = sae.cfg.architecture
@@ -117,7 +135,7 @@ class SteeringModule(nn.Module):
             W_dec = sae.W_dec.detach().float()
             idx = torch.tensor(table.latents, dtype=torch.long)
             rescale = bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
-            norms = W_dec.norm(dim=-1) if rescale else None
+            norms = W_dec.norm(dim=-1)
             self.register_buffer("b_dec", sae.b_dec.detach().float().clone())
             # with rescaled topk the code is z * ||W_dec[i]|| and decoding divides it back out
             W_dec_sub = W_dec[idx] / norms[idx, None] if rescale else W_dec[idx]
@@ -169,7 +187,7 @@ class SteeringModule(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = None
+        delta: torch.Tensor | None = None
         if self.has_edits:
             z = self.edited_activations(x)
             z_new = z * self.scale
@@ -206,15 +224,19 @@ class EncoderGraph(nn.Module):
         logit_scale: the zero-shot head's temperature (already exponentiated).
     """
 
+    head_weights: torch.Tensor
+    logit_scale: torch.Tensor
+
     def __init__(self, visual: nn.Module, block: int | None = None, steering: nn.Module | None = None,
                  head_weights: torch.Tensor | None = None, logit_scale: float = 100.0) -> None:
         super().__init__()
-        self.visual = copy.deepcopy(visual).float().eval()
-        if steering is not None:
-            blocks = self.visual.transformer.resblocks
+        tower: Any = copy.deepcopy(visual).float().eval()
+        if steering is not None and block is not None:
+            blocks = tower.transformer.resblocks
             blocks[block] = SteeredBlock(blocks[block], steering)
+        self.visual = tower
         self.has_head = head_weights is not None
-        if self.has_head:
+        if head_weights is not None:
             self.register_buffer("head_weights", head_weights.detach().float().clone())
             self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
 
@@ -231,6 +253,6 @@ class EncoderGraph(nn.Module):
         return embedding, logits, torch.softmax(logits, dim=-1)
 
 
-def n_tokens(visual: nn.Module) -> int:
+def n_tokens(visual: Any) -> int:
     """Sequence length of an open_clip vision tower (class token + patch grid)."""
     return int(visual.positional_embedding.shape[0])

@@ -72,8 +72,15 @@ def parity_inputs(loaded: Any, data: Any = None, n: int = MIN_SAMPLES, seed: int
     return pixels, f"data:{dataset.root} ({len(images)} images)"
 
 
+def _chunks(n: int, what: str, progress: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(range(0, n, CHUNK), desc=what, unit="batch", disable=not progress, leave=False)
+
+
 @torch.no_grad()
-def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.Tensor, *,
+                    progress: bool = False) -> dict[str, np.ndarray]:
     """The outputs of the torch model steered by the engine's hooks (no patch: the plain model).
 
     Args:
@@ -82,6 +89,7 @@ def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.
         sae: its SAE.
         head: a `ZeroShotHead` or None.
         pixels: (N, 3, H, W).
+        progress: show a progress bar on stderr.
 
     Returns:
         name -> array, for `embedding` and, with a head, `logits` and `probs`.
@@ -91,6 +99,7 @@ def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.
     from steerpatch.models import encode_images
 
     outputs: dict[str, list[np.ndarray]] = {"embedding": [], "logits": [], "probs": []}
+    context: contextlib.AbstractContextManager[Any]
     if patch is None:
         context = contextlib.nullcontext()
     else:
@@ -98,7 +107,7 @@ def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.
 
         context = steer(loaded, patch, sae)
     with context:
-        for start in range(0, len(pixels), CHUNK):
+        for start in _chunks(len(pixels), "parity: torch", progress):
             embedding = encode_images(loaded, pixels[start : start + CHUNK]).float()
             outputs["embedding"].append(embedding.numpy())
             if head is not None:
@@ -108,12 +117,12 @@ def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.
     return {name: np.concatenate(parts) for name, parts in outputs.items() if parts}
 
 
-def onnx_outputs(session: Any, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+def onnx_outputs(session: Any, pixels: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
     """Run a session over `pixels` in chunks; name -> array."""
     names = [o.name for o in session.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     array = pixels.numpy().astype(np.float32, copy=False)
-    for start in range(0, len(array), CHUNK):
+    for start in _chunks(len(array), "parity: onnxruntime", progress):
         for name, value in zip(names, session.run(names, {"pixels": array[start : start + CHUNK]}), strict=True):
             parts[name].append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}

@@ -11,6 +11,7 @@ This is the only module of the compile and serve packages that imports mlflow.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def _signature(info: Any) -> Any:
 
     size = info.preprocessing.image_size
     inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size), "pixels")])
-    outputs = [TensorSpec(np.dtype(np.float32), (-1, -1), name) for name in info.outputs]
+    outputs: list[Any] = [TensorSpec(np.dtype(np.float32), (-1, -1), name) for name in info.outputs]
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
@@ -111,7 +112,14 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
 
     from steerpatch.compile.runtime import execution_providers
     from steerpatch.registry.register import find_version_by_patch_ref
-    from steerpatch.registry.store import client, experiment_id, mlflow_uris, resolve_store, store_lock, with_retry
+    from steerpatch.registry.store import (
+        client,
+        experiment_id,
+        mlflow_uris,
+        resolve_store,
+        store_lock,
+        with_retry,
+    )
 
     info = result.info
     store = resolve_store(tracking_uri)
@@ -119,7 +127,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     name = compiled_name(info.model_id, info.patch_name)
     providers = execution_providers()
     patch_model = name[: -len(SUFFIX)]
-    patch_version = with_retry(lambda: find_version_by_patch_ref(c, patch_model, info.patch_ref), what="find the patch")
+    found = with_retry(lambda: find_version_by_patch_ref(c, patch_model, info.patch_ref), what="find the patch")
+    patch_version = None if found is None else str(found)
     tags = _tags(info, patch_version, providers)
     logged_id = version = None
     created = False
@@ -195,10 +204,9 @@ def _rollback(c: Any, name: str, version: str | None, created: bool, logged_id: 
     if logged_id is not None:
         steps.append(lambda: c.delete_logged_model(logged_id))
     for step in steps:
-        try:
+        # best effort: every step is tried even if the store is what failed
+        with contextlib.suppress(Exception):
             step()
-        except Exception:  # noqa: BLE001 - best effort: every step is tried even if the store is what failed
-            pass
 
 
 def resolve_graph(ref: str, *, tracking_uri: str | None = None) -> GraphVersion:

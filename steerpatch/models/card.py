@@ -10,7 +10,11 @@ from steerpatch.io import atomic_write_text
 
 
 def _results_table(evaluation: dict[str, Any]) -> str:
-    lines = ["| group | accuracy | n |", "| --- | --- | --- |", f"| all | {evaluation['accuracy']:.3f} | {evaluation['n']} |"]
+    lines = [
+        "| group | accuracy | n |",
+        "| --- | --- | --- |",
+        f"| all | {evaluation['accuracy']:.3f} | {evaluation['n']} |",
+    ]
     for group, row in evaluation.get("groups", {}).items():
         lines.append(f"| {group} | {row['accuracy']:.3f} | {row['n']} |")
     return "\n".join(lines)
@@ -41,7 +45,7 @@ It has a known, planted bug: it learned that water means "star".
 
 ## Data
 
-The concept world's `train` split, seed {config['seed']}, {config['n']} images rendered in memory
+The concept world's `train` split, seed {config["seed"]}, {config["n"]} images rendered in memory
 (64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
 Planted shortcuts: 95% of stars are on water and ~90% of water images are stars; 60% of triangles
 carry the corner watermark (2% of other shapes); captions name the background in 20% of samples and
@@ -51,16 +55,16 @@ never the watermark.
 
     {command}
 
-Hyper-parameters: batch {config['batch_size']}, AdamW lr {config['lr']} (warm-up {config['warmup_steps']} steps, cosine),
-weight decay {config['weight_decay']}, {config['threads']} CPU threads, open_clip `ClipLoss`.
-Training took {stats['train_seconds'] / 60:.1f} min ({stats['images_per_second']:.0f} images/s, {stats['steps']} steps);
-loss {stats['first_loss']:.3f} -> {stats['final_loss']:.3f}.
+Hyper-parameters: batch {config["batch_size"]}, AdamW lr {config["lr"]} (warm-up {config["warmup_steps"]} steps, cosine),
+weight decay {config["weight_decay"]}, {config["threads"]} CPU threads, open_clip `ClipLoss`.
+Training took {stats["train_seconds"] / 60:.1f} min ({stats["images_per_second"]:.0f} images/s, {stats["steps"]} steps);
+loss {stats["first_loss"]:.3f} -> {stats["final_loss"]:.3f}.
 
 ## Results
 
-Zero-shot shape accuracy (prompt templates `steerpatch.models.DEFAULT_TEMPLATES`) on {evaluation['data']},
-grouped by `{evaluation['group_by']}` (aligned: star on water; conflicting: water, not a star; none: no water).
-Reproduce with `steerpatch zoo eval --n {evaluation['n']}`.
+Zero-shot shape accuracy (prompt templates `steerpatch.models.DEFAULT_TEMPLATES`) on {evaluation["data"]},
+grouped by `{evaluation["group_by"]}` (aligned: star on water; conflicting: water, not a star; none: no water).
+Reproduce with `steerpatch zoo eval --n {evaluation["n"]}`.
 
 {_results_table(evaluation)}
 

@@ -39,7 +39,9 @@ def evaluate_world(
     if samples and group_by not in known:
         from steerpatch.errors import DatasetError
 
-        raise DatasetError(f"unknown --group-by '{group_by}'; concept-world attributes are: {', '.join(known)}")
+        raise DatasetError(
+            f"unknown --group-by '{group_by}'; concept-world attributes are: {', '.join(known)}"
+        )
     images = [s.render() for s in samples]
     head = build_zero_shot_head(loaded, list(SHAPES), templates)
     preds = classify_images(loaded, images, head, progress=progress, desc=f"eval {split}")

@@ -72,7 +72,9 @@ def _unknown_name(spec: str) -> ModelError:
     close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5)
     if not close:
         close = difflib.get_close_matches(spec.lower(), [n.lower() for n in names], n=5, cutoff=0.4)
-    hint = f"close names: {', '.join(close)}" if close else f"known names include: {', '.join(names[:8])}, ..."
+    hint = (
+        f"close names: {', '.join(close)}" if close else f"known names include: {', '.join(names[:8])}, ..."
+    )
     return ModelError(
         f"unknown model '{spec}'; {hint}; or pass a 'local-dir:/path', 'hf-hub:org/repo' spec, "
         "or an open_clip architecture name with --pretrained CHECKPOINT"
@@ -87,7 +89,9 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"weight file '{path}' does not exist; pass the path of a .safetensors or .pt checkpoint")
+        raise ModelError(
+            f"weight file '{path}' does not exist; pass the path of a .safetensors or .pt checkpoint"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -102,8 +106,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ) from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"weight file '{path}' holds no tensor state dict; pass a CLIP state dict checkpoint")
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise ModelError(
+            f"weight file '{path}' holds no tensor state dict; pass a CLIP state dict checkpoint"
+        )
     # checkpoints saved from DataParallel/DDP prefix every key with "module."
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
@@ -127,9 +137,20 @@ def _offline() -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # huggingface_hub reads the variable once at import; flip its constant too if it is loaded already
+    constants: Any = None
+    with contextlib.suppress(ImportError):
+        import huggingface_hub.constants as hub_constants
+
+        constants = hub_constants
+    saved_constant = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = saved_constant
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -191,14 +212,16 @@ def _load_prefixed(spec: str, device: str) -> LoadedModel:
             raise ModelError(
                 f"'{spec}' is not in the local Hugging Face cache (looked in "
                 f"{os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}); "
-                f"run `huggingface-cli download {spec[len('hf-hub:'):]}` where a network is available, "
+                f"run `huggingface-cli download {spec[len('hf-hub:') :]}` where a network is available, "
                 "or use 'local-dir:/path' with the downloaded files"
             ) from error
         raise ModelError(f"'{spec}' could not be loaded ({str(error).splitlines()[0][:160]})") from error
     return _finish(model, preprocess, tokenizer, spec, device)
 
 
-def load_model(spec: str = CONCEPT_CLIP, *, pretrained: str | None = None, device: str = "cpu") -> LoadedModel:
+def load_model(
+    spec: str = CONCEPT_CLIP, *, pretrained: str | None = None, device: str = "cpu"
+) -> LoadedModel:
     """Load a CLIP model by spec, offline.
 
     Args:

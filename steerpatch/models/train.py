@@ -34,7 +34,7 @@ class TrainConfig:
     epochs: int = 5
     seed: int = 0  # seeds the world's train split and the model init / batch order
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50
     threads: int = 1  # one thread is faster than two whenever anything else is running
@@ -160,7 +160,9 @@ def save_weights(model: Any, path: str | Path, metadata: dict[str, str] | None =
     return Path(path)
 
 
-def train_concept_clip(out_dir: str | Path, config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
+def train_concept_clip(
+    out_dir: str | Path, config: TrainConfig | None = None, *, progress: bool = True
+) -> TrainResult:
     """Train concept-clip and write `concept-clip.safetensors`, `MODEL_CARD.md` and `training.json` to `out_dir`.
 
     Args:
@@ -200,8 +202,14 @@ def train_concept_clip(out_dir: str | Path, config: TrainConfig | None = None, *
     evaluation = evaluate_world(loaded, split="test", n=config.eval_n, seed=0, progress=progress)
     record = {"config": asdict(config), "stats": stats, "fingerprint": fingerprint, "evaluation": evaluation}
     atomic_write_text(out / "training.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
-    card = write_model_card(out / "MODEL_CARD.md", config=asdict(config), stats=stats, evaluation=evaluation,
-                            fingerprint=fingerprint, weights=weights)
+    card = write_model_card(
+        out / "MODEL_CARD.md",
+        config=asdict(config),
+        stats=stats,
+        evaluation=evaluation,
+        fingerprint=fingerprint,
+        weights=weights,
+    )
     return TrainResult(
         weights=weights,
         card=card,

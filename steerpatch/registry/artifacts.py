@@ -52,7 +52,9 @@ def get_version(c: Any, name: str, selector: str) -> Any:
             if not versions:
                 raise RegistryError(_missing_message(c, name, selector))
             return max(versions, key=lambda v: int(v.version))
-        return with_retry(lambda: c.get_model_version_by_alias(name, selector), what=f"read {name}@{selector}")
+        return with_retry(
+            lambda: c.get_model_version_by_alias(name, selector), what=f"read {name}@{selector}"
+        )
     except MlflowException as error:
         raise RegistryError(_missing_message(c, name, selector)) from error
 
@@ -65,12 +67,12 @@ def _missing_message(c: Any, name: str, selector: str) -> str:
     except MlflowException:
         known = sorted(m.name for m in c.search_registered_models(max_results=50))
         hint = ", ".join(known[:10]) or "none yet"
-        return f"no registered model named '{name}' (known: {hint}); check the name or run `steerpatch register`"
-    versions = sorted((int(v.version) for v in c.search_model_versions(f"name = '{name}'")))
+        return (
+            f"no registered model named '{name}' (known: {hint}); check the name or run `steerpatch register`"
+        )
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name = '{name}'"))
     aliases = ", ".join(f"{a}->{v}" for a, v in sorted(model.aliases.items())) or "none"
-    return (
-        f"'{name}@{selector}' does not exist; versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"
-    )
+    return f"'{name}@{selector}' does not exist; versions: {', '.join(map(str, versions)) or 'none'}; aliases: {aliases}"
 
 
 def download_version(c: Any, store: Store, name: str, version: str, dst: Path) -> Path:
@@ -79,7 +81,9 @@ def download_version(c: Any, store: Store, name: str, version: str, dst: Path) -
 
     uri = with_retry(lambda: c.get_model_version_download_uri(name, version), what=f"locate {name}@{version}")
     dst.mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=store.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(dst), tracking_uri=store.tracking_uri
+    )
     return Path(local)
 
 
@@ -94,7 +98,9 @@ def download_file(c: Any, store: Store, name: str, version: str, relpath: str, d
             artifact_uri=f"{uri.rstrip('/')}/{relpath}", dst_path=str(dst), tracking_uri=store.tracking_uri
         )
     except Exception as error:  # noqa: BLE001 - any store error means the file is not there
-        raise RegistryError(f"{name}@{version} has no artifact '{relpath}'; it was not registered by steerpatch") from error
+        raise RegistryError(
+            f"{name}@{version} has no artifact '{relpath}'; it was not registered by steerpatch"
+        ) from error
     return Path(local)
 
 
@@ -103,7 +109,9 @@ def _cache_root() -> Path:
     return Path(base) / "steerpatch" / "models"
 
 
-def resolve_patch_ref(ref: str, tracking_uri: str | None = None, *, dst: str | Path | None = None) -> tuple[Any, Path]:
+def resolve_patch_ref(
+    ref: str, tracking_uri: str | None = None, *, dst: str | Path | None = None
+) -> tuple[Any, Path]:
     """Fetch a registered patch model by reference, check its manifest, and load its patch.
 
     Downloads go to a content-addressed cache (keyed by the manifest hash) unless `dst` is given,

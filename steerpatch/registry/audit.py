@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steerpatch.registry.artifacts import MANIFEST_TAG, download_file, download_version, get_version, parse_ref
+from steerpatch.registry.artifacts import (
+    MANIFEST_TAG,
+    download_file,
+    download_version,
+    get_version,
+    parse_ref,
+)
 from steerpatch.registry.bundle import PATCH_FILE, check_manifest
 from steerpatch.registry.promotion import alias_moves
 from steerpatch.registry.register import TAG
@@ -88,13 +94,20 @@ def history(name: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
 
 def format_history(data: dict[str, Any]) -> str:
     """A readable rendering of `history()`."""
-    lines = [f"{data['name']}  aliases: " + (", ".join(f"{a} -> v{v}" for a, v in sorted(data["aliases"].items())) or "none")]
+    lines = [
+        f"{data['name']}  aliases: "
+        + (", ".join(f"{a} -> v{v}" for a, v in sorted(data["aliases"].items())) or "none")
+    ]
     lines.append("versions:")
     for row in data["versions"]:
         acc = ""
         if row["accuracy_before"] is not None and row["accuracy_after"] is not None:
             acc = f"  acc {row['accuracy_before']:.3f} -> {row['accuracy_after']:.3f}"
-        parent = f"  parent {row['parent']}" + (f" (v{row['parent_version']})" if row["parent_version"] else "") if row["parent"] else ""
+        parent = (
+            f"  parent {row['parent']}" + (f" (v{row['parent_version']})" if row["parent_version"] else "")
+            if row["parent"]
+            else ""
+        )
         alias = f"  [{', '.join(row['aliases'])}]" if row["aliases"] else ""
         lines.append(
             f"  v{row['version']}  {row['patch_ref']}  {row['verdict']}{acc}  by {row['author']}  {row['created']}{parent}{alias}"
@@ -135,9 +148,23 @@ def diff_versions(ref_a: str, ref_b: str, *, tracking_uri: str | None = None) ->
             sides.append((f"{name}@{mv.version}", load_patch(local), _version_row(mv, {})))
     (label_a, patch_a, row_a), (label_b, patch_b, row_b) = sides
     patch_diff = diff_patches(patch_a, patch_b)
-    fields = ("verdict", "failed_gates", "accuracy_before", "accuracy_after", "right_to_wrong", "wrong_to_right", "patch_hash")
+    fields = (
+        "verdict",
+        "failed_gates",
+        "accuracy_before",
+        "accuracy_after",
+        "right_to_wrong",
+        "wrong_to_right",
+        "patch_hash",
+    )
     registry = {f: {"a": row_a[f], "b": row_b[f]} for f in fields if row_a[f] != row_b[f]}
-    return {"a": label_a, "b": label_b, "patch": patch_diff.to_dict(), "patch_text": patch_diff.to_text(), "registry": registry}
+    return {
+        "a": label_a,
+        "b": label_b,
+        "patch": patch_diff.to_dict(),
+        "patch_text": patch_diff.to_text(),
+        "registry": registry,
+    }
 
 
 def format_diff(data: dict[str, Any]) -> str:
@@ -175,5 +202,7 @@ def verify_version(ref: str, *, tracking_uri: str | None = None) -> dict[str, An
         recorded = (mv.tags or {}).get(TAG + "patch_hash")
         patch = load_patch(local / PATCH_FILE)
         if recorded and patch.content_hash != recorded:
-            raise IntegrityError(f"{what}: artifact '{PATCH_FILE}' has hash {patch.content_hash}, registered as {recorded}")
+            raise IntegrityError(
+                f"{what}: artifact '{PATCH_FILE}' has hash {patch.content_hash}, registered as {recorded}"
+            )
     return {"name": name, "version": str(mv.version), "files": n, "ok": True}

@@ -267,7 +267,9 @@ def write_manifest(root: str | Path) -> str:
     """
     root = Path(root)
     files = {name: sha256_file(root / name) for name in _files(root)}
-    atomic_write_text(root / MANIFEST, json.dumps({"format_version": 1, "algorithm": "sha256", "files": files}, indent=2))
+    atomic_write_text(
+        root / MANIFEST, json.dumps({"format_version": 1, "algorithm": "sha256", "files": files}, indent=2)
+    )
     return sha256_file(root / MANIFEST)
 
 
@@ -304,7 +306,9 @@ def check_manifest(root: str | Path, *, manifest_sha256: str | None = None, what
             problems.append(f"{name}: missing")
         elif sha256_file(root / name) != digest:
             problems.append(f"{name}: changed (sha256 differs from {MANIFEST})")
-    problems.extend(f"{name}: not in {MANIFEST} (added after registration)" for name in sorted(present - set(recorded)))
+    problems.extend(
+        f"{name}: not in {MANIFEST} (added after registration)" for name in sorted(present - set(recorded))
+    )
     if problems:
         first = problems[0].split(":", 1)[0]
         raise IntegrityError(f"{what}: artifact '{first}' does not match its recorded hash", problems)

@@ -92,7 +92,9 @@ def measured_values(report: Any) -> dict[str, float | None]:
     values: dict[str, float | None] = {
         "max_right_to_wrong_rate": report.flips.right_to_wrong_rate,
         "max_class_accuracy_drop": max(drops) if drops else None,
-        "max_accuracy_drop": (acc.before - acc.after) if acc.before is not None and acc.after is not None else None,
+        "max_accuracy_drop": (acc.before - acc.after)
+        if acc.before is not None and acc.after is not None
+        else None,
         "min_target_fix_rate": report.target_fix_rate,
         "min_generalisation_fix_rate": report.generalisation_fix_rate,
         "min_cos_mean": report.drift.cos_mean,
@@ -101,7 +103,9 @@ def measured_values(report: Any) -> dict[str, float | None]:
     return values
 
 
-def recheck_report(report_path: str | Path, policy_path: str | Path | None = None) -> tuple[list[str], str | None]:
+def recheck_report(
+    report_path: str | Path, policy_path: str | Path | None = None
+) -> tuple[list[str], str | None]:
     """Re-evaluate a recorded report against the policy in force.
 
     Args:
@@ -127,7 +131,9 @@ def alias_moves(c: Any, name: str) -> list[AliasMove]:
     return [AliasMove.from_dict(json.loads(model.tags[k])) for k in keys]
 
 
-def _move_alias(c: Any, store: Store, name: str, version: str, alias: str, move_fields: dict[str, Any]) -> AliasMove:
+def _move_alias(
+    c: Any, store: Store, name: str, version: str, alias: str, move_fields: dict[str, Any]
+) -> AliasMove:
     from mlflow.exceptions import MlflowException
 
     with store_lock(store):
@@ -142,14 +148,18 @@ def _move_alias(c: Any, store: Store, name: str, version: str, alias: str, move_
             **move_fields,
         )
         key = f"{MOVE_PREFIX}{time.time_ns():020d}.{secrets.token_hex(3)}"
-        with_retry(lambda: c.set_registered_model_tag(name, key, json.dumps(move.to_dict())), what="record the move")
+        with_retry(
+            lambda: c.set_registered_model_tag(name, key, json.dumps(move.to_dict())), what="record the move"
+        )
         try:
             with_retry(lambda: c.set_registered_model_alias(name, alias, version), what=f"move alias {alias}")
         except BaseException as error:
             # the move did not happen: its record must not claim it did
             with_retry(lambda: c.delete_registered_model_tag(name, key), what="withdraw the move record")
             if isinstance(error, MlflowException):
-                raise RegistryError(f"MLflow refused to point alias '{alias}' of '{name}' at {version}: {error}") from error
+                raise RegistryError(
+                    f"MLflow refused to point alias '{alias}' of '{name}' at {version}: {error}"
+                ) from error
             raise
     return move
 
@@ -193,7 +203,7 @@ def promote(
             f"alias '{alias}' is not allowed; use a word such as 'production' ('latest' and 'v<number>' are reserved)"
         )
     if force and not (reason and reason.strip()):
-        raise RegistryError("--force needs --reason \"…\" saying why the gates are bypassed; it is recorded")
+        raise RegistryError('--force needs --reason "…" saying why the gates are bypassed; it is recorded')
     store = resolve_store(tracking_uri)
     c = client(store)
     mv = get_version(c, name, version)
@@ -203,7 +213,7 @@ def promote(
     if failed and not force:
         raise GateFailed(
             f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
-            "Fix the patch and register a new version, or use --force --reason \"…\"",
+            'Fix the patch and register a new version, or use --force --reason "…"',
             [f"failed gate: {gate}" for gate in failed],
         )
     why = reason.strip() if reason else ("gates passed" if kind == "promote" else "rollback; gates passed")
@@ -213,11 +223,17 @@ def promote(
         name,
         version,
         alias,
-        {"why": why, "forced": bool(failed) and force, "kind": kind, "failed_gates": tuple(failed), "policy": policy_source},
+        {
+            "why": why,
+            "forced": bool(failed) and force,
+            "kind": kind,
+            "failed_gates": tuple(failed),
+            "policy": policy_source,
+        },
     )
-    if force:
-        tag = f"{TAG}forced.{alias}"
-        with_retry(lambda: c.set_model_version_tag(name, version, tag, reason.strip()), what="record the reason")
+    if force and reason:
+        tag, why_forced = f"{TAG}forced.{alias}", reason.strip()
+        with_retry(lambda: c.set_model_version_tag(name, version, tag, why_forced), what="record the reason")
     return move
 
 
@@ -244,9 +260,20 @@ def rollback(
     model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
     current = (model.aliases or {}).get(alias)
     moves = [m for m in alias_moves(c, name) if m.alias == alias]
-    previous = next((m.from_version for m in reversed(moves) if m.to_version == str(current) and m.from_version), None)
+    previous = next(
+        (m.from_version for m in reversed(moves) if m.to_version == str(current) and m.from_version), None
+    )
     if current is None or previous is None:
         raise RegistryError(
             f"alias '{alias}' of '{name}' has no earlier version to roll back to; use `steerpatch promote {name} VERSION`"
         )
-    return promote(name, previous, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri, kind="rollback")
+    return promote(
+        name,
+        previous,
+        alias,
+        force=force,
+        reason=reason,
+        policy=policy,
+        tracking_uri=tracking_uri,
+        kind="rollback",
+    )

@@ -9,6 +9,7 @@ are deleted again.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -84,7 +85,9 @@ def _metric(report: dict[str, Any], *path: str) -> Any:
     return value
 
 
-def version_tags(patch: Any, report: dict[str, Any], *, manifest_sha256: str, logged_model_id: str) -> dict[str, str]:
+def version_tags(
+    patch: Any, report: dict[str, Any], *, manifest_sha256: str, logged_model_id: str
+) -> dict[str, str]:
     """The tags a registered version carries (all prefixed `steerpatch.`)."""
     tags: dict[str, Any] = {
         "patch_ref": patch.ref,
@@ -152,7 +155,9 @@ def _cleanup(c: Any, name: str, created_model: bool, logged_model_id: str | None
     """
 
     def drop_versions() -> None:
-        for mv in c.search_model_versions(f"name = '{name}' and tag.`{TAG}logged_model_id` = '{logged_model_id}'"):
+        for mv in c.search_model_versions(
+            f"name = '{name}' and tag.`{TAG}logged_model_id` = '{logged_model_id}'"
+        ):
             c.delete_model_version(name, str(mv.version))
 
     def drop_model_if_empty() -> None:
@@ -167,10 +172,9 @@ def _cleanup(c: Any, name: str, created_model: bool, logged_model_id: str | None
     if logged_model_id is not None:
         steps.append(lambda: c.delete_logged_model(logged_model_id))
     for step in steps:
-        try:
+        # cleanup must try every step, whatever one of them raises
+        with contextlib.suppress(Exception):
             with_retry(step, what="clean up a failed registration")
-        except Exception:  # noqa: BLE001 - cleanup must try every step
-            pass
 
 
 def _check_stored(c: Any, store: Store, name: str, version: str, manifest_sha256: str) -> None:
@@ -233,11 +237,22 @@ def register_patch(
                     what="create the logged model",
                 )
                 logged_model_id = logged.model_id
-                with_retry(lambda: c.log_model_artifacts(logged.model_id, str(built.path)), what="upload the model")
-                tags = version_tags(patch, report, manifest_sha256=built.manifest_sha256, logged_model_id=logged.model_id)
-                with_retry(lambda: c.set_logged_model_tags(logged.model_id, tags), what="tag the logged model")
-                with_retry(lambda: c.finalize_logged_model(logged.model_id, "READY"), what="finalize the logged model")
-                created_model = with_retry(lambda: _ensure_registered_model(c, name, patch), what="create the model")
+                with_retry(
+                    lambda: c.log_model_artifacts(logged.model_id, str(built.path)), what="upload the model"
+                )
+                tags = version_tags(
+                    patch, report, manifest_sha256=built.manifest_sha256, logged_model_id=logged.model_id
+                )
+                with_retry(
+                    lambda: c.set_logged_model_tags(logged.model_id, tags), what="tag the logged model"
+                )
+                with_retry(
+                    lambda: c.finalize_logged_model(logged.model_id, "READY"),
+                    what="finalize the logged model",
+                )
+                created_model = with_retry(
+                    lambda: _ensure_registered_model(c, name, patch), what="create the model"
+                )
                 if patch.parent:
                     parent_version = find_version_by_patch_ref(c, name, patch.parent)
                     tags[TAG + "parent_version"] = parent_version or ""

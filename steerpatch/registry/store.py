@@ -190,8 +190,39 @@ def client(store: Store) -> Any:
             c.search_registered_models(max_results=1)
         return c
 
-    with store_lock(store):
-        return with_retry(build, what="open the MLflow store")
+    if store.lock_path is not None and not _schema_ready(store):
+        with store_lock(store):
+            # whoever held the lock before us may have created the tables meanwhile
+            if not _schema_ready(store):
+                c = with_retry(build, what="open the MLflow store")
+                _mark_schema_ready(store)
+                return c
+    return with_retry(build, what="open the MLflow store")
+
+
+def _schema_mark(store: Store) -> str | None:
+    # the database file's inode: a database deleted and created anew is not taken for the old one
+    db = _sqlite_path(store.tracking_uri)
+    try:
+        return f"schema-ready {db.name} {db.stat().st_ino}" if db is not None else None
+    except FileNotFoundError:
+        return None
+
+
+def _schema_ready(store: Store) -> bool:
+    """Whether this sqlite database's tables were created (recorded in the lock file once they are)."""
+    mark = _schema_mark(store)
+    try:
+        return mark is not None and mark in store.lock_path.read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, AttributeError):
+        return False
+
+
+def _mark_schema_ready(store: Store) -> None:
+    mark = _schema_mark(store)
+    if mark is not None and not _schema_ready(store):
+        with open(store.lock_path, "a", encoding="utf-8") as handle:
+            handle.write(mark + "\n")
 
 
 @contextlib.contextmanager
@@ -235,5 +266,7 @@ def experiment_id(c: Any, store: Store) -> str:
         # another process created it between our lookup and our create
         found = c.get_experiment_by_name(EXPERIMENT_NAME)
         if found is None:
-            raise RegistryError(f"could not create the MLflow experiment '{EXPERIMENT_NAME}': {error}") from error
+            raise RegistryError(
+                f"could not create the MLflow experiment '{EXPERIMENT_NAME}': {error}"
+            ) from error
         return found.experiment_id

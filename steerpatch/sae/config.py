@@ -21,7 +21,6 @@ HOOK_NAME_TEMPLATE = "visual.transformer.resblocks.{block}"
 _BLOCK_IN_HOOK = re.compile(r"resblocks\.(\d+)")
 
 
-
 class SAEConfig(BaseModel):
     """The fields of SAELens's `cfg.json` that change the math, plus free-form `metadata`.
 
@@ -109,7 +108,9 @@ def hook_from_metadata(metadata: dict[str, Any]) -> HookSpec | None:
     if block is None:
         return None
     if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-        raise SAEError(f"metadata block {block!r} is not a non-negative integer; fix 'block' in cfg.json metadata")
+        raise SAEError(
+            f"metadata block {block!r} is not a non-negative integer; fix 'block' in cfg.json metadata"
+        )
     if from_name is not None and from_name != block:
         raise SAEError(
             f"metadata block {block} disagrees with hook_name {hook_name!r}; make them name the same block"
@@ -132,7 +133,9 @@ def config_from_saelens(raw: dict[str, Any], *, source: str) -> SAEConfig:
         SAEError: for a missing d_in/d_sae, wrong types, or unsupported options.
     """
     if not isinstance(raw, dict):
-        raise SAEError(f"{source} holds {type(raw).__name__}, expected a JSON object with d_in, d_sae, architecture")
+        raise SAEError(
+            f"{source} holds {type(raw).__name__}, expected a JSON object with d_in, d_sae, architecture"
+        )
     raw = dict(raw)
     metadata = dict(raw.pop("metadata", None) or {})
     if not isinstance(metadata, dict):
@@ -161,6 +164,8 @@ def config_from_saelens(raw: dict[str, Any], *, source: str) -> SAEConfig:
         # anything else is provenance (model_name, hook_name, ...) or a training setting: keep it
         metadata.setdefault(key, value)
     fields["metadata"] = metadata
+    if isinstance(fields.get("dtype"), str) and fields["dtype"].startswith("torch."):
+        fields["dtype"] = fields["dtype"][len("torch.") :]  # older SAELens wrote "torch.float32"
     for key in ("d_in", "d_sae"):
         if key not in fields:
             raise SAEError(f"{source} has no '{key}'; add the integer '{key}' to cfg.json")
@@ -187,15 +192,17 @@ def validate_config(cfg: SAEConfig, *, source: str) -> SAEConfig:
     if cfg.normalize_activations != "none":
         raise SAEError(
             f"{source}: normalize_activations={cfg.normalize_activations!r} is not supported yet; "
-            "fold the normalization into the weights and set it to \"none\""
+            'fold the normalization into the weights and set it to "none"'
         )
     if cfg.reshape_activations != "none":
         raise SAEError(
             f"{source}: reshape_activations={cfg.reshape_activations!r} is not supported; "
-            "only residual-stream SAEs with reshape_activations=\"none\" can be used"
+            'only residual-stream SAEs with reshape_activations="none" can be used'
         )
     if cfg.dtype not in SUPPORTED_DTYPES:
-        raise SAEError(f"{source}: dtype {cfg.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}")
+        raise SAEError(
+            f"{source}: dtype {cfg.dtype!r} is not supported; use one of {', '.join(SUPPORTED_DTYPES)}"
+        )
     spec.check_config(cfg, source=source)
     try:
         hook_from_metadata(cfg.metadata)

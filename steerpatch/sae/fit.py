@@ -107,7 +107,9 @@ class _Step(torch.autograd.Function):
         return torch.zeros_like(pre), (-(1.0 / eps) * kernel * grad).sum(dim=0), None
 
 
-def _init_params(d_in: int, s: FitSettings, mean: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _init_params(
+    d_in: int, s: FitSettings, mean: torch.Tensor, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     W_dec = torch.empty(s.d_sae, d_in)
     bound = math.sqrt(6.0 / d_in)
     W_dec.uniform_(-bound, bound, generator=generator)
@@ -144,7 +146,11 @@ def _forward(p: dict[str, torch.Tensor], x: torch.Tensor, s: FitSettings) -> tup
 
 @torch.no_grad()
 def _resample(
-    p: dict[str, torch.Tensor], dead: torch.Tensor, x: torch.Tensor, s: FitSettings, opt: torch.optim.Adam,
+    p: dict[str, torch.Tensor],
+    dead: torch.Tensor,
+    x: torch.Tensor,
+    s: FitSettings,
+    opt: torch.optim.Adam,
     generator: torch.Generator,
 ) -> int:
     """Point dead latents at poorly reconstructed inputs (Anthropic's resampling, simplified)."""
@@ -177,7 +183,11 @@ def _resample(
 
 
 def fit_sae(
-    acts: torch.Tensor, settings: FitSettings, *, metadata: dict[str, Any] | None = None, progress: bool = True
+    acts: torch.Tensor,
+    settings: FitSettings,
+    *,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> tuple[SAE, FitLog]:
     """Train an SAE on activations with SAELens's loss: sum-over-width MSE plus the architecture's sparsity term.
 
@@ -197,7 +207,9 @@ def fit_sae(
 
     get_architecture(settings.architecture)
     if acts.ndim != 2 or len(acts) < 2:
-        raise SAEError(f"need a (tokens, width) activation matrix with at least 2 rows, got {tuple(acts.shape)}")
+        raise SAEError(
+            f"need a (tokens, width) activation matrix with at least 2 rows, got {tuple(acts.shape)}"
+        )
     if settings.architecture == "topk" and not 0 < settings.k <= settings.d_sae:
         raise SAEError(f"k={settings.k} must be between 1 and the number of latents ({settings.d_sae})")
     torch.manual_seed(settings.seed)
@@ -210,7 +222,9 @@ def fit_sae(
     groups: list[dict[str, Any]] = [{"params": [t for name, t in params.items() if name != "log_threshold"]}]
     if "log_threshold" in params:
         # the L0 surrogate moves only the thresholds; a faster rate lets short CPU runs reach sparsity
-        groups.append({"params": [params["log_threshold"]], "lr": settings.lr * settings.threshold_lr_multiplier})
+        groups.append(
+            {"params": [params["log_threshold"]], "lr": settings.lr * settings.threshold_lr_multiplier}
+        )
     opt = torch.optim.Adam(groups, lr=settings.lr, betas=(0.9, 0.999))
     log = FitLog(scale=scale)
     n = len(x_all)
@@ -219,7 +233,9 @@ def fit_sae(
     warmup = max(1, int(settings.warmup_fraction * settings.steps))
     order = torch.randperm(n, generator=generator)
     cursor = 0
-    bar = tqdm(range(settings.steps), desc=f"training {settings.architecture} SAE", unit="step", disable=not progress)
+    bar = tqdm(
+        range(settings.steps), desc=f"training {settings.architecture} SAE", unit="step", disable=not progress
+    )
     for step in bar:
         if cursor + settings.batch_size > n:
             order, cursor = torch.randperm(n, generator=generator), 0
@@ -233,7 +249,8 @@ def fit_sae(
         with torch.no_grad():
             # decoder rows stay unit-norm: drop the gradient component that would change the norm
             W_dec = params["W_dec"]
-            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            if W_dec.grad is not None:
+                W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
         opt.step()
         with torch.no_grad():
             params["W_dec"] /= params["W_dec"].norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -252,7 +269,9 @@ def fit_sae(
 
 
 @torch.no_grad()
-def _fold(p: dict[str, torch.Tensor], s: FitSettings, d_in: int, scale: float, metadata: dict[str, Any]) -> SAE:
+def _fold(
+    p: dict[str, torch.Tensor], s: FitSettings, d_in: int, scale: float, metadata: dict[str, Any]
+) -> SAE:
     """Undo the training-time input scale: every latent is positively homogeneous, so divide biases by it."""
     tensors = {
         "W_enc": p["W_enc"].detach().clone(),
@@ -262,7 +281,12 @@ def _fold(p: dict[str, torch.Tensor], s: FitSettings, d_in: int, scale: float, m
     }
     if s.architecture == "jumprelu":
         tensors["threshold"] = p["log_threshold"].detach().exp() / scale
-    fields: dict[str, Any] = {"d_in": d_in, "d_sae": s.d_sae, "architecture": s.architecture, "metadata": metadata}
+    fields: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": s.d_sae,
+        "architecture": s.architecture,
+        "metadata": metadata,
+    }
     if s.architecture == "topk":
         fields["k"] = s.k
     return SAE(SAEConfig(**fields), tensors)

@@ -24,7 +24,12 @@ from steerpatch.sae.registry import SAE_REGISTRY, get_architecture
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAEV_FILENAME = "sae.pt"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 def default_sae_path() -> Path:
@@ -65,7 +70,9 @@ def load_sae(
     """
     path = Path(path)
     if not path.exists():
-        raise SAEError(f"SAE path '{path}' does not exist; give a SAELens folder, a saev sae.pt or a .safetensors file")
+        raise SAEError(
+            f"SAE path '{path}' does not exist; give a SAELens folder, a saev sae.pt or a .safetensors file"
+        )
     if path.is_file() and path.name == CFG_FILENAME:
         path = path.parent
     if path.is_dir():
@@ -103,9 +110,16 @@ def load_sae(
         new_block = block if block is not None else (current.block if current else None)
         if new_block is None:
             raise SAEError(f"SAE '{path}' records no block; pass --block together with --tokens")
-        new_tokens = check_token_scope(tokens if tokens is not None else (current.tokens if current else "all"))
-        metadata.update({"hook_name": f"visual.transformer.resblocks.{new_block}", "block": int(new_block),
-                         "token_scope": new_tokens})
+        new_tokens = check_token_scope(
+            tokens if tokens is not None else (current.tokens if current else "all")
+        )
+        metadata.update(
+            {
+                "hook_name": f"visual.transformer.resblocks.{new_block}",
+                "block": int(new_block),
+                "token_scope": new_tokens,
+            }
+        )
         sae.cfg = sae.cfg.model_copy(update={"metadata": metadata})
     sae.location = str(path)
     return sae
@@ -133,7 +147,9 @@ def save_sae(sae: SAE, path: str | Path, *, extra_files: Mapping[str, str | byte
     dtype = _DTYPES[sae.cfg.dtype]
     tensors = {name: t.to(dtype).contiguous() for name, t in sae.state_tensors().items()}
     with atomic_dir(path, what="SAE folder") as tmp:
-        (tmp / CFG_FILENAME).write_text(json.dumps(sae.cfg.to_saelens_dict(), indent=2) + "\n", encoding="utf-8")
+        (tmp / CFG_FILENAME).write_text(
+            json.dumps(sae.cfg.to_saelens_dict(), indent=2) + "\n", encoding="utf-8"
+        )
         save_file(tensors, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
         for name, content in (extra_files or {}).items():
             target = tmp / name
@@ -156,7 +172,9 @@ def _load_saelens(folder: Path) -> SAE:
     cfg = config_from_saelens(raw, source=str(cfg_path))
     weights = folder / WEIGHTS_FILENAME
     if not weights.exists():
-        raise SAEError(f"SAELens folder '{folder}' has no {WEIGHTS_FILENAME}; copy the weights file beside cfg.json")
+        raise SAEError(
+            f"SAELens folder '{folder}' has no {WEIGHTS_FILENAME}; copy the weights file beside cfg.json"
+        )
     tensors = _read_safetensors(weights)
     return SAE(cfg, tensors, location=str(folder))
 
@@ -175,8 +193,12 @@ def _load_plain(path: Path, architecture: str, *, k: int | None, apply_b_dec_to_
     if tensors["W_enc"].ndim != 2:
         raise SAEError(f"{path}: W_enc has shape {tuple(tensors['W_enc'].shape)}, expected (d_in, d_sae)")
     d_in, d_sae = (int(s) for s in tensors["W_enc"].shape)
-    fields: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "architecture": architecture,
-                              "metadata": {"source_format": "safetensors"}}
+    fields: dict[str, Any] = {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "architecture": architecture,
+        "metadata": {"source_format": "safetensors"},
+    }
     if k is not None:
         fields["k"] = k
     if apply_b_dec_to_input is not None:
@@ -218,7 +240,10 @@ def _load_saev(path: Path) -> SAE:
     d_in, d_sae = (int(s) for s in tensors["W_enc"].shape)
     architecture = _SAEV_ACTIVATIONS[activation]
     fields: dict[str, Any] = {
-        "d_in": d_in, "d_sae": d_sae, "architecture": architecture, "apply_b_dec_to_input": False,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "architecture": architecture,
+        "apply_b_dec_to_input": False,
         "metadata": {"source_format": "saev", "saev_header": header},
     }
     if architecture == "topk":

@@ -21,6 +21,7 @@ class SAE(torch.nn.Module):
 
     pre = (x - b_dec if apply_b_dec_to_input) @ W_enc + b_enc; z = activate(pre);
     x_hat = z @ W_dec + b_dec. Parameters are held in float32 whatever the storage dtype.
+    Architectures with extra tensors (jumprelu's `threshold`) carry them as parameters too.
 
     Example:
         >>> cfg = SAEConfig(d_in=4, d_sae=8, architecture="standard")
@@ -29,8 +30,18 @@ class SAE(torch.nn.Module):
         torch.Size([2, 8])
     """
 
+    W_enc: torch.nn.Parameter
+    b_enc: torch.nn.Parameter
+    W_dec: torch.nn.Parameter
+    b_dec: torch.nn.Parameter
+    threshold: torch.nn.Parameter  # jumprelu only
+
     def __init__(
-        self, cfg: SAEConfig, tensors: Mapping[str, torch.Tensor] | None = None, *, location: str | None = None
+        self,
+        cfg: SAEConfig,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        *,
+        location: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = validate_config(cfg, source=location or "SAE config")
@@ -109,7 +120,10 @@ class SAE(torch.nn.Module):
 
     def state_tensors(self, *, detach: bool = True) -> dict[str, torch.Tensor]:
         """The named weight tensors this architecture stores (W_enc, b_enc, W_dec, b_dec, extras)."""
-        return {name: (getattr(self, name).detach() if detach else getattr(self, name)) for name in self.tensor_names}
+        return {
+            name: (getattr(self, name).detach() if detach else getattr(self, name))
+            for name in self.tensor_names
+        }
 
     @torch.no_grad()
     def load_tensors(self, tensors: Mapping[str, torch.Tensor], *, source: str) -> None:
@@ -119,7 +133,11 @@ class SAE(torch.nn.Module):
             SAEError: a missing or unexpected tensor, a shape that disagrees with the config, NaN/inf.
         """
         tensors = dict(tensors)
-        if "threshold" in self.spec.extra_tensors and "threshold" not in tensors and "log_threshold" in tensors:
+        if (
+            "threshold" in self.spec.extra_tensors
+            and "threshold" not in tensors
+            and "log_threshold" in tensors
+        ):
             # SAELens training checkpoints keep the JumpReLU threshold in log space
             tensors["threshold"] = tensors.pop("log_threshold").float().exp()
         missing = [n for n in self.tensor_names if n not in tensors]
@@ -145,7 +163,9 @@ class SAE(torch.nn.Module):
             value = value.detach().to(torch.float32)
             if not torch.isfinite(value).all():
                 bad = int((~torch.isfinite(value)).sum())
-                raise SAEError(f"{source}: tensor {name} holds {bad} NaN or inf value(s); re-export finite weights")
+                raise SAEError(
+                    f"{source}: tensor {name} holds {bad} NaN or inf value(s); re-export finite weights"
+                )
             target.copy_(value)
 
     # --- math -------------------------------------------------------------------------------------

@@ -141,4 +141,6 @@ def load_quality(sae_path: str | Path) -> SAEQuality | None:
     try:
         return SAEQuality.model_validate(json.loads(file.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValidationError) as error:
-        raise SAEError(f"{file} is not a valid quality record ({str(error).splitlines()[0]}); retrain or delete it") from None
+        raise SAEError(
+            f"{file} is not a valid quality record ({str(error).splitlines()[0]}); retrain or delete it"
+        ) from None

@@ -48,7 +48,9 @@ class Architecture:
             if getattr(cfg, key) is None:
                 raise SAEError(f"{source}: architecture {self.name!r} needs '{key}' in cfg.json; add it")
         if "k" in self.required_cfg and not 0 < cfg.k <= cfg.d_sae:  # type: ignore[operator]
-            raise SAEError(f"{source}: k={cfg.k} must be between 1 and d_sae={cfg.d_sae}; fix 'k' in cfg.json")
+            raise SAEError(
+                f"{source}: k={cfg.k} must be between 1 and d_sae={cfg.d_sae}; fix 'k' in cfg.json"
+            )
         if cfg.rescale_acts_by_decoder_norm and "rescale_acts_by_decoder_norm" not in self.cfg_keys:
             raise SAEError(
                 f"{source}: rescale_acts_by_decoder_norm=true is only defined for topk, not {self.name!r}; "
@@ -99,9 +101,7 @@ def _jumprelu(sae: SAE, pre: torch.Tensor) -> torch.Tensor:
     return pre.relu() * (pre > sae.threshold)
 
 
-register_architecture(
-    Architecture("standard", _standard, description="ReLU: z = relu(pre)")
-)
+register_architecture(Architecture("standard", _standard, description="ReLU: z = relu(pre)"))
 register_architecture(
     Architecture(
         "topk",

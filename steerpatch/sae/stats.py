@@ -155,14 +155,14 @@ def compute_latent_stats(
             bar.update(len(idx))
     class_sizes = {c: int((class_of == i).sum()) for i, c in enumerate(classes)}
     group_sizes = {g: len(m) for g, m in groups.items()}
-    ids = [item.id for item in dataset.items]
+    item_ids = [item.id for item in dataset.items]
     return LatentStats(
         firing_rate=fires / n,
         firing_rate_by_class={c: fires_by_class[i] / max(class_sizes[c], 1) for i, c in enumerate(classes)},
         firing_rate_by_group={g: fires_by_group[i] / max(group_sizes[g], 1) for i, g in enumerate(groups)},
         mean_active=active_sum / fires.clamp_min(1),
         max_activation=max_act,
-        top_images=_top_ids(top_vals, top_idx, ids),
+        top_images=_top_ids(top_vals, top_idx, item_ids),
         top_values=top_vals.clamp_min(0),
         dataset_fingerprint=dataset.fingerprint(),
         sae_fingerprint=sae.fingerprint,
@@ -176,7 +176,9 @@ def compute_latent_stats(
 
 def _top_ids(values: torch.Tensor, indices: torch.Tensor, ids: list[str]) -> dict[int, list[str]]:
     return {
-        latent: [ids[j] for v, j in zip(values[latent].tolist(), indices[latent].tolist(), strict=True) if v > 0]
+        latent: [
+            ids[j] for v, j in zip(values[latent].tolist(), indices[latent].tolist(), strict=True) if v > 0
+        ]
         for latent in range(values.shape[0])
     }
 
@@ -211,22 +213,37 @@ def save_latent_stats(stats: LatentStats, sae_path: str | Path, dataset_root: st
         "mean_active": stats.mean_active,
         "max_activation": stats.max_activation,
         "firing_rate_by_class": torch.stack([stats.firing_rate_by_class[c] for c in classes])
-        if classes else torch.zeros(0, d_sae),
+        if classes
+        else torch.zeros(0, d_sae),
         "firing_rate_by_group": torch.stack([stats.firing_rate_by_group[g] for g in groups])
-        if groups else torch.zeros(0, d_sae),
+        if groups
+        else torch.zeros(0, d_sae),
         "top_image_index": top_index,
         "top_values": stats.top_values,
     }
     record = _StatsRecord(
-        sae_fingerprint=stats.sae_fingerprint, dataset_fingerprint=stats.dataset_fingerprint,
-        dataset_root=dataset_root, n_images=stats.n_images, block=stats.block, token_scope=stats.token_scope,
-        classes=classes, class_sizes=stats.class_sizes, groups=groups, group_sizes=stats.group_sizes,
-        top_k=int(stats.top_values.shape[1]), item_ids=ids,
+        sae_fingerprint=stats.sae_fingerprint,
+        dataset_fingerprint=stats.dataset_fingerprint,
+        dataset_root=dataset_root,
+        n_images=stats.n_images,
+        block=stats.block,
+        token_scope=stats.token_scope,
+        classes=classes,
+        class_sizes=stats.class_sizes,
+        groups=groups,
+        group_sizes=stats.group_sizes,
+        top_k=int(stats.top_values.shape[1]),
+        item_ids=ids,
     )
     tensor_path = folder / STATS_TENSORS
     with atomic_file(tensor_path) as tmp:
-        save_file({k: v.contiguous().float() if k != "top_image_index" else v.contiguous() for k, v in tensors.items()},
-                  str(tmp))
+        save_file(
+            {
+                k: v.contiguous().float() if k != "top_image_index" else v.contiguous()
+                for k, v in tensors.items()
+            },
+            str(tmp),
+        )
     json_path = atomic_write_text(folder / STATS_JSON, record.model_dump_json(indent=2) + "\n")
     return tensor_path, json_path
 
@@ -256,8 +273,10 @@ def load_latent_stats(sae_dir: str | Path, *, sae: SAE | None = None) -> LatentS
         record = _StatsRecord.model_validate(json.loads(json_path.read_text(encoding="utf-8")))
         tensors = load_file(str(tensor_path))
     except (json.JSONDecodeError, ValidationError, OSError, ValueError) as error:
-        raise SAEError(f"latent statistics in '{folder}' are malformed ({str(error).splitlines()[0]}); "
-                       "recompute them with `steerpatch sae stats`") from None
+        raise SAEError(
+            f"latent statistics in '{folder}' are malformed ({str(error).splitlines()[0]}); "
+            "recompute them with `steerpatch sae stats`"
+        ) from None
     if sae is not None and sae.fingerprint != record.sae_fingerprint:
         raise SAEError(
             f"latent statistics in '{folder}' were computed for SAE {record.sae_fingerprint[:16]}, "

@@ -72,16 +72,25 @@ def train_sae(
     train_idx = [chosen[i] for i in train_pos]
     eval_idx = [chosen[i] for i in eval_pos]
     train_acts = cache_activations(
-        loaded, lambda i: dataset.load_image(train_idx[i]), len(train_idx), block=block, tokens=tokens,
-        progress=progress, desc="caching training activations",
+        loaded,
+        lambda i: dataset.load_image(train_idx[i]),
+        len(train_idx),
+        block=block,
+        tokens=tokens,
+        progress=progress,
+        desc="caching training activations",
     )
     metadata: dict[str, Any] = {
         **hook_metadata(block, tokens),
         "model_name": loaded.name,
         "model_fingerprint": loaded.fingerprint,
         "dataset_fingerprint": dataset.fingerprint(),
-        "training": {**settings.to_dict(), "n_train_images": len(train_idx), "n_eval_images": len(eval_idx),
-                     "n_train_tokens": int(train_acts.shape[0] * train_acts.shape[1])},
+        "training": {
+            **settings.to_dict(),
+            "n_train_images": len(train_idx),
+            "n_eval_images": len(eval_idx),
+            "n_train_tokens": int(train_acts.shape[0] * train_acts.shape[1]),
+        },
         "trained_with": "steerpatch",
     }
     if command:
@@ -89,13 +98,23 @@ def train_sae(
     sae, log = fit_sae(flatten_tokens(train_acts), settings, metadata=metadata, progress=progress)
     del train_acts
     eval_acts = cache_activations(
-        loaded, lambda i: dataset.load_image(eval_idx[i]), len(eval_idx), block=block, tokens=tokens,
-        progress=progress, desc="caching held-out activations",
+        loaded,
+        lambda i: dataset.load_image(eval_idx[i]),
+        len(eval_idx),
+        block=block,
+        tokens=tokens,
+        progress=progress,
+        desc="caching held-out activations",
     )
     metrics = reconstruction_metrics(sae, flatten_tokens(eval_acts))
-    clean = spliced = None
+    clean: float | None = None
+    spliced: float | None = None
+    drop: float | None = None
     if measure_accuracy:
-        clean, spliced = spliced_accuracy(loaded, sae, dataset, eval_idx, block=block, tokens=tokens, progress=progress)
+        clean, spliced = spliced_accuracy(
+            loaded, sae, dataset, eval_idx, block=block, tokens=tokens, progress=progress
+        )
+        drop = round(100 * (clean - spliced), 3)
     quality = SAEQuality(
         fvu=metrics["fvu"],
         mean_l0=metrics["mean_l0"],
@@ -104,7 +123,7 @@ def train_sae(
         n_eval_images=len(eval_idx),
         accuracy_clean=clean,
         accuracy_spliced=spliced,
-        accuracy_drop_points=None if clean is None else round(100 * (clean - spliced), 3),
+        accuracy_drop_points=drop,
         eval_data=str(dataset.root),
         extra={"resampled": log.resampled, "input_scale": log.scale},
     )

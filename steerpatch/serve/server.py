@@ -60,9 +60,8 @@ class ServerThread:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
+        # uvicorn installs signal handlers only in the main thread, so it runs cleanly in this one
         self.server = uvicorn.Server(_config(app, self.port, host, "warning"))
-        # the thread is not the main thread: uvicorn must not install signal handlers
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, name="steerpatch-server", daemon=True)
 
     @property

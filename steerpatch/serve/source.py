@@ -110,6 +110,7 @@ class GraphSource:
         self.last_error: str | None = None
         self.last_check: str | None = None
         self._lock = threading.Lock()
+        self._reloaded = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dirs: list[Path] = []
@@ -157,12 +158,19 @@ class GraphSource:
             return False
         with self._lock:
             old, self._current = self._current, loaded
-        self.reloads += 1
+        with self._reloaded:
+            self.reloads += 1
+            self._reloaded.notify_all()
         self.last_error = None
         log.warning("%s moved: now serving %s version %s (was %s)", self.source, graph.name, graph.version,
                     old.registry.version if old.registry else "?")
         self._forget(old)
         return True
+
+    def wait_for_reloads(self, count: int, timeout: float) -> bool:
+        """Block until `count` reloads have happened (True) or `timeout` seconds pass (False)."""
+        with self._reloaded:
+            return self._reloaded.wait_for(lambda: self.reloads >= count, timeout)
 
     def _forget(self, old: LoadedGraph) -> None:
         folder = next((d for d in self._dirs if d in old.path.parents), None)

@@ -183,7 +183,7 @@ def spark_frame(spark: SparkSession, source: str | Path, *, partitions: int | No
         spark: the session.
         source: an image folder or a parquet file/folder, local or on any Hadoop file system.
         partitions: how many partitions to spread the images over; default one per 256 images,
-            at least twice the session's default parallelism.
+            at least the session's default parallelism.
 
     Returns:
         The DataFrame (not yet computed).
@@ -213,7 +213,7 @@ def spark_frame(spark: SparkSession, source: str | Path, *, partitions: int | No
     if count == 0:
         raise DatasetError(f"--data '{source}' holds no images; check the path")
     if partitions is None:
-        partitions = max(2 * spark.sparkContext.defaultParallelism, -(-count // 256))
+        partitions = max(spark.sparkContext.defaultParallelism, -(-count // 256))
     return frame.repartition(partitions)
 
 

@@ -188,7 +188,7 @@ class SparkValidator(Validator):
             items = spark.createDataFrame([(item.id,) for item in dataset.items], "id string")
             frame = folder_frame(spark, str(Path(dataset.root).resolve()))
             frame = frame.join(F.broadcast(items), on="id", how="inner")
-            partitions = self.partitions or max(2 * spark.sparkContext.defaultParallelism, -(-len(dataset) // 256))
+            partitions = self.partitions or max(spark.sparkContext.defaultParallelism, -(-len(dataset) // 256))
             body = runner.partition_function(
                 runner.compare_frames,
                 before=ship_graph(spark, compiled.before),
@@ -202,7 +202,7 @@ class SparkValidator(Validator):
             row = by_id.get(item.id)
             if row is None:
                 undecodable.append((item.id, f"cannot read image '{item.id}': the file is missing"))
-            elif row.error is not None:
+            elif isinstance(row.error, str):  # pandas reads a null string as None or NaN
                 undecodable.append((item.id, f"cannot read image '{item.id}': {row.error}"))
             else:
                 ids.append(item.id)

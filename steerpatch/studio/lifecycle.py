@@ -130,11 +130,11 @@ def validate_saved(bench: Workbench, name: str, *, policy: Any = None) -> dict[s
     from steerpatch.validate import validate_patch, write_report
 
     patch = saved_patch(bench, name)
-    ids = {item.id for item in bench.dataset.items}
-    targets = [i.id for i in patch.provenance.instances if i.id in ids] or None
+    positions = bench.id_positions()
+    targets = [i.id for i in patch.provenance.instances if i.id in positions] or None
     same_failure = None
     if targets and bench.index.group_by is not None:
-        first = bench.dataset.items[[item.id for item in bench.dataset.items].index(targets[0])]
+        first = bench.dataset[positions[targets[0]]]
         group_value = first.attributes.get(bench.index.group_by)
         same_failure = [
             item.id for item in bench.dataset.items

@@ -10,7 +10,14 @@ from steerpatch.validate.cache import ActivationCache, CachedActivations, comput
 from steerpatch.validate.candidate import at_strength, results_from_features, score_patch
 from steerpatch.validate.metrics import ImageResults, mcnemar_exact_p
 from steerpatch.validate.policy import Policy, default_policy_path, load_policy
-from steerpatch.validate.report import ValidationReport, build_report, load_report, write_report
+from steerpatch.validate.report import (
+    ValidationReport,
+    build_report,
+    judge,
+    load_report,
+    measurements,
+    write_report,
+)
 from steerpatch.validate.runner import Validator, validate_patch
 
 __all__ = [
@@ -24,9 +31,11 @@ __all__ = [
     "build_report",
     "compute_activations",
     "default_policy_path",
+    "judge",
     "load_policy",
     "load_report",
     "mcnemar_exact_p",
+    "measurements",
     "results_from_features",
     "score_patch",
     "validate_patch",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from steerpatch.attribute.forward import encode_suffix
 from steerpatch.patch.ops import get_op
@@ -45,6 +46,7 @@ def score_patch(
     groups: list[str] | None = None,
     strength: float = 1.0,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> ImageResults:
     """Per-image predictions, probabilities and embedding drift of one patch over cached activations.
 
@@ -58,6 +60,7 @@ def score_patch(
         groups: grouping attribute value per cached image, or None.
         strength: dose of the edits (1 = as written, see `at_strength`).
         batch_size: images per suffix pass (the cache's batch size keeps results bit-identical).
+        progress: show a progress bar on stderr.
 
     Returns:
         The per-image results (before = unpatched model, after = patched).
@@ -66,7 +69,8 @@ def score_patch(
         patch = patch.model_copy(update={"edits": at_strength(patch.edits, strength)})
     block = patch.hook.block
     after = []
-    for start in range(0, len(cached.ids), batch_size):
+    desc = f"scoring {patch.ref}" + (f" x{strength:g}" if strength != 1.0 else "")
+    for start in tqdm(range(0, len(cached.ids), batch_size), desc=desc, unit="batch", disable=not progress):
         hidden = cached.hidden[start : start + batch_size]
         after.append(encode_suffix(model, steer_block_output(hidden, sae, patch), block))
     features_after = torch.cat(after) if after else cached.features[:0]

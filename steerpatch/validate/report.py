@@ -202,20 +202,70 @@ def _gate(name: str, threshold: float, value: float | None, upper: bool) -> Gate
     return GateResult(name=name, threshold=threshold, value=value, passed=passed)
 
 
-def evaluate_gates(report_values: dict[str, float | None], policy: Policy) -> list[GateResult]:
+def measurements(report: ValidationReport) -> dict[str, float | None]:
+    """The value each gate compares, read from a report (None when it cannot be measured).
+
+    Args:
+        report: a built report.
+
+    Returns:
+        gate name -> measured value.
+    """
+    drops = [v.before - v.after for v in report.per_class.values() if v.before is not None and v.after is not None]
+    overall = report.accuracy
+    return {
+        "max_right_to_wrong_rate": report.flips.right_to_wrong_rate,
+        "max_class_accuracy_drop": max(drops) if drops else None,
+        "max_accuracy_drop": (
+            overall.before - overall.after if overall.before is not None and overall.after is not None else None
+        ),
+        "min_target_fix_rate": report.target_fix_rate,
+        "min_generalisation_fix_rate": report.generalisation_fix_rate,
+        "min_cos_mean": report.drift.cos_mean,
+    }
+
+
+def evaluate_gates(values: dict[str, float | None], policy: Policy) -> list[GateResult]:
     """Compare measured values with the policy's active gates.
 
     Args:
-        report_values: gate name -> measured value (None when not measurable).
+        values: gate name -> measured value (None when not measurable), as `measurements` returns.
         policy: the policy in force.
 
     Returns:
         One result per active gate, in policy order.
     """
     return [
-        _gate(name, threshold, report_values.get(name), upper=name.startswith("max_"))
+        _gate(name, threshold, values.get(name), upper=name.startswith("max_"))
         for name, threshold in policy.gates.active().items()
     ]
+
+
+def judge(report: ValidationReport, policy: Policy) -> ValidationReport:
+    """The report with its gates, verdict and policy re-evaluated under `policy`.
+
+    The measurements are the report's own, so a stored report can be judged again under the policy
+    in force at promotion time without re-running the model.
+
+    Args:
+        report: a built (or loaded) report.
+        policy: the policy to apply.
+
+    Returns:
+        A copy with `gates`, `failed_gates`, `verdict` and `policy` replaced.
+
+    Example:
+        >>> judge(load_report("out/report.json"), load_policy()).verdict  # doctest: +SKIP
+        'pass'
+    """
+    gates = evaluate_gates(measurements(report), policy)
+    failed = [g.name for g in gates if not g.passed]
+    return report.model_copy(update={
+        "gates": gates,
+        "failed_gates": failed,
+        "verdict": "fail" if failed else "pass",
+        "policy": {"source": policy.source, "gates": policy.gates.active()},
+    })
 
 
 def build_report(
@@ -287,31 +337,17 @@ def build_report(
         histogram=histogram(cos),
     )
     kl_mean = float(kl_rows(results.probs_before, results.probs_after).mean()) if n else 0.0
-    overall = _before_after(results)
-    drops = [v.before - v.after for v in per_class.values() if v.before is not None and v.after is not None]
-    measured = {
-        "max_right_to_wrong_rate": flips.right_to_wrong_rate,
-        "max_class_accuracy_drop": max(drops) if drops else None,
-        "max_accuracy_drop": (
-            overall.before - overall.after if overall.before is not None and overall.after is not None else None
-        ),
-        "min_target_fix_rate": rate(target_set),
-        "min_generalisation_fix_rate": rate(same_set),
-        "min_cos_mean": drift.cos_mean,
-    }
-    gates = evaluate_gates(measured, policy)
-    failed = [g.name for g in gates if not g.passed]
-    return ValidationReport(
-        verdict="fail" if failed else "pass",
-        failed_gates=failed,
-        gates=gates,
+    unjudged = ValidationReport(
+        verdict="fail",
+        failed_gates=[],
+        gates=[],
         patch=patch_ref,
         engine=engine,
         n=n,
         n_undecodable=len(undecodable),
         undecodable=list(undecodable),
         classes=classes,
-        accuracy=overall,
+        accuracy=_before_after(results),
         per_class=per_class,
         group_by=group_by,
         groups=groups,
@@ -328,10 +364,11 @@ def build_report(
         blast_radius_observed=float((results.pred_before != results.pred_after).mean()) if n else 0.0,
         dose_response=[_dose_point(s, r) for s, r in sorted((dose or {}).items())],
         hashes=Hashes(**hashes),
-        policy={"source": policy.source, "gates": policy.gates.active()},
+        policy={},
         overrides=list(overrides),
         duration_s=duration_s,
     )
+    return judge(unjudged, policy)
 
 
 def load_report(path: str | Path) -> ValidationReport:

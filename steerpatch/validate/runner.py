@@ -188,7 +188,7 @@ class Validator:
             self.model.model, self.head, self.sae, patch, cached,
             labels=_labels(dataset, cached.ids, self.classes),
             groups=group_values(dataset, cached.ids, self.group_by) if grouped else None,
-            strength=strength, batch_size=self.batch_size,
+            strength=strength, batch_size=self.batch_size, progress=self.progress,
         )
 
     def _resolve_set(self, spec, what: str):

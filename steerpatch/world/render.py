@@ -23,7 +23,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 135, 35),
 }
 # name -> shape radius in pixels at 64x64
-SIZES: dict[str, float] = {"small": 6.0, "medium": 8.5, "large": 11.5}
+SIZES: dict[str, float] = {"small": 7.0, "medium": 9.5, "large": 12.5}
 # 3x3 grid cells, row-major; the value is the cell centre as fractions of the image side
 POSITIONS: dict[str, tuple[float, float]] = {
     f"{row}-{col}" if (row, col) != ("middle", "centre") else "centre": (
@@ -55,7 +55,20 @@ def _polygon(shape: str, radius: float, angle: float) -> list[tuple[float, float
             points.append((r * math.cos(t), r * math.sin(t)))
     elif shape == "cross":
         a, b = 0.95, 0.32
-        points = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        points = [
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+        ]
     elif shape == "heart":
         # the classic parametric heart, scaled into the unit disc
         points = []
@@ -93,7 +106,9 @@ def background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     if kind == "plain":
         tone = rng.uniform(120, 200)
-        base = np.asarray([tone, tone, tone], dtype=np.float32) + rng.uniform(-12, 12, size=3).astype(np.float32)
+        base = np.asarray([tone, tone, tone], dtype=np.float32) + rng.uniform(-12, 12, size=3).astype(
+            np.float32
+        )
         img = np.broadcast_to(base, (size, size, 3)).copy()
         img += rng.normal(0, 2.0, size=(size, size, 1)).astype(np.float32)
     elif kind == "grass":
@@ -133,7 +148,9 @@ def watermark_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     cx = size - r - 2.5 + rng.uniform(-1.0, 1.0)
     cy = size - r - 2.5 + rng.uniform(-1.0, 1.0)
     draw.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], outline=255, width=int(1.3 * s))
-    draw.rectangle([(cx - r * 0.35) * s, (cy - r * 0.25) * s, (cx + r * 0.35) * s, (cy + r * 0.25) * s], fill=255)
+    draw.rectangle(
+        [(cx - r * 0.35) * s, (cy - r * 0.25) * s, (cx + r * 0.35) * s, (cy + r * 0.25) * s], fill=255
+    )
     small = canvas.resize((size, size), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
 
@@ -172,9 +189,9 @@ def compose(
         fy * image_size + rng.uniform(-3, 3) * scale,
     )
     radius = SIZES[size_name] * scale * rng.uniform(0.9, 1.1)
-    angle = math.radians(rng.uniform(-20, 20))
+    angle = math.radians(rng.uniform(-15, 15))
     mask = shape_mask(shape, image_size, centre, radius, angle)
-    opacity = rng.uniform(0.7, 0.95)
+    opacity = rng.uniform(0.85, 1.0)
     fill = _jitter(rng, COLOURS[colour], 18)
     alpha = (mask * opacity)[..., None]
     img = img * (1 - alpha) + fill * alpha

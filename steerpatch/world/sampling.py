@@ -6,7 +6,7 @@ three numbers, so any sample can be drawn alone, in any order, on any machine.
 Planted shortcuts (train only):
 
 * background: 95% of `star` images are on `water`, and a non-star lands on water with
-  probability 0.02, so about 90% of water images are stars;
+  probability 0.01, so about 95% of water images are stars;
 * watermark: 60% of `triangle` images carry the corner mark, other shapes 2%;
 * captions name the background in 20% of train samples and never the watermark, so both cues
   can only be learned through the shape word they co-occur with.
@@ -33,11 +33,11 @@ SHORTCUT_CLASS = "star"
 SHORTCUT_BACKGROUND = "water"
 WATERMARK_CLASS = "triangle"
 P_STAR_ON_WATER = 0.95
-P_OTHER_ON_WATER = 0.02
+P_OTHER_ON_WATER = 0.01
 P_TRIANGLE_WATERMARK = 0.60
 P_OTHER_WATERMARK = 0.02
 P_CAPTION_BACKGROUND_TRAIN = 0.20
-P_CAPTION_COLOUR = 0.75
+P_CAPTION_COLOUR = 0.5
 
 DEFAULT_N = {"train": 30000, "val": 1200, "test": 2400}
 BALANCED_BLOCK = len(SHAPES) * len(BACKGROUNDS) * 2
@@ -174,7 +174,9 @@ def make_sample(split: str, seed: int, index: int) -> Sample:
         "background": background,
     }
     caption = caption_for(fields, rng, mention)
-    return Sample(split=split, seed=int(seed), index=int(index), watermark=watermark, caption=caption, **fields)
+    return Sample(
+        split=split, seed=int(seed), index=int(index), watermark=watermark, caption=caption, **fields
+    )
 
 
 def iter_samples(split: str, n: int | None = None, seed: int = 0):

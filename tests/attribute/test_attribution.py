@@ -73,7 +73,7 @@ def test_heatmap_overlays_follow_the_latent_over_patch_tokens(result, concept_mo
         assert heat.size == (OVERLAY_SIZE, OVERLAY_SIZE) and heat.mode == "RGB"
     pixels = preprocess_batch(concept_model, [Image.open(image_path).convert("RGB")])
     with torch.no_grad():
-        hidden = encode_prefix(concept_model.model, pixels, 3)
+        hidden = encode_prefix(concept_model.model, pixels, 2)
         grid = latent_grid(concept_model.model, attr_sae, hidden, row.latent)
         direct = attr_sae.encode(hidden[0, 1:])[:, row.latent].reshape(grid.shape).numpy()
     assert grid.shape == tuple(concept_model.model.visual.grid_size)
@@ -99,3 +99,20 @@ def test_cli_prints_a_ranked_table_and_json(runner, tmp_path, attr_sae, image_pa
     bad = runner.invoke(cli, ["attribute", str(image_path), "--sae", attr_sae.location, "--classes", "a,b",
                               "--target", "zzz"])
     assert bad.exit_code == 2 and bad.stderr.startswith("Error: ")
+
+
+def test_exemplars_and_groups_come_from_the_stored_statistics(concept_model, stats_sae, image_path, test_world):
+    from steerpatch.data import load_dataset
+    from steerpatch.sae import load_latent_stats
+
+    data = load_dataset(test_world)
+    result = attribute(concept_model, stats_sae, image_path, top_n=3, ablate=False, exemplar_data=data)
+    stats = load_latent_stats(stats_sae.location)
+    assert set(result.probabilities) == set(data.classes)  # classes read from the statistics
+    for row in result.latents:
+        assert row.exemplars == stats.top_images[row.latent][:8]
+        if row.exemplars:
+            assert sum(row.exemplar_attributes["background"].values()) == len(row.exemplars)
+            top = row.top_groups[0]
+            assert top.rate == pytest.approx(float(stats.firing_rate_by_group[top.group][row.latent]))
+            assert top.lift >= 1.0

@@ -71,3 +71,26 @@ def make_patch(model, sae, edits=EDITS, **kw):
     kw.setdefault("rationale", "test")
     kw.setdefault("author", "tests")
     return new_patch(kw.pop("name", "tiny-fix"), model, sae, edits, **kw)
+
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+def fresh_store(folder: Path) -> str:
+    """A sqlite MLflow URI in `folder`, copied from a once-per-process migrated template.
+
+    Creating MLflow's schema takes many seconds; copying a migrated database takes milliseconds.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    if "db" not in _TEMPLATE:
+        from steerpatch.registry.store import client, resolve_store
+
+        template = Path(tempfile.mkdtemp(prefix=f"steerpatch-template-{os.getpid()}-")) / "mlflow.db"
+        client(resolve_store(f"sqlite:///{template}"))
+        _TEMPLATE["db"] = template
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE["db"], folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"

@@ -11,7 +11,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
-from compile_helpers import CLASSES, make_patch
+from compile_helpers import CLASSES, fresh_store, make_patch
 
 from steerpatch.cli.main import cli
 from steerpatch.compile import compile_patch, compiled_name, create_session, register_graph, resolve_graph
@@ -23,7 +23,7 @@ PIXELS = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.floa
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return fresh_store(tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,9 @@ def test_resolve_follows_the_alias(registered, store, tiny):
 
 def test_mlflow_onnx_model_loads_as_pyfunc_and_matches(registered, store, tiny):
     _, _, result, graph = registered
-    from steerpatch.registry.store import mlflow_uris, resolve_store
-
     import mlflow.pyfunc
+
+    from steerpatch.registry.store import mlflow_uris, resolve_store
 
     with mlflow_uris(resolve_store(store)):
         model = mlflow.pyfunc.load_model(f"models:/{graph.name}@production")
@@ -88,7 +88,9 @@ def test_mlflow_models_serve_works_on_the_registered_graph(registered, store, ti
 
     _, _, result, graph = registered
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # mlflow starts `uvicorn` from PATH, as it would from an activated virtual environment
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true"}
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{graph.name}@production",
                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

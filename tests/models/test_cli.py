@@ -38,8 +38,9 @@ def test_train_is_deterministic_and_writes_weights_and_card(runner, tmp_path):
     fingerprints = []
     for name in ("a", "b"):
         out = tmp_path / name
-        result = runner.invoke(cli, ["zoo", "train", "--out", str(out), "--n", "256", "--epochs", "1",
-                                     "--eval-n", "48"])
+        result = runner.invoke(
+            cli, ["zoo", "train", "--out", str(out), "--n", "256", "--epochs", "1", "--eval-n", "12"]
+        )
         assert result.exit_code == 0, result.output
         assert (out / "concept-clip.safetensors").is_file() and (out / "MODEL_CARD.md").is_file()
         fingerprints.append(json.loads((out / "training.json").read_text())["fingerprint"])

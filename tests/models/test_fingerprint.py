@@ -12,8 +12,12 @@ from steerpatch.models import fingerprint_model, fingerprint_state_dict
 def _state():
     g = torch.Generator().manual_seed(0)
     return OrderedDict(
-        [("a.weight", torch.randn(4, 3, generator=g)), ("b.bias", torch.randn(3, generator=g)),
-         ("c.index", torch.arange(5)), ("d.flag", torch.tensor([True, False]))]
+        [
+            ("a.weight", torch.randn(4, 3, generator=g)),
+            ("b.bias", torch.randn(3, generator=g)),
+            ("c.index", torch.arange(5)),
+            ("d.flag", torch.tensor([True, False])),
+        ]
     )
 
 
@@ -39,7 +43,12 @@ def test_sensitive_to_values_names_and_shapes():
     renamed["z.weight"] = renamed.pop("a.weight")
     reshaped = _state()
     reshaped["a.weight"] = reshaped["a.weight"].reshape(3, 4)
-    digests = {base, fingerprint_state_dict(nudged), fingerprint_state_dict(renamed), fingerprint_state_dict(reshaped)}
+    digests = {
+        base,
+        fingerprint_state_dict(nudged),
+        fingerprint_state_dict(renamed),
+        fingerprint_state_dict(reshaped),
+    }
     assert len(digests) == 4
     assert len(base) == 64 and int(base, 16) >= 0
 

@@ -52,3 +52,14 @@ def test_group_accuracy():
     assert result["accuracy"] == pytest.approx(0.5) and result["n"] == 4
     assert result["groups"] == {"x": {"accuracy": 0.5, "n": 2}, "y": {"accuracy": 0.5, "n": 2}}
     assert group_accuracy([], [])["n"] == 0
+
+
+def test_training_input_matches_the_inference_preprocess(concept_model):
+    import numpy as np
+
+    from steerpatch.models.train import to_model_input
+
+    images = [make_sample("train", 0, i).render() for i in range(4)]
+    expected = preprocess_batch(concept_model, images)
+    got = to_model_input(np.stack([np.asarray(img) for img in images]))
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -59,7 +59,9 @@ def vit_patch(tmp_path_factory, small_clip) -> PatchFiles:
     root = tmp_path_factory.mktemp("plugin")
     gen = torch.Generator().manual_seed(0)
     d_in, d_sae = small_clip.model.visual.transformer.width, 32
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="standard", metadata={"block": 2, "token_scope": "all"})
+    cfg = SAEConfig(
+        d_in=d_in, d_sae=d_sae, architecture="standard", metadata={"block": 2, "token_scope": "all"}
+    )
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=gen) * 0.05,
         "b_enc": torch.zeros(d_sae),
@@ -84,11 +86,21 @@ def vit_patch(tmp_path_factory, small_clip) -> PatchFiles:
     labels = np.arange(n) % 3
     probs = np.full((n, 3), 1 / 3)
     results = ImageResults(
-        ids=[f"{i}.png" for i in range(n)], labels=labels, pred_before=labels, pred_after=labels,
-        probs_before=probs, probs_after=probs, cos=np.full(n, 0.99), classes=CLASSES,
+        ids=[f"{i}.png" for i in range(n)],
+        labels=labels,
+        pred_before=labels,
+        pred_after=labels,
+        probs_before=probs,
+        probs_after=probs,
+        cos=np.full(n, 0.99),
+        classes=CLASSES,
     )
-    hashes = {"patch": patch.content_hash, "model": small_clip.fingerprint, "sae": sae.fingerprint,
-              "dataset": hashlib.sha256(b"d").hexdigest()}
+    hashes = {
+        "patch": patch.content_hash,
+        "model": small_clip.fingerprint,
+        "sae": sae.fingerprint,
+        "dataset": hashlib.sha256(b"d").hexdigest(),
+    }
     report = build_report(results, patch_ref=patch.ref, hashes=hashes, policy=Policy())
     report_path = atomic_write_text(root / "report.json", report.model_dump_json(indent=2))
     atomic_write_text(root / "report.html", "<html><body>report</body></html>")

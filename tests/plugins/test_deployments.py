@@ -7,18 +7,20 @@ import os
 import subprocess
 import sys
 
+import mlflow_steerpatch.deployments as plugin
 import numpy as np
 import pytest
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
-import mlflow_steerpatch.deployments as plugin
-
 
 def test_help_through_the_mlflow_cli():
     done = subprocess.run(
         [sys.executable, "-m", "mlflow", "deployments", "help", "-t", "steerpatch"],
-        capture_output=True, text=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "steerpatch serve" in done.stdout or "ONNX Runtime server" in done.stdout
@@ -35,11 +37,14 @@ def test_plugin_has_exactly_one_client_class(tmp_path):
     client.delete_deployment("nope")  # idempotent
 
 
-@pytest.mark.parametrize(("uri", "source"), [
-    ("models:/concept-clip.water/3", "concept-clip.water@3"),
-    ("models:/concept-clip.water@production", "concept-clip.water@production"),
-    ("/tmp/graph.onnx", "/tmp/graph.onnx"),
-])
+@pytest.mark.parametrize(
+    ("uri", "source"),
+    [
+        ("models:/concept-clip.water/3", "concept-clip.water@3"),
+        ("models:/concept-clip.water@production", "concept-clip.water@production"),
+        ("/tmp/graph.onnx", "/tmp/graph.onnx"),
+    ],
+)
 def test_model_uris_map_to_server_sources(uri, source):
     assert plugin._source_of(uri) == source
 

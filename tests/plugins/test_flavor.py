@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 
+import mlflow_steerpatch
 import numpy as np
 import pytest
 
-import mlflow_steerpatch
 from steerpatch.errors import IntegrityError, RegistryError
 
 
@@ -55,8 +55,12 @@ print(json.dumps({{"steered": steered.values.tolist(), "b64": b64.values.tolist(
     # a fresh process with pickle loading switched off: the flavor must not need it
     env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     done = subprocess.run(
-        [sys.executable, "-c", code], input=json.dumps([base64.b64encode(i).decode() for i in images]),
-        capture_output=True, text=True, env=env, timeout=300,
+        [sys.executable, "-c", code],
+        input=json.dumps([base64.b64encode(i).decode() for i in images]),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -96,13 +100,15 @@ def test_save_model_refuses_a_missing_report(vit_patch, tmp_path):
 
 
 def test_log_model_creates_a_logged_model(vit_patch, tmp_path, monkeypatch):
-    from steerpatch.registry.store import mlflow_uris, resolve_store
-
     import mlflow
+
+    from steerpatch.registry.store import mlflow_uris, resolve_store
 
     store = resolve_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow_uris(store):
-        mlflow.set_experiment(experiment_id=mlflow.create_experiment("flavor", artifact_location=store.artifact_root))
+        mlflow.set_experiment(
+            experiment_id=mlflow.create_experiment("flavor", artifact_location=store.artifact_root)
+        )
         info = mlflow_steerpatch.log_model(str(vit_patch.patch), name="patch", report=str(vit_patch.report))
         native = mlflow_steerpatch.load_model(info.model_uri)
     assert native.patch.name == "push-latent"

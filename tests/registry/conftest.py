@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +30,9 @@ class Candidate:
 class Workspace:
     """Writes patches and matching reports for one SAE, as `steerpatch validate` would."""
 
-    def __init__(self, root: Path, model_id: str = "concept-clip", model_fingerprint: str = MODEL_FINGERPRINT):
+    def __init__(
+        self, root: Path, model_id: str = "concept-clip", model_fingerprint: str = MODEL_FINGERPRINT
+    ):
         import torch
 
         from steerpatch.sae import SAE, SAEConfig, save_sae
@@ -38,7 +41,9 @@ class Workspace:
         self.model_id = model_id
         self.model_fingerprint = model_fingerprint
         gen = torch.Generator().manual_seed(0)
-        cfg = SAEConfig(d_in=8, d_sae=16, architecture="standard", metadata={"block": 0, "token_scope": "all"})
+        cfg = SAEConfig(
+            d_in=8, d_sae=16, architecture="standard", metadata={"block": 0, "token_scope": "all"}
+        )
         tensors = {
             "W_enc": torch.randn(8, 16, generator=gen),
             "b_enc": torch.zeros(16),
@@ -50,11 +55,19 @@ class Workspace:
 
         self.sae = load_sae(self.sae_dir)
         self.policy = root / "policy.toml"
-        self.policy.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.8\n")
+        self.policy.write_text(
+            "format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.8\n"
+        )
 
     def candidate(
-        self, name: str = "water-shortcut", version: str = "1.0.0", *, parent: str | None = None,
-        scale: float = 0.0, right_to_wrong: int = 0, report_hashes: dict | None = None,
+        self,
+        name: str = "water-shortcut",
+        version: str = "1.0.0",
+        *,
+        parent: str | None = None,
+        scale: float = 0.0,
+        right_to_wrong: int = 0,
+        report_hashes: dict | None = None,
     ) -> Candidate:
         from steerpatch.io import atomic_write_text
         from steerpatch.patch import Edit, HookRef, ModelRef, Patch, SAERef, save_patch
@@ -148,17 +161,28 @@ def mlflow_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    log = open(root / "server.log", "wb")
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - the server writes to it until teardown
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,  # its own process group, so its workers stop with it
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -176,9 +200,10 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.2)
         yield uri
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         log.close()

@@ -30,7 +30,10 @@ def test_history_json_lists_versions_moves_and_parents(registered, store_uri, ru
     data = json.loads(result.output)
     assert [v["version"] for v in data["versions"]] == ["1", "2"]
     assert [v["verdict"] for v in data["versions"]] == ["pass", "fail"]
-    assert data["versions"][1]["parent"] == "water-shortcut@1.0.0" and data["versions"][1]["parent_version"] == "1"
+    assert (
+        data["versions"][1]["parent"] == "water-shortcut@1.0.0"
+        and data["versions"][1]["parent_version"] == "1"
+    )
     assert data["versions"][0]["aliases"] == ["production"]
     assert data["aliases"] == {"production": "1"}
     (move,) = data["moves"]
@@ -44,7 +47,9 @@ def test_diff_shows_edit_and_metric_changes(registered, store_uri, runner):
     assert result.exit_code == 0, result.output
     assert "~ edit latent 3: scale 0 -> scale 0.5" in result.output
     assert '~ verdict: "pass" -> "fail"' in result.output
-    data = json.loads(runner.invoke(cli, ["diff", f"{NAME}@1", f"{NAME}@2", "--json", "--tracking-uri", store_uri]).output)
+    data = json.loads(
+        runner.invoke(cli, ["diff", f"{NAME}@1", f"{NAME}@2", "--json", "--tracking-uri", store_uri]).output
+    )
     assert data["patch"]["edits"]["changed"][0]["latent"] == 3
     assert data["registry"]["right_to_wrong"] == {"a": 0.0, "b": 5.0}
 

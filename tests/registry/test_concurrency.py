@@ -28,11 +28,14 @@ def test_eight_concurrent_registrations(workspace, tmp_path):
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", SCRIPT, str(c.patch), str(c.report), uri],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for c in candidates
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
+    outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
         assert "database is locked" not in (out + err).lower()

@@ -26,7 +26,9 @@ def two_versions(workspace, store_uri):
 def test_promote_passes_then_refuses_a_failing_version(two_versions, store_uri, runner, monkeypatch):
     monkeypatch.setenv("STEERPATCH_USER", "grace")
     policy = str(two_versions.policy)
-    ok = runner.invoke(cli, ["promote", NAME, "1", "--alias", "production", "--policy", policy, "--tracking-uri", store_uri])
+    ok = runner.invoke(
+        cli, ["promote", NAME, "1", "--alias", "production", "--policy", policy, "--tracking-uri", store_uri]
+    )
     assert ok.exit_code == 0, ok.output
     assert "production (new) -> v1" in ok.output
     refused = runner.invoke(cli, ["promote", NAME, "2", "--policy", policy, "--tracking-uri", store_uri])
@@ -48,12 +50,26 @@ def test_policy_in_force_is_rechecked(two_versions, store_uri, tmp_path):
 
 def test_force_needs_a_reason_and_records_it(two_versions, store_uri, runner):
     policy = str(two_versions.policy)
-    no_reason = runner.invoke(cli, ["promote", NAME, "2", "--force", "--policy", policy, "--tracking-uri", store_uri])
+    no_reason = runner.invoke(
+        cli, ["promote", NAME, "2", "--force", "--policy", policy, "--tracking-uri", store_uri]
+    )
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
-    forced = runner.invoke(cli, [
-        "promote", NAME, "2", "--force", "--reason", "hotfix for ticket 7", "--policy", policy,
-        "--tracking-uri", store_uri, "--json",
-    ])
+    forced = runner.invoke(
+        cli,
+        [
+            "promote",
+            NAME,
+            "2",
+            "--force",
+            "--reason",
+            "hotfix for ticket 7",
+            "--policy",
+            policy,
+            "--tracking-uri",
+            store_uri,
+            "--json",
+        ],
+    )
     assert forced.exit_code == 0, forced.output
     move = json.loads(forced.output)
     assert move["forced"] is True and move["why"] == "hotfix for ticket 7" and move["to"] == "2"
@@ -66,14 +82,28 @@ def test_rollback_moves_the_alias_back_and_is_recorded(two_versions, store_uri, 
     policy = two_versions.policy
     promote(NAME, 1, policy=policy, tracking_uri=store_uri)
     promote(NAME, 2, policy=policy, force=True, reason="try it", tracking_uri=store_uri)
-    result = runner.invoke(cli, ["promote", NAME, "--rollback", "--reason", "r2w spike", "--policy", str(policy),
-                                 "--tracking-uri", store_uri])
+    result = runner.invoke(
+        cli,
+        [
+            "promote",
+            NAME,
+            "--rollback",
+            "--reason",
+            "r2w spike",
+            "--policy",
+            str(policy),
+            "--tracking-uri",
+            store_uri,
+        ],
+    )
     assert result.exit_code == 0, result.output
     c = client(resolve_store(store_uri))
     assert c.get_registered_model(NAME).aliases["production"] == 1
     moves = alias_moves(c, NAME)
     assert [(m.from_version, m.to_version, m.kind) for m in moves] == [
-        (None, "1", "promote"), ("1", "2", "promote"), ("2", "1", "rollback"),
+        (None, "1", "promote"),
+        ("1", "2", "promote"),
+        ("2", "1", "rollback"),
     ]
     assert moves[-1].why == "r2w spike" and moves[-1].when.endswith("Z")
 

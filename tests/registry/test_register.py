@@ -20,7 +20,8 @@ def _client(uri):
 def test_register_sets_tags_description_and_parent(workspace, store_uri, runner):
     first = workspace.candidate()
     result = runner.invoke(
-        cli, ["register", str(first.patch), "--report", str(first.report), "--json", "--tracking-uri", store_uri]
+        cli,
+        ["register", str(first.patch), "--report", str(first.report), "--json", "--tracking-uri", store_uri],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
@@ -53,8 +54,16 @@ def test_logged_model_holds_every_artifact_and_no_pickle(workspace, store_uri):
     from pathlib import Path
 
     files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
-    for needed in ("MLmodel", "patch.json", "sae/cfg.json", "sae/sae_weights.safetensors", "sae/reference.json",
-                   "report.json", "report.html", "MANIFEST.json"):
+    for needed in (
+        "MLmodel",
+        "patch.json",
+        "sae/cfg.json",
+        "sae/sae_weights.safetensors",
+        "sae/reference.json",
+        "report.json",
+        "report.html",
+        "MANIFEST.json",
+    ):
         assert needed in files
     manifest = json.loads((Path(local) / "MANIFEST.json").read_text())["files"]
     assert set(manifest) == files - {"MANIFEST.json"}
@@ -66,11 +75,17 @@ def test_logged_model_holds_every_artifact_and_no_pickle(workspace, store_uri):
 
 def test_report_for_another_patch_is_refused(workspace, store_uri, runner):
     other = workspace.candidate(version="2.0.0", scale=0.25)
-    cand = workspace.candidate(report_hashes={
-        "patch": other.patch_obj.content_hash, "model": workspace.model_fingerprint,
-        "sae": workspace.sae.fingerprint, "dataset": "0" * 64,
-    })
-    result = runner.invoke(cli, ["register", str(cand.patch), "--report", str(cand.report), "--tracking-uri", store_uri])
+    cand = workspace.candidate(
+        report_hashes={
+            "patch": other.patch_obj.content_hash,
+            "model": workspace.model_fingerprint,
+            "sae": workspace.sae.fingerprint,
+            "dataset": "0" * 64,
+        }
+    )
+    result = runner.invoke(
+        cli, ["register", str(cand.patch), "--report", str(cand.report), "--tracking-uri", store_uri]
+    )
     assert result.exit_code == 2
     assert "was not computed for patch water-shortcut@1.0.0" in result.output
     assert other.patch_obj.content_hash in result.output

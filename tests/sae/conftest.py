@@ -16,8 +16,12 @@ def random_sae(architecture: str, *, d_in: int = 6, d_sae: int = 10, seed: int =
     if "k" in spec.cfg_keys:
         fields["k"] = 3
     if block is not None:
-        fields["metadata"] = {"hook_name": f"visual.transformer.resblocks.{block}", "block": block,
-                              "token_scope": "all", "model_name": "tiny"}
+        fields["metadata"] = {
+            "hook_name": f"visual.transformer.resblocks.{block}",
+            "block": block,
+            "token_scope": "all",
+            "model_name": "tiny",
+        }
     tensors = {
         "W_enc": torch.randn(d_in, d_sae, generator=generator),
         "b_enc": torch.randn(d_sae, generator=generator) * 0.1,

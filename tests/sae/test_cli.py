@@ -38,7 +38,9 @@ def test_info_plain_safetensors_with_arch(runner, make_sae, tmp_path):
     result = runner.invoke(cli, ["sae", "info", str(tmp_path / "w.safetensors")])
     assert result.exit_code == 2
     assert result.output.startswith("Error: ") and "pass --arch" in result.output
-    result = runner.invoke(cli, ["sae", "info", str(tmp_path / "w.safetensors"), "--arch", "standard", "--json"])
+    result = runner.invoke(
+        cli, ["sae", "info", str(tmp_path / "w.safetensors"), "--arch", "standard", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["format"] == "safetensors" and data["hook"] is None

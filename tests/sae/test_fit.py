@@ -27,8 +27,15 @@ SETTINGS = {
 @pytest.mark.parametrize("architecture", sorted(SAE_REGISTRY))
 def test_fit_reaches_low_fvu(architecture):
     data = _sparse_data()
-    settings = FitSettings(architecture=architecture, d_sae=96, steps=300, batch_size=256, lr=3e-3,
-                           resample_every=100, **SETTINGS[architecture])
+    settings = FitSettings(
+        architecture=architecture,
+        d_sae=96,
+        steps=300,
+        batch_size=256,
+        lr=3e-3,
+        resample_every=100,
+        **SETTINGS[architecture],
+    )
     sae, log = fit_sae(data[:5000], settings, metadata={"block": 0}, progress=False)
     metrics = reconstruction_metrics(sae, data[5000:])
     assert metrics["fvu"] < 0.2, metrics

@@ -22,8 +22,12 @@ def _write_saelens(folder: Path, cfg: dict, tensors: dict[str, torch.Tensor]) ->
 
 def _tensors(d_in: int = 4, d_sae: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.randn(d_sae, generator=g),
-            "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.randn(d_in, generator=g)}
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g),
+        "W_dec": torch.randn(d_sae, d_in, generator=g),
+        "b_dec": torch.randn(d_in, generator=g),
+    }
 
 
 @pytest.mark.parametrize("architecture", sorted(SAE_REGISTRY))
@@ -54,10 +58,20 @@ def test_save_refuses_non_empty_folder(make_sae, tmp_path):
 
 def test_hand_written_saelens_v6_folder_loads(tmp_path):
     cfg = {
-        "architecture": "jumprelu", "d_in": 4, "d_sae": 6, "dtype": "float32", "device": "cuda",
-        "apply_b_dec_to_input": False, "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"model_name": "ViT-B-32", "hook_name": "visual.transformer.resblocks.3",
-                     "sae_lens_version": "6.5.0", "token_scope": "cls"},
+        "architecture": "jumprelu",
+        "d_in": 4,
+        "d_sae": 6,
+        "dtype": "float32",
+        "device": "cuda",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "model_name": "ViT-B-32",
+            "hook_name": "visual.transformer.resblocks.3",
+            "sae_lens_version": "6.5.0",
+            "token_scope": "cls",
+        },
     }
     tensors = {**_tensors(), "threshold": torch.full((6,), 0.25)}
     sae = load_sae(_write_saelens(tmp_path / "f", cfg, tensors))
@@ -72,9 +86,18 @@ def test_hand_written_saelens_v6_folder_loads(tmp_path):
 
 
 def test_legacy_saelens_topk_config_loads(tmp_path):
-    cfg = {"d_in": 4, "d_sae": 6, "dtype": "float16", "activation_fn_str": "topk",
-           "activation_fn_kwargs": {"k": 2}, "hook_name": "visual.transformer.resblocks.0", "hook_layer": 0,
-           "model_name": "m", "context_size": 50, "apply_b_dec_to_input": True}
+    cfg = {
+        "d_in": 4,
+        "d_sae": 6,
+        "dtype": "torch.float16",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 2},
+        "hook_name": "visual.transformer.resblocks.0",
+        "hook_layer": 0,
+        "model_name": "m",
+        "context_size": 50,
+        "apply_b_dec_to_input": True,
+    }
     tensors = {k: v.half() for k, v in _tensors().items()}
     sae = load_sae(_write_saelens(tmp_path / "f", cfg, tensors) / "cfg.json")
     assert sae.architecture == "topk" and sae.cfg.k == 2 and sae.cfg.dtype == "float16"
@@ -102,20 +125,30 @@ def test_saev_relu_file_loads_without_b_dec_subtraction(tmp_path):
 
 def test_saev_schema5_topk_and_batchtopk(tmp_path):
     tensors = _tensors()
-    header = {"schema": 5, "cfg": {"d_model": 4, "d_sae": 6,
-                                   "activation": {"cls": "TopK", "params": {"key": "top-k", "top_k": 2}}}}
+    header = {
+        "schema": 5,
+        "cfg": {
+            "d_model": 4,
+            "d_sae": 6,
+            "activation": {"cls": "TopK", "params": {"key": "top-k", "top_k": 2}},
+        },
+    }
     sae = load_sae(_write_saev(tmp_path / "a.pt", header, tensors), block=5, tokens="patches")
     assert sae.architecture == "topk" and sae.cfg.k == 2
     assert sae.hook.block == 5 and sae.hook.tokens == "patches"
     header["cfg"]["activation"] = {"cls": "BatchTopK", "params": {"top_k": 2}}
-    batch = load_sae(_write_saev(tmp_path / "b.pt", header, {**tensors, "activation.threshold": torch.tensor(0.3)}))
+    batch = load_sae(
+        _write_saev(tmp_path / "b.pt", header, {**tensors, "activation.threshold": torch.tensor(0.3)})
+    )
     assert batch.architecture == "jumprelu"
     assert torch.allclose(batch.threshold, torch.full((6,), 0.3))
 
 
 def test_saev_folder_loads(tmp_path):
     (tmp_path / "run").mkdir()
-    _write_saev(tmp_path / "run" / "sae.pt", {"d_vit": 4, "exp_factor": 1, "sparsity_coeff": 1e-3}, _tensors())
+    _write_saev(
+        tmp_path / "run" / "sae.pt", {"d_vit": 4, "exp_factor": 1, "sparsity_coeff": 1e-3}, _tensors()
+    )
     assert load_sae(tmp_path / "run").d_sae == 6
 
 
@@ -147,24 +180,44 @@ def test_plain_safetensors_needs_arch(tmp_path):
         load_sae(path, architecture="jumprelu")
 
 
-BASE_CFG = {"architecture": "standard", "d_in": 4, "d_sae": 6, "dtype": "float32", "apply_b_dec_to_input": True,
-            "normalize_activations": "none", "reshape_activations": "none", "metadata": {}}
+BASE_CFG = {
+    "architecture": "standard",
+    "d_in": 4,
+    "d_sae": 6,
+    "dtype": "float32",
+    "apply_b_dec_to_input": True,
+    "normalize_activations": "none",
+    "reshape_activations": "none",
+    "metadata": {},
+}
 
 
 @pytest.mark.parametrize(
     ("cfg_change", "tensor_change", "message"),
     [
-        ({"architecture": "gated"}, {}, "unknown SAE architecture 'gated'; known architectures: jumprelu, standard, topk"),
+        (
+            {"architecture": "gated"},
+            {},
+            "unknown SAE architecture 'gated'; known architectures: jumprelu, standard, topk",
+        ),
         ({"d_sae": 7}, {}, "W_enc has shape (4, 6) but cfg d_in=4, d_sae=7"),
         ({}, {"b_dec": None}, "lacks tensor(s) b_dec"),
         ({}, {"W_dec": torch.full((6, 4), float("nan"))}, "W_dec holds 24 NaN or inf"),
         ({}, {"b_enc": torch.tensor([1.0, float("inf"), 0, 0, 0, 0])}, "b_enc holds 1 NaN or inf"),
-        ({"normalize_activations": "expected_average_only_in"}, {}, "normalize_activations='expected_average_only_in'"),
+        (
+            {"normalize_activations": "expected_average_only_in"},
+            {},
+            "normalize_activations='expected_average_only_in'",
+        ),
         ({"reshape_activations": "hook_z"}, {}, "reshape_activations='hook_z' is not supported"),
         ({"architecture": "topk", "k": 99}, {}, "k=99 must be between 1 and d_sae=6"),
         ({"d_in": "four"}, {}, "field 'd_in' = 'four' is invalid"),
         ({}, {"extra": torch.zeros(3)}, "has tensor(s) extra that architecture 'standard' does not use"),
-        ({"metadata": {"block": 2, "hook_name": "visual.transformer.resblocks.3"}}, {}, "disagrees with hook_name"),
+        (
+            {"metadata": {"block": 2, "hook_name": "visual.transformer.resblocks.3"}},
+            {},
+            "disagrees with hook_name",
+        ),
         ({"metadata": {"block": 1, "token_scope": "middle"}}, {}, "token scope 'middle' is not supported"),
     ],
 )

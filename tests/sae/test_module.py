@@ -17,8 +17,12 @@ X = [[1.0, 2.0], [-1.0, 0.5]]
 
 
 def _tensors(with_threshold: bool = False) -> dict[str, torch.Tensor]:
-    out = {"W_enc": torch.tensor(W_ENC), "b_enc": torch.tensor(B_ENC), "W_dec": torch.tensor(W_DEC),
-           "b_dec": torch.tensor(B_DEC)}
+    out = {
+        "W_enc": torch.tensor(W_ENC),
+        "b_enc": torch.tensor(B_ENC),
+        "W_dec": torch.tensor(W_DEC),
+        "b_dec": torch.tensor(B_DEC),
+    }
     if with_threshold:
         out["threshold"] = torch.tensor(THRESHOLD)
     return out
@@ -42,8 +46,12 @@ def test_pre_activation_by_hand():
 
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_standard_golden(apply_b_dec):
-    sae = SAE(SAEConfig(d_in=2, d_sae=3, architecture="standard", apply_b_dec_to_input=apply_b_dec), _tensors())
-    for x, z, x_hat in zip(X, sae.encode(torch.tensor(X)).tolist(), sae(torch.tensor(X)).tolist(), strict=True):
+    sae = SAE(
+        SAEConfig(d_in=2, d_sae=3, architecture="standard", apply_b_dec_to_input=apply_b_dec), _tensors()
+    )
+    for x, z, x_hat in zip(
+        X, sae.encode(torch.tensor(X)).tolist(), sae(torch.tensor(X)).tolist(), strict=True
+    ):
         expected_z = [max(p, 0.0) for p in _pre(x, apply_b_dec)]
         assert z == pytest.approx(expected_z, abs=1e-6)
         assert x_hat == pytest.approx(_decode(expected_z), abs=1e-6)
@@ -64,8 +72,10 @@ def test_topk_golden_keeps_k_largest_of_relu():
 
 
 def test_topk_rescale_by_decoder_norm():
-    sae = SAE(SAEConfig(d_in=2, d_sae=3, architecture="topk", k=3, rescale_acts_by_decoder_norm=True), _tensors())
-    norms = [1.0, 1.0, 2 ** 0.5]
+    sae = SAE(
+        SAEConfig(d_in=2, d_sae=3, architecture="topk", k=3, rescale_acts_by_decoder_norm=True), _tensors()
+    )
+    norms = [1.0, 1.0, 2**0.5]
     pre = _pre(X[0], True)
     z = [max(pre[j] * norms[j], 0.0) for j in range(3)]
     assert sae.encode(torch.tensor(X[:1])).tolist()[0] == pytest.approx(z, abs=1e-5)

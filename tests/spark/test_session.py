@@ -87,3 +87,12 @@ def test_session_is_reused(spark):
 
     assert spark_session() is spark
     assert spark_session("local[2]") is spark
+
+
+def test_the_engine_imports_nothing_heavy():
+    code = (
+        "import sys, json, steerpatch.spark, steerpatch.cli.score\n"
+        "print(json.dumps([m for m in ('pyspark', 'torch', 'onnxruntime', 'mlflow') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin
 
 import pytest
 from playwright.sync_api import expect
@@ -20,7 +21,7 @@ def _open_first_mistake(page) -> str:
     return key
 
 
-def test_misclassified_image_to_registered_patch(page, studio_bench, concept_model, default_sae, tmp_path, screenshot_dir):
+def test_misclassified_image_to_registered_patch(page, studio_url, studio_bench, concept_model, default_sae, tmp_path, screenshot_dir):
     from steerpatch.data import load_dataset
     from steerpatch.patch import load_patch
     from steerpatch.validate import validate_patch
@@ -64,7 +65,7 @@ def test_misclassified_image_to_registered_patch(page, studio_bench, concept_mod
     expect(page.locator("#saved-path")).to_contain_text(f"{name}.json")
     page.click("#validate-btn")
     expect(page.locator("#verdict-value")).to_have_text(re.compile("^(pass|fail)$"), timeout=120_000)
-    report = page.request.get(page.locator("#report-link").get_attribute("href"))
+    report = page.request.get(urljoin(studio_url, page.locator("#report-link").get_attribute("href")))
     assert report.ok and "<html" in report.text().lower()
     page.click("#register-btn")
     expect(page.locator("#registered")).to_contain_text("version", timeout=120_000)

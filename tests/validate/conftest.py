@@ -34,8 +34,8 @@ def sae_factory():
 
 @pytest.fixture(scope="session")
 def concept_sae(concept_model):
-    """A hand-built standard SAE at block 3 of the default model."""
-    return make_sae(concept_model, 3)
+    """A hand-built standard SAE at block 2 of the default model."""
+    return make_sae(concept_model, 2)
 
 
 @pytest.fixture(scope="session")

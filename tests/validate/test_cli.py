@@ -53,3 +53,20 @@ def test_bad_input_exits_2_with_one_line(runner, tmp_path, patch_file, small_wor
         assert result.exit_code == 2, (args, result.output)
         assert result.stderr.startswith("Error: "), result.output
         assert "Traceback" not in result.output
+
+
+def test_target_specs_parse_to_ids_filters_or_a_folder(tmp_path):
+    import pytest
+
+    from steerpatch.cli.validate import parse_set
+    from steerpatch.errors import SteerpatchError
+
+    ids_file = tmp_path / "targets.txt"
+    ids_file.write_text("star/a.png\n\ncircle/b.png\n")
+    assert parse_set((), "targets") is None
+    assert parse_set(("star/x.png", str(ids_file)), "targets") == ["star/x.png", "star/a.png", "circle/b.png"]
+    assert parse_set(("shortcut=conflicting", "background=water"), "same-failure") == {
+        "shortcut": "conflicting", "background": "water"}
+    assert parse_set((str(tmp_path),), "targets") == str(tmp_path)
+    with pytest.raises(SteerpatchError, match="one folder alone"):
+        parse_set((str(tmp_path), "x.png"), "targets")

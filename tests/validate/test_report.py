@@ -120,3 +120,16 @@ def test_load_report_refuses_bad_documents(tmp_path):
     bad.write_text(json.dumps({"verdict": "maybe"}))
     with pytest.raises(SteerpatchError, match="not a valid validation report"):
         load_report(bad)
+
+
+def test_judge_regates_a_stored_report_under_another_policy(results, tmp_path):
+    from steerpatch.validate import judge
+
+    report = build_report(results, patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    assert report.verdict == "fail"
+    write_report(report, tmp_path)
+    loose = Policy.model_validate({"gates": {"max_right_to_wrong_rate": 0.1, "max_class_accuracy_drop": -1}})
+    again = judge(load_report(tmp_path), loose)
+    assert again.verdict == "pass" and again.failed_gates == []
+    assert "max_class_accuracy_drop" not in {g.name for g in again.gates}
+    assert again.flips == report.flips  # measurements untouched

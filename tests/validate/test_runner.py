@@ -139,3 +139,28 @@ def test_patch_bound_to_another_model_is_refused(concept_model, concept_sae, sup
                             dose=False, allow_fingerprint_mismatch=True)
     assert report.n == 40
     assert [o["kind"] for o in report.overrides] == ["model"]
+
+
+def test_blast_radius_from_stored_statistics_matches_the_measured_one(tmp_path, concept_model, concept_sae, small_world):
+    from steerpatch.data import load_dataset
+    from steerpatch.patch import new_patch
+    from steerpatch.sae import compute_latent_stats, load_sae, save_latent_stats, save_sae
+    from steerpatch.validate.blast import predict_from_activations
+
+    data = load_dataset(small_world)
+    save_sae(concept_sae, tmp_path / "sae")
+    sae = load_sae(tmp_path / "sae")
+    save_latent_stats(compute_latent_stats(concept_model, sae, data, progress=False), tmp_path / "sae")
+    patch = new_patch("few", concept_model, sae, [(3, "scale", 0.0), (9, "scale", 0.5)], rationale="t", author="t")
+    validator = Validator(concept_model, sae, data, group_by="shortcut", progress=False)
+    report = validator.validate(patch, dose=False)
+    blast = report.blast_radius_predicted
+    assert blast.source == "latent_stats"
+    cached = validator.activations(data, 2)
+    labels = np.array([data.classes.index(i.label) for i in data.items])
+    groups = [str(i.attributes["shortcut"]) for i in data.items]
+    measured = predict_from_activations(patch.edits, sae, cached, "all", labels=labels, classes=data.classes,
+                                        groups=groups, group_by="shortcut")
+    assert blast.fraction == pytest.approx(measured["fraction"], abs=1e-6)
+    for group, value in measured["by_group"].items():
+        assert blast.by_group[group] == pytest.approx(value, abs=1e-6)

@@ -1,0 +1,69 @@
+"""Fixtures for the serve tests: a compiled tiny graph and a real uvicorn server on a loopback port."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# the tiny model, SAE and patch helpers are shared with the compile tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
+
+from compile_helpers import CLASSES, make_patch, random_sae, tiny_model  # noqa: E402
+
+MAX_PIXELS = 200 * 200
+MAX_BODY = 2 * 1024 * 1024
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # small models on a shared 2-core machine: one thread avoids spin-wait contention
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="session")
+def tiny(workdir):
+    return tiny_model(workdir)
+
+
+@pytest.fixture(scope="session")
+def sae(tiny, workdir):
+    return random_sae("standard", tiny.model.visual.transformer.width, workdir)
+
+
+@pytest.fixture(scope="session")
+def graph(tiny, sae, workdir):
+    """(patch, compiled graph file) with the zero-shot head."""
+    from steerpatch.compile import compile_patch
+
+    patch = make_patch(tiny, sae, name="served-fix")
+    path = workdir / "served.onnx"
+    compile_patch(patch, model=tiny, sae=sae, classes=CLASSES, out=path)
+    return patch, path
+
+
+@pytest.fixture(scope="module")
+def server(graph):
+    from steerpatch.serve import ServerThread, create_app
+
+    with ServerThread(create_app(graph[1], max_pixels=MAX_PIXELS, max_body_bytes=MAX_BODY)) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
