@@ -85,20 +85,6 @@ def _png_b64(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _ripple_table(report) -> None:
-    rows = [("overall", report.accuracy.before, report.accuracy.after, report.n)]
-    rows += [(f"group {g}", v.before, v.after, v.n) for g, v in sorted(report.groups.items())]
-    _say(f"{'':24s}{'before':>8s}{'after':>8s}{'n':>7s}")
-    for label, before, after, n in rows:
-        _say(f"{label:24s}{before:8.3f}{after:8.3f}{n:7d}")
-    flips = report.flips
-    _say(f"flips right->wrong {flips.right_to_wrong}, wrong->right {flips.wrong_to_right}, McNemar p={flips.mcnemar_p:.2g}")
-    _say(f"embedding drift: mean cos {report.drift.cos_mean:.4f}, 5th pct {report.drift.cos_p5:.4f}; mean KL {report.kl_mean:.4f}")
-    verdict = click.style(report.verdict.upper(), fg="green" if report.verdict == "pass" else "red", bold=True)
-    failed = f" (failed: {', '.join(report.failed_gates)})" if report.failed_gates else ""
-    _say(f"verdict: {verdict}{failed}")
-
-
 @click.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("steerpatch-demo"),
               show_default=True, help="Folder for the held-out world and each run's artifacts.")
@@ -114,6 +100,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     import httpx
 
     from steerpatch.attribute import attribute
+    from steerpatch.cli.validate import summary
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.data import load_dataset
     from steerpatch.errors import GateFailed
@@ -177,7 +164,8 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     report = validate_patch(patch, dataset, model=loaded, sae=sae, targets=[item.id],
                             same_failure={"shortcut": "conflicting"}, group_by="shortcut", classes=classes)
     report_json, report_html = write_report(report, run / "report")
-    _ripple_table(report)
+    for line in summary(report).splitlines():
+        _say(line)
     _say(f"report: {report_html}")
 
     _step(6, "Register in MLflow and promote to production")

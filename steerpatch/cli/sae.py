@@ -22,7 +22,7 @@ def _command_line(ctx: click.Context) -> str:
     parts = ["steerpatch", "sae", "train"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if isinstance(param, click.Argument):
+        if isinstance(param, click.Argument) or param.name in _unused_by(ctx.params.get("architecture")):
             continue
         if isinstance(param, click.Option) and param.is_flag:
             if value and param.name != "as_json":
@@ -32,6 +32,12 @@ def _command_line(ctx: click.Context) -> str:
             parts += [param.opts[0], str(value)]
     parts += [str(ctx.params[p.name]) for p in ctx.command.params if isinstance(p, click.Argument)]
     return shlex.join(parts)
+
+
+def _unused_by(architecture: str | None) -> set[str]:
+    """Options that do not affect an architecture, left out of the recorded command."""
+    used = {"standard": "l1_coefficient", "topk": "k", "jumprelu": "l0_coefficient"}.get(architecture or "")
+    return {"k", "l1_coefficient", "l0_coefficient"} - {used}
 
 
 @sae.command("train", short_help="Train an SAE on one block of a model and report its quality.")
@@ -54,8 +60,8 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--l1", "l1_coefficient", type=float, default=None, help="L1 coefficient (standard).")
 @click.option("--l0", "l0_coefficient", type=float, default=None, help="L0 coefficient (jumprelu).")
 @click.option("--steps", type=int, default=3000, show_default=True)
-@click.option("--batch-size", type=int, default=2048, show_default=True, help="Tokens per step.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--batch-size", type=int, default=1024, show_default=True, help="Tokens per step.")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-images", type=int, default=None, help="Use at most this many images.")
 @click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Share of images held out.")

@@ -46,7 +46,7 @@ def parse_set(values: tuple[str, ...], what: str):
     return ids
 
 
-def _summary(report) -> str:
+def summary(report) -> str:
     def pct(value):
         return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -117,38 +117,33 @@ def validate(
     target_set = parse_set(targets, "targets")
     same_set = parse_set(same_failure, "same-failure")
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    from steerpatch.data import load_dataset
+    from steerpatch.models import load_model
+    from steerpatch.sae import load_sae
+
+    dataset = load_dataset(data)
+    common = dict(
+        model=load_model(model_spec) if model_spec else None,  # None: the model the patch records
+        sae=load_sae(sae_path) if sae_path else None,
+        targets=target_set, same_failure=same_set, group_by=group_by, policy=policy, classes=class_list,
+        progress=not quiet, dose=not no_dose, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+    )
     if engine == "spark":
-        try:
-            from steerpatch.spark import validate_on_spark
-        except ImportError as error:
-            raise SteerpatchError(
-                f"--engine spark is not available here ({error}); install it with `pip install steerpatch[spark]`"
-            ) from None
-        report = validate_on_spark(
-            patch, data, targets=target_set, same_failure=same_set, group_by=group_by, policy=policy,
-            classes=class_list, master=spark_master, progress=not quiet,
-        )
+        from steerpatch.spark import validate_on_spark
+
+        report = validate_on_spark(patch, dataset, master=spark_master, **common)
     else:
-        from steerpatch.data import load_dataset
-        from steerpatch.models import load_model
-        from steerpatch.sae import load_sae
+        if spark_master:
+            raise SteerpatchError(f"--spark-master {spark_master} needs --engine spark; add it or drop the master")
         from steerpatch.validate import validate_patch
 
-        dataset = load_dataset(data)
-        model = load_model(model_spec) if model_spec else None  # None: the model the patch records
-        sae = load_sae(sae_path) if sae_path else None
-        report = validate_patch(
-            patch, dataset, model=model, sae=sae, targets=target_set, same_failure=same_set, group_by=group_by,
-            policy=policy, classes=class_list, progress=not quiet,
-            cache=ActivationCache(cache_dir) if cache_dir else None, dose=not no_dose,
-            allow_fingerprint_mismatch=allow_fingerprint_mismatch,
-        )
+        report = validate_patch(patch, dataset, cache=ActivationCache(cache_dir) if cache_dir else None, **common)
     if out_dir:
         json_path, html_path = write_report(report, out_dir)
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
     else:
-        click.echo(_summary(report))
+        click.echo(summary(report))
         if out_dir:
             click.echo(f"wrote {json_path} and {html_path}")
     click.get_current_context().exit(0 if report.verdict == "pass" else 1)

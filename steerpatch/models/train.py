@@ -30,8 +30,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class TrainConfig:
     """Hyper-parameters of one training run (recorded in the model card)."""
 
-    n: int = 24000  # train-split samples rendered
-    epochs: int = 5
+    n: int = 30000  # train-split samples rendered
+    epochs: int = 10
     seed: int = 0  # seeds the world's train split and the model init / batch order
     batch_size: int = 128
     lr: float = 2e-3

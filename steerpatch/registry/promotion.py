@@ -85,20 +85,9 @@ def measured_values(report: Any) -> dict[str, float | None]:
     Values the report recorded for its gates come first; gates that were switched off when it was
     written are derived from the report's fields, so a gate switched on later still bites.
     """
-    drops = [
-        v.before - v.after for v in report.per_class.values() if v.before is not None and v.after is not None
-    ]
-    acc = report.accuracy
-    values: dict[str, float | None] = {
-        "max_right_to_wrong_rate": report.flips.right_to_wrong_rate,
-        "max_class_accuracy_drop": max(drops) if drops else None,
-        "max_accuracy_drop": (acc.before - acc.after)
-        if acc.before is not None and acc.after is not None
-        else None,
-        "min_target_fix_rate": report.target_fix_rate,
-        "min_generalisation_fix_rate": report.generalisation_fix_rate,
-        "min_cos_mean": report.drift.cos_mean,
-    }
+    from steerpatch.validate.report import measurements
+
+    values = measurements(report)
     values.update({g.name: g.value for g in report.gates})
     return values
 

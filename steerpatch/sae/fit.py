@@ -44,17 +44,17 @@ class FitSettings:
     architecture: str = "standard"
     d_sae: int = 2048
     k: int = 32
-    l1_coefficient: float = 3.0
+    l1_coefficient: float = 1.0
     l0_coefficient: float = 0.05
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.05
     threshold_lr_multiplier: float = 10.0
-    lr: float = 1e-3
-    batch_size: int = 2048
+    lr: float = 2e-3
+    batch_size: int = 1024
     steps: int = 3000
     warmup_fraction: float = 0.05
-    resample_every: int = 400
-    resample_until: float = 0.6
+    resample_every: int = 250
+    resample_until: float = 0.7
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -157,6 +157,10 @@ def save_sae(sae: SAE, path: str | Path, *, extra_files: Mapping[str, str | byte
                 target.write_bytes(content)
             else:
                 target.write_text(content, encoding="utf-8")
+        # temporary folders are created private; a saved SAE is meant to be shared like any model file
+        tmp.chmod(0o755)
+        for child in tmp.iterdir():
+            child.chmod(0o644)
     return path
 
 

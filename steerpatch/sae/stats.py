@@ -245,6 +245,8 @@ def save_latent_stats(stats: LatentStats, sae_path: str | Path, dataset_root: st
             str(tmp),
         )
     json_path = atomic_write_text(folder / STATS_JSON, record.model_dump_json(indent=2) + "\n")
+    for path in (tensor_path, json_path):
+        path.chmod(0o644)  # the temporary files they were renamed from are private
     return tensor_path, json_path
 
 

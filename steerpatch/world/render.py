@@ -23,13 +23,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 135, 35),
 }
 # name -> shape radius in pixels at 64x64
-SIZES: dict[str, float] = {"small": 7.0, "medium": 9.5, "large": 12.5}
-# 3x3 grid cells, row-major; the value is the cell centre as fractions of the image side
+SIZES: dict[str, float] = {"small": 9.0, "medium": 11.5, "large": 14.0}
+# A 3x3 grid around the centre, row-major; the value is the shape centre as fractions of the image
+# side. Steps of 4 pixels keep the shape whole and near the middle at every size.
+_GRID = (0.4375, 0.5, 0.5625)
 POSITIONS: dict[str, tuple[float, float]] = {
-    f"{row}-{col}" if (row, col) != ("middle", "centre") else "centre": (
-        (0.25, 0.5, 0.75)[c],
-        (0.25, 0.5, 0.75)[r],
-    )
+    f"{row}-{col}" if (row, col) != ("middle", "centre") else "centre": (_GRID[c], _GRID[r])
     for r, row in enumerate(("top", "middle", "bottom"))
     for c, col in enumerate(("left", "centre", "right"))
 }
@@ -119,20 +118,20 @@ def background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         streaks = np.roll(streaks, int(shift), axis=0)
         fine = rng.normal(0, 0.35, size=(size, size)).astype(np.float32)
         light = (streaks + fine)[..., None]
-        img = base + light * np.asarray([14, 26, 10], dtype=np.float32)
+        img = base + light * np.asarray([8, 15, 6], dtype=np.float32)
     elif kind == "water":
         base = _jitter(rng, (45, 95, 175), 12)
         wavelength = rng.uniform(6.0, 9.0)
         phase = rng.uniform(0, 2 * math.pi)
         wobble = rng.uniform(2.0, 4.0)
         bands = np.sin(2 * math.pi * (yy + wobble * np.sin(2 * math.pi * xx / 21.0 + phase)) / wavelength)
-        img = base + bands[..., None] * np.asarray([22, 30, 34], dtype=np.float32)
+        img = base + bands[..., None] * np.asarray([14, 20, 22], dtype=np.float32)
         img += rng.normal(0, 3.0, size=(size, size, 1)).astype(np.float32)
     elif kind == "sand":
         base = _jitter(rng, (205, 180, 125), 10)
         ripples = np.sin(2 * math.pi * (xx + yy) / rng.uniform(9.0, 13.0) + rng.uniform(0, 2 * math.pi))
         speckle = rng.normal(0, 1, size=(size, size)).astype(np.float32)
-        img = base + (6 * ripples + 14 * speckle)[..., None] * np.asarray([1.0, 0.9, 0.7], dtype=np.float32)
+        img = base + (4 * ripples + 7 * speckle)[..., None] * np.asarray([1.0, 0.9, 0.7], dtype=np.float32)
     else:  # pragma: no cover - callers pass names from BACKGROUNDS
         raise ValueError(f"unknown background {kind!r}")
     return img.astype(np.float32)
@@ -185,11 +184,11 @@ def compose(
     img = background(background_kind, image_size, rng)
     fx, fy = POSITIONS[position]
     centre = (
-        fx * image_size + rng.uniform(-3, 3) * scale,
-        fy * image_size + rng.uniform(-3, 3) * scale,
+        fx * image_size + rng.uniform(-1.5, 1.5) * scale,
+        fy * image_size + rng.uniform(-1.5, 1.5) * scale,
     )
     radius = SIZES[size_name] * scale * rng.uniform(0.9, 1.1)
-    angle = math.radians(rng.uniform(-15, 15))
+    angle = math.radians(rng.uniform(-10, 10))
     mask = shape_mask(shape, image_size, centre, radius, angle)
     opacity = rng.uniform(0.85, 1.0)
     fill = _jitter(rng, COLOURS[colour], 18)
@@ -198,5 +197,5 @@ def compose(
     if watermark:
         wm = watermark_mask(image_size, rng)[..., None] * 0.9
         img = img * (1 - wm) + 250.0 * wm
-    img += rng.normal(0, 5.0, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 3.0, size=img.shape).astype(np.float32)
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), mode="RGB")

@@ -9,8 +9,14 @@ def test_shipped_sae_is_small_and_complete(default_sae):
     folder = default_sae_path()
     size = sum(p.stat().st_size for p in folder.iterdir())
     assert size <= 10 * 1024 * 1024
-    for name in ("cfg.json", "sae_weights.safetensors", "README.md", "quality.json",
-                 "latent_stats.json", "latent_stats.safetensors"):
+    for name in (
+        "cfg.json",
+        "sae_weights.safetensors",
+        "README.md",
+        "quality.json",
+        "latent_stats.json",
+        "latent_stats.safetensors",
+    ):
         assert (folder / name).is_file(), name
     assert default_sae.architecture in ("standard", "jumprelu")
     hook = default_sae.require_hook()

@@ -36,7 +36,7 @@ def dataset(test_world):
 @pytest.fixture(scope="module")
 def trained(concept_model, dataset):
     settings = FitSettings(
-        d_sae=256, steps=200, batch_size=1024, lr=2e-3, resample_every=50, resample_until=0.5
+        d_sae=256, steps=400, batch_size=1024, l1_coefficient=0.5, resample_every=100, resample_until=0.5
     )
     return train_sae(
         concept_model,

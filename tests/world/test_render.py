@@ -12,10 +12,10 @@ from steerpatch.world.render import background, shape_mask
 
 # sha256 of the raw RGB bytes; a change here means every shipped artifact trained on the world changes too
 GOLDEN = {
-    ("test", 0, 0): "d649278c342429bdca4c5aff4f7e064b2dbdccce0af69fdb40c7fca066a8c5a4",
-    ("test", 0, 29): "11c2313e7100a2257b0893de99ffab0014667995eed5645b9908b0dfce18b373",
-    ("train", 0, 7): "3e5979597d2ac3b0a8199114a99ca17d99fb2bd36cb64a0f11e6ccfb1e437bfd",
-    ("val", 5, 123): "a0eec6b3b87297f9db998ee5a64923e7de6ae8c2a2b13919ae813456e0550aaa",
+    ("test", 0, 0): "46985446d5ffec8a6c8ae8a2f2109f85538c6e6e70be7e2afc2376029ec8711f",
+    ("test", 0, 29): "580d7d07181b722cdf398695353c153a0f4b8f63c3d6896c3240fe484124c464",
+    ("train", 0, 7): "78df58ba7055aa764d13955a3de747252fa41c945de5beada22b3669b4733f7b",
+    ("val", 5, 123): "7dfb67cb1d2b3e4c0a7cd8ce0a3e4174ac40baf22fc0928cbbd5d88de3ba3791",
 }
 
 
@@ -71,7 +71,7 @@ def test_watermark_brightens_the_bottom_right_corner():
 def test_shape_is_drawn_where_the_position_says():
     sample = make_sample("test", 0, 3)  # a balanced-split sample on plain background
     img = np.asarray(sample.render()).astype(float)
-    cx, cy = {"left": 16, "centre": 32, "right": 48}, {"top": 16, "middle": 32, "bottom": 48}
+    cx, cy = {"left": 24, "centre": 32, "right": 40}, {"top": 24, "middle": 32, "bottom": 40}
     parts = sample.position.split("-") if sample.position != "centre" else ["middle", "centre"]
     y, x = cy[parts[0]], cx[parts[1]]
     patch = img[y - 3 : y + 4, x - 3 : x + 4].reshape(-1, 3).mean(axis=0)
