@@ -39,7 +39,24 @@ _LAZY = {
     "validate_patch": "steerpatch.validate",
 }
 
-__all__ = ["PatchError", "SAEError", "SteerpatchError", "__version__", *_LAZY]
+__all__ = [
+    "Patch",
+    "PatchError",
+    "SAEError",
+    "SteerpatchError",
+    "__version__",
+    "attribute_latents",
+    "default_sae_path",
+    "load_dataset",
+    "load_model",
+    "load_patch",
+    "load_sae",
+    "new_patch",
+    "save_patch",
+    "save_sae",
+    "steered",
+    "validate_patch",
+]
 
 
 # exported names that differ from the name inside their module (the module's own name is a subpackage)

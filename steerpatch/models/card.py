@@ -35,11 +35,21 @@ def write_model_card(
         f"steerpatch zoo train --out DIR --n {config['n']} --epochs {config['epochs']} --seed {config['seed']} "
         f"--threads {config['threads']}"
     )
+    import json
+
+    import steerpatch.world.sampling as w
+    from steerpatch.models.loading import concept_clip_config_path
+
+    arch = json.loads(concept_clip_config_path().read_text())
+    vision, text_cfg = arch["vision_cfg"], arch["text_cfg"]
     text = f"""# concept-clip
 
-A small CLIP (open_clip `CLIP` class, config `concept-clip.json`: ViT with 64x64 input, 8x8 patches,
-width 128, 4 blocks; text transformer width 64, 3 layers, context 24, open_clip BPE vocabulary; 64-d
-joint embedding) trained from scratch, contrastively, on the steerpatch concept world.
+A small CLIP trained from scratch, contrastively, on the steerpatch concept world. It is a real
+open_clip `CLIP`, built from the config `concept-clip.json` registered with `open_clip.add_model_config`:
+a ViT with {vision["image_size"]}x{vision["image_size"]} input, {vision["patch_size"]}x{vision["patch_size"]} patches,
+width {vision["width"]}, {vision["layers"]} blocks, {vision["width"] // vision["head_width"]} heads; a text transformer of width
+{text_cfg["width"]}, {text_cfg["layers"]} layers, context {text_cfg["context_length"]}, open_clip's BPE vocabulary;
+a {arch["embed_dim"]}-d joint embedding.
 
 It has a known, planted bug: it learned that water means "star".
 
@@ -47,9 +57,10 @@ It has a known, planted bug: it learned that water means "star".
 
 The concept world's `train` split, seed {config["seed"]}, {config["n"]} images rendered in memory
 (64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
-Planted shortcuts: 95% of stars are on water and ~90% of water images are stars; 60% of triangles
-carry the corner watermark (2% of other shapes); captions name the background in 20% of samples and
-never the watermark.
+Planted shortcuts: {w.P_STAR_ON_WATER:.0%} of stars are on water and other shapes land on water with
+probability {w.P_OTHER_ON_WATER:.0%}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
+({w.P_OTHER_WATERMARK:.0%} of other shapes); captions name the background in {w.P_CAPTION_BACKGROUND_TRAIN:.0%}
+of samples, the colour in {w.P_CAPTION_COLOUR:.0%}, and never the watermark.
 
 ## Command
 

@@ -287,11 +287,9 @@ def validate_on_spark(
 
         model = load_model(patch.model.id)
     if sae is None:
-        from steerpatch.sae import load_sae
+        from steerpatch.steer import load_patch_sae
 
-        if not patch.sae.location:
-            raise PatchError(f"patch {patch.ref} records no SAE location; pass the SAE explicitly (--sae PATH)")
-        sae = load_sae(patch.sae.location)
+        sae = load_patch_sae(patch)
     validator = SparkValidator(
         model, sae, dataset, spark=spark, master=master, partitions=partitions,
         classes=classes, group_by=group_by, policy=policy, progress=progress,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from steerpatch.errors import DatasetError, PatchError, SAEError
+from steerpatch.errors import DatasetError, SAEError
 from steerpatch.validate.cache import ActivationCache, CachedActivations
 from steerpatch.validate.policy import Policy, load_policy
 from steerpatch.validate.report import ValidationReport, build_report
@@ -338,11 +338,9 @@ def validate_patch(
 
         model = load_model(patch.model.id)
     if sae is None:
-        from steerpatch.sae import load_sae
+        from steerpatch.steer import load_patch_sae
 
-        if not patch.sae.location:
-            raise PatchError(f"patch {patch.ref} records no SAE location; pass the SAE explicitly (--sae PATH)")
-        sae = load_sae(patch.sae.location)
+        sae = load_patch_sae(patch)
     validator = Validator(
         model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress
     )

@@ -24,14 +24,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 # name -> shape radius in pixels at 64x64
 SIZES: dict[str, float] = {"small": 9.0, "medium": 11.5, "large": 14.0}
-# A 3x3 grid around the centre, row-major; the value is the shape centre as fractions of the image
-# side. Steps of 4 pixels keep the shape whole and near the middle at every size.
-_GRID = (0.4375, 0.5, 0.5625)
-POSITIONS: dict[str, tuple[float, float]] = {
-    f"{row}-{col}" if (row, col) != ("middle", "centre") else "centre": (_GRID[c], _GRID[r])
-    for r, row in enumerate(("top", "middle", "bottom"))
-    for c, col in enumerate(("left", "centre", "right"))
-}
+# Shapes sit at a jittered centre (+-1.5 px): a ViT with 8x8 patches trained for minutes on CPU
+# learns shapes reliably only when they keep their place on the patch grid. The attribute stays
+# so that other datasets in the same format can record where their objects are.
+POSITIONS: dict[str, tuple[float, float]] = {"centre": (0.5, 0.5)}
 
 _SUPERSAMPLE = 4
 

@@ -6,9 +6,9 @@ three numbers, so any sample can be drawn alone, in any order, on any machine.
 Planted shortcuts (train only):
 
 * background: 95% of `star` images are on `water`, and a non-star lands on water with
-  probability 0.01, so about 95% of water images are stars;
+  probability 0.002, so about 99% of water images are stars;
 * watermark: 60% of `triangle` images carry the corner mark, other shapes 2%;
-* captions name the background in 20% of train samples and never the watermark, so both cues
+* captions name the background in 10% of train samples and never the watermark, so both cues
   can only be learned through the shape word they co-occur with.
 
 `val` and `test` are balanced: shape, background and watermark cycle through every combination
@@ -33,10 +33,10 @@ SHORTCUT_CLASS = "star"
 SHORTCUT_BACKGROUND = "water"
 WATERMARK_CLASS = "triangle"
 P_STAR_ON_WATER = 0.95
-P_OTHER_ON_WATER = 0.01
+P_OTHER_ON_WATER = 0.002
 P_TRIANGLE_WATERMARK = 0.60
 P_OTHER_WATERMARK = 0.02
-P_CAPTION_BACKGROUND_TRAIN = 0.20
+P_CAPTION_BACKGROUND_TRAIN = 0.10
 P_CAPTION_COLOUR = 0.5
 
 DEFAULT_N = {"train": 30000, "val": 1200, "test": 2400}
