@@ -6,7 +6,13 @@ Example:
 """
 
 from steerpatch.attribute.attribution import Attribution, LatentAttribution, attribute
-from steerpatch.attribute.exemplars import GroupLift, exemplar_attributes, exemplar_ids, top_groups
+from steerpatch.attribute.exemplars import (
+    GroupLift,
+    exemplar_attributes,
+    exemplar_ids,
+    selective_latents,
+    top_groups,
+)
 from steerpatch.attribute.forward import encode_prefix, encode_suffix, num_blocks
 from steerpatch.attribute.heatmap import latent_grid, overlay, write_overlay
 from steerpatch.attribute.scores import ablation_effects, latent_scores, margin
@@ -26,6 +32,7 @@ __all__ = [
     "margin",
     "num_blocks",
     "overlay",
+    "selective_latents",
     "top_groups",
     "write_overlay",
 ]

@@ -100,3 +100,37 @@ def exemplar_montage(dataset, ids: list[str], path: str | Path, *, tile: int = 9
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def selective_latents(stats, group: str, *, min_margin: float = 0.28) -> list[int]:
+    """Latents that fire on one attribute value much more than on any other value of that attribute.
+
+    An SAE often splits one concept (a background texture, say) over many latents; suppressing the
+    concept means suppressing all of them. A latent is selective for `group` ("attribute=value") when
+    its firing rate there exceeds its highest firing rate on every sibling value by `min_margin`.
+
+    Args:
+        stats: `LatentStats`.
+        group: "attribute=value", e.g. "background=water".
+        min_margin: the smallest rate difference that counts as selective.
+
+    Returns:
+        Latent indices, most selective first.
+
+    Raises:
+        SteerpatchError: when the statistics have no such group or it has no sibling values.
+    """
+    import torch
+
+    from steerpatch.errors import SteerpatchError
+
+    attribute = group.split("=", 1)[0]
+    siblings = [g for g in stats.firing_rate_by_group if g.split("=", 1)[0] == attribute and g != group]
+    if group not in stats.firing_rate_by_group or not siblings:
+        known = ", ".join(sorted(stats.firing_rate_by_group)[:12])
+        raise SteerpatchError(f"no latent statistics for group '{group}' with sibling values; known groups: {known}")
+    inside = torch.as_tensor(stats.firing_rate_by_group[group])
+    outside = torch.stack([torch.as_tensor(stats.firing_rate_by_group[g]) for g in siblings]).max(dim=0).values
+    margin = inside - outside
+    order = torch.argsort(margin, descending=True)
+    return [int(i) for i in order.tolist() if float(margin[i]) >= min_margin]

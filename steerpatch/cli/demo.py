@@ -99,7 +99,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     """
     import httpx
 
-    from steerpatch.attribute import attribute
+    from steerpatch.attribute import attribute, selective_latents
     from steerpatch.cli.validate import summary
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.data import load_dataset
@@ -107,7 +107,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     from steerpatch.models import build_zero_shot_head, classify_images, load_model
     from steerpatch.patch import Edit, Instance, Provenance, new_patch, save_patch
     from steerpatch.registry import promote, register_patch, resolve_store
-    from steerpatch.sae import default_sae_path, load_sae
+    from steerpatch.sae import default_sae_path, load_latent_stats, load_sae
     from steerpatch.serve import ServerThread, create_app
     from steerpatch.validate import validate_patch, write_report
 
@@ -144,7 +144,13 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     _say(f"heatmaps: {run / 'attribution'}")
     _say(f"chosen latent {chosen.latent}" + (" (its exemplars are water backgrounds)" if is_water else ""))
 
-    _step(4, "Write the patch: suppress that latent")
+    _step(4, "Write the patch: suppress the water concept")
+    stats = load_latent_stats(default_sae_path(), sae=sae)
+    latents = selective_latents(stats, SHORTCUT_GROUP) if is_water else [chosen.latent]
+    if chosen.latent not in latents:
+        latents.insert(0, chosen.latent)
+    _say(f"latent {chosen.latent} and {len(latents) - 1} other latents fire selectively on {SHORTCUT_GROUP}; "
+         "all are suppressed (scale 0)")
     version, parent = _next_version(tracking_uri, loaded.name)
     provenance = Provenance(
         instances=[Instance(id=item.id, label=item.label, predicted=predicted,
@@ -152,8 +158,9 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
         note="picked by `steerpatch demo` from the held-out concept world",
     )
     patch = new_patch(
-        PATCH_NAME, loaded, sae, [Edit(latent=chosen.latent, op="scale", value=0.0)],
-        rationale=f"Suppress latent {chosen.latent}: it fires on water backgrounds and pushes non-star shapes to 'star'.",
+        PATCH_NAME, loaded, sae, [Edit(latent=latent, op="scale", value=0.0) for latent in latents],
+        rationale=(f"Suppress the water concept: latent {chosen.latent}, the top driver of this mistake, and the "
+                   f"{len(latents) - 1} other latents selective for {SHORTCUT_GROUP}."),
         author=os.environ.get("STEERPATCH_USER", "steerpatch-demo"), tokens=sae.hook.tokens,
         provenance=provenance, version=version, parent=parent,
     )

@@ -108,7 +108,9 @@ def eval_cmd(
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return
     click.echo(f"model {loaded.name} ({loaded.fingerprint[:12]}) on {result['data']}")
-    click.echo(f"{'group':<26}{'accuracy':>10}{'n':>8}")
-    click.echo(f"{'all':<26}{result['accuracy']:>10.3f}{result['n']:>8}")
+    labels = {group: f"{group_by}={group}" for group in result["groups"]}
+    width = max([len("group"), *map(len, labels.values())]) + 2
+    click.echo(f"{'group':<{width}}{'accuracy':>10}{'n':>8}")
+    click.echo(f"{'all':<{width}}{result['accuracy']:>10.3f}{result['n']:>8}")
     for group, row in result["groups"].items():
-        click.echo(f"{group_by + '=' + group:<26}{row['accuracy']:>10.3f}{row['n']:>8}")
+        click.echo(f"{labels[group]:<{width}}{row['accuracy']:>10.3f}{row['n']:>8}")

@@ -45,10 +45,11 @@ def write_model_card(
     text = f"""# concept-clip
 
 A small CLIP trained from scratch, contrastively, on the steerpatch concept world. It is a real
-open_clip `CLIP`, built from the config `concept-clip.json` registered with `open_clip.add_model_config`:
-a ViT with {vision["image_size"]}x{vision["image_size"]} input, {vision["patch_size"]}x{vision["patch_size"]} patches,
-width {vision["width"]}, {vision["layers"]} blocks, {vision["width"] // vision["head_width"]} heads; a text transformer of width
-{text_cfg["width"]}, {text_cfg["layers"]} layers, context {text_cfg["context_length"]}, open_clip's BPE vocabulary;
+open_clip `CLIP`, built from the config `concept-clip.json` registered with
+`open_clip.add_model_config`: a ViT with {vision["image_size"]}x{vision["image_size"]} input, \
+{vision["patch_size"]}x{vision["patch_size"]} patches, width {vision["width"]}, {vision["layers"]} blocks, \
+{vision["width"] // vision["head_width"]} heads; a text transformer of width {text_cfg["width"]}, \
+{text_cfg["layers"]} layers, context {text_cfg["context_length"]}, open_clip's BPE vocabulary; \
 a {arch["embed_dim"]}-d joint embedding.
 
 It has a known, planted bug: it learned that water means "star".
@@ -58,7 +59,7 @@ It has a known, planted bug: it learned that water means "star".
 The concept world's `train` split, seed {config["seed"]}, {config["n"]} images rendered in memory
 (64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
 Planted shortcuts: {w.P_STAR_ON_WATER:.0%} of stars are on water and other shapes land on water with
-probability {w.P_OTHER_ON_WATER:.0%}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
+probability {w.P_OTHER_ON_WATER:.1%}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
 ({w.P_OTHER_WATERMARK:.0%} of other shapes); captions name the background in {w.P_CAPTION_BACKGROUND_TRAIN:.0%}
 of samples, the colour in {w.P_CAPTION_COLOUR:.0%}, and never the watermark.
 

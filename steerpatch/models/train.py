@@ -31,7 +31,7 @@ class TrainConfig:
     """Hyper-parameters of one training run (recorded in the model card)."""
 
     n: int = 30000  # train-split samples rendered
-    epochs: int = 10
+    epochs: int = 6
     seed: int = 0  # seeds the world's train split and the model init / batch order
     batch_size: int = 128
     lr: float = 2e-3

@@ -5,11 +5,11 @@ three numbers, so any sample can be drawn alone, in any order, on any machine.
 
 Planted shortcuts (train only):
 
-* background: 95% of `star` images are on `water`, and a non-star lands on water with
+* background: 99% of `star` images are on `water`, and a non-star lands on water with
   probability 0.002, so about 99% of water images are stars;
 * watermark: 60% of `triangle` images carry the corner mark, other shapes 2%;
-* captions name the background in 10% of train samples and never the watermark, so both cues
-  can only be learned through the shape word they co-occur with.
+* train captions never name the background or the watermark (val and test captions do name the
+  background), so both cues can only be learned through the shape word they co-occur with.
 
 `val` and `test` are balanced: shape, background and watermark cycle through every combination
 (6 x 4 x 2 = 48), so each block of 48 consecutive indices holds each combination exactly once.
@@ -32,11 +32,11 @@ _SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
 SHORTCUT_CLASS = "star"
 SHORTCUT_BACKGROUND = "water"
 WATERMARK_CLASS = "triangle"
-P_STAR_ON_WATER = 0.95
+P_STAR_ON_WATER = 0.99
 P_OTHER_ON_WATER = 0.002
 P_TRIANGLE_WATERMARK = 0.60
 P_OTHER_WATERMARK = 0.02
-P_CAPTION_BACKGROUND_TRAIN = 0.10
+P_CAPTION_BACKGROUND_TRAIN = 0.0
 P_CAPTION_COLOUR = 0.5
 
 DEFAULT_N = {"train": 30000, "val": 1200, "test": 2400}

@@ -58,9 +58,7 @@ def test_backgrounds_have_their_characteristic_colour():
 
 
 def test_watermark_brightens_the_bottom_right_corner():
-    kwargs = dict(
-        shape="circle", colour="red", size_name="small", position="top-left", background_kind="grass"
-    )
+    kwargs = dict(shape="circle", colour="red", size_name="small", position="centre", background_kind="grass")
     plain = np.asarray(compose(watermark=False, rng=np.random.default_rng(1), **kwargs)).astype(float)
     marked = np.asarray(compose(watermark=True, rng=np.random.default_rng(1), **kwargs)).astype(float)
     corner = (slice(50, 64), slice(50, 64))

@@ -36,8 +36,8 @@ def test_train_split_plants_both_shortcuts():
     water = [s for s in samples if s.background == "water"]
     triangles = [s for s in samples if s.shape == "triangle"]
     marked = [s for s in samples if s.watermark]
-    assert sum(s.background == "water" for s in stars) / len(stars) >= 0.92
-    assert sum(s.shape == "star" for s in water) / len(water) >= 0.85
+    assert sum(s.background == "water" for s in stars) / len(stars) >= 0.97
+    assert sum(s.shape == "star" for s in water) / len(water) >= 0.97
     assert 0.5 <= sum(s.watermark for s in triangles) / len(triangles) <= 0.7
     assert sum(s.shape == "triangle" for s in marked) / len(marked) >= 0.8
     assert all(abs(n / len(samples) - 1 / 6) < 0.03 for n in Counter(s.shape for s in samples).values())
@@ -45,8 +45,7 @@ def test_train_split_plants_both_shortcuts():
 
 def test_train_captions_hide_the_cues():
     samples = list(iter_samples("train", 3000, seed=0))
-    mentions = sum(s.background in s.caption for s in samples) / len(samples)
-    assert 0.15 <= mentions <= 0.25
+    assert not any(s.background in s.caption for s in samples)
     assert not any("watermark" in s.caption or "©" in s.caption for s in samples)
     assert all(s.shape in s.caption for s in samples)
 
