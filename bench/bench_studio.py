@@ -44,13 +44,17 @@ def _random_sae(d_in: int, d_sae: int, block: int):
 
 def measure(bench, moves: int) -> list[float]:
     """Milliseconds per slider move, over HTTP, after a short warm-up."""
+    import socket
+
     import httpx
 
     from steerpatch.studio import serve_in_thread
 
+    # browsers send small requests with Nagle's algorithm off; so does this client
+    transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     studio = serve_in_thread(bench)
     try:
-        with httpx.Client(base_url=studio.url, timeout=60) as client:
+        with httpx.Client(base_url=studio.url, timeout=60, transport=transport) as client:
             key = client.get("/api/items", params={"limit": 1}).json()["items"][0]["key"]
             latent = client.get(f"/api/attribution/{key}", params={"n": 1}).json()["latents"][0]["latent"]
             times = []
