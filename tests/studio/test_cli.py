@@ -37,6 +37,19 @@ def test_taken_port_is_a_clean_error(runner):
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
 
 
+def test_listening_socket_answers_without_nagle_delay():
+    import socket
+
+    from steerpatch.studio import bind_socket
+
+    sock = bind_socket(0)
+    try:
+        # accepted connections inherit TCP_NODELAY; without it each small JSON answer can wait ~40 ms
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+
+
 def test_default_world_is_generated_once(tmp_path):
     from steerpatch.data import load_dataset
     from steerpatch.studio import default_world
