@@ -174,25 +174,12 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
 
 
 def _ensure_model(c: Any, name: str, info: Any) -> bool:
-    from mlflow.exceptions import MlflowException
+    from steerpatch.registry.register import ensure_registered_model
 
-    try:
-        c.get_registered_model(name)
-        return False
-    except MlflowException as error:
-        if "RESOURCE_DOES_NOT_EXIST" not in str(error.error_code):
-            raise
-    try:
-        c.create_registered_model(
-            name,
-            tags={TAG + "kind": KIND, TAG + "patch_name": info.patch_name, TAG + "model_id": info.model_id},
-            description=f"Compiled ONNX graphs of steerpatch patch '{info.patch_name}' for '{info.model_id}'",
-        )
-        return True
-    except MlflowException as error:
-        if "RESOURCE_ALREADY_EXISTS" in str(error.error_code):
-            return False
-        raise
+    return ensure_registered_model(
+        c, name, tags={TAG + "kind": KIND, TAG + "patch_name": info.patch_name, TAG + "model_id": info.model_id},
+        description=f"Compiled ONNX graphs of steerpatch patch '{info.patch_name}' for '{info.model_id}'",
+    )
 
 
 def _rollback(c: Any, name: str, version: str | None, created: bool, logged_id: str | None) -> None:

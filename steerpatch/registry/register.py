@@ -124,8 +124,12 @@ def find_version_by_patch_ref(c: Any, name: str, ref: str) -> str | None:
     return max((v.version for v in versions), key=int, default=None)
 
 
-def _ensure_registered_model(c: Any, name: str, patch: Any) -> bool:
-    """Create the registered model when missing. Returns True when this call created it."""
+def ensure_registered_model(c: Any, name: str, *, tags: dict[str, str], description: str) -> bool:
+    """Create the registered model `name` when missing (safe against a concurrent creator).
+
+    Returns:
+        True when this call created it.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
@@ -135,16 +139,19 @@ def _ensure_registered_model(c: Any, name: str, patch: Any) -> bool:
         if "RESOURCE_DOES_NOT_EXIST" not in str(error.error_code):
             raise
     try:
-        c.create_registered_model(
-            name,
-            tags={TAG + "base_model": patch.model.id, TAG + "patch_name": patch.name},
-            description=f"steerpatch patch '{patch.name}' for model '{patch.model.id}'",
-        )
+        c.create_registered_model(name, tags=tags, description=description)
         return True
     except MlflowException as error:
         if "RESOURCE_ALREADY_EXISTS" in str(error.error_code):
             return False
         raise
+
+
+def _ensure_registered_model(c: Any, name: str, patch: Any) -> bool:
+    return ensure_registered_model(
+        c, name, tags={TAG + "base_model": patch.model.id, TAG + "patch_name": patch.name},
+        description=f"steerpatch patch '{patch.name}' for model '{patch.model.id}'",
+    )
 
 
 def _cleanup(c: Any, name: str, created_model: bool, logged_model_id: str | None) -> None:
