@@ -120,11 +120,12 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     _step(1, "Load the embedded default and its held-out world")
     loaded = load_model("concept-clip")
     sae = load_sae(default_sae_path())
+    hook = sae.require_hook()
     world = _world(out_dir)
     dataset = load_dataset(world)
     classes = dataset.classes
     _say(f"model concept-clip  fingerprint {loaded.fingerprint[:12]}")
-    _say(f"SAE {sae.architecture}, {sae.d_sae} latents at block {sae.hook.block}  ({default_sae_path()})")
+    _say(f"SAE {sae.architecture}, {sae.d_sae} latents at block {hook.block}  ({default_sae_path()})")
     _say(f"held-out world: {len(dataset)} images in {world}")
 
     _step(2, "Find a misclassified shortcut instance")
@@ -161,7 +162,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
         PATCH_NAME, loaded, sae, [Edit(latent=latent, op="scale", value=0.0) for latent in latents],
         rationale=(f"Suppress the water concept: latent {chosen.latent}, the top driver of this mistake, and the "
                    f"{len(latents) - 1} other latents selective for {SHORTCUT_GROUP}."),
-        author=os.environ.get("STEERPATCH_USER", "steerpatch-demo"), tokens=sae.hook.tokens,
+        author=os.environ.get("STEERPATCH_USER", "steerpatch-demo"), tokens=hook.tokens,
         provenance=provenance, version=version, parent=parent,
     )
     patch_path = save_patch(patch, run / f"{PATCH_NAME}-{version}.json")
@@ -201,10 +202,10 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     with ServerThread(create_app(ref, tracking_uri=tracking_uri)) as server:
         _say(f"server {server.url}  metadata: {httpx.get(server.url + '/metadata').json().get('patch_hash', '')[:12]}")
         _say(f"{'image':34s}{'true':>9s}{'before':>9s}{'after':>9s}")
-        for entry, old in zip(sample, before, strict=True):
-            response = httpx.post(server.url + "/predict", json={"image": _png_b64(dataset.load_image(entry))})
+        for shown, old in zip(sample, before, strict=True):
+            response = httpx.post(server.url + "/predict", json={"image": _png_b64(dataset.load_image(shown))})
             response.raise_for_status()
             prediction = response.json()["predictions"][0]
-            _say(f"{entry.id:34s}{entry.label:>9s}{old:>9s}{prediction['label']:>9s}")
+            _say(f"{shown.id:34s}{shown.label:>9s}{old:>9s}{prediction['label']:>9s}")
     _say("server stopped")
     click.secho(f"\nDone in {time.monotonic() - started:.0f} s. Artifacts: {run}", bold=True)

@@ -213,14 +213,15 @@ def _schema_ready(store: Store) -> bool:
     """Whether this sqlite database's tables were created (recorded in the lock file once they are)."""
     mark = _schema_mark(store)
     try:
-        return mark is not None and mark in store.lock_path.read_text(encoding="utf-8").splitlines()
+        lock = store.lock_path
+        return mark is not None and lock is not None and mark in lock.read_text(encoding="utf-8").splitlines()
     except (FileNotFoundError, AttributeError):
         return False
 
 
 def _mark_schema_ready(store: Store) -> None:
     mark = _schema_mark(store)
-    if mark is not None and not _schema_ready(store):
+    if mark is not None and store.lock_path is not None and not _schema_ready(store):
         with open(store.lock_path, "a", encoding="utf-8") as handle:
             handle.write(mark + "\n")
 
