@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,13 +176,27 @@ def _finish(model: Any, preprocess: Any, tokenizer: Any, name: str, device: str)
     )
 
 
+class _QuietRandomInit(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" warning: an init without weights is asked for here
+    (concept-clip gets its weights right after; an architecture name alone means a random init)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def _random_init(name: str) -> tuple[Any, Any]:
     import open_clip
 
+    quiet = _QuietRandomInit()
+    root = logging.getLogger()
+    root.addFilter(quiet)
     # seeded init without disturbing the caller's random state
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
     return model, preprocess
 
 
