@@ -277,19 +277,10 @@ def validate_on_spark(
         >>> report.engine, report.verdict  # doctest: +SKIP
         ('spark', 'pass')
     """
-    from steerpatch.patch import load_patch
+    from steerpatch.validate.runner import resolve_patch_inputs
 
     started = time.perf_counter()
-    if isinstance(patch, (str, Path)):
-        patch = load_patch(patch)
-    if model is None:
-        from steerpatch.models import load_model
-
-        model = load_model(patch.model.id)
-    if sae is None:
-        from steerpatch.steer import load_patch_sae
-
-        sae = load_patch_sae(patch)
+    patch, model, sae = resolve_patch_inputs(patch, model, sae)
     validator = SparkValidator(
         model, sae, dataset, spark=spark, master=master, partitions=partitions,
         classes=classes, group_by=group_by, policy=policy, progress=progress,

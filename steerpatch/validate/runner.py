@@ -284,6 +284,27 @@ class Validator:
         )
 
 
+def resolve_patch_inputs(patch, model=None, sae=None):
+    """The patch (loaded if given as a path), and the model and SAE it records where none are given.
+
+    Returns:
+        `(patch, model, sae)`.
+    """
+    from steerpatch.patch import load_patch
+
+    if isinstance(patch, (str, Path)):
+        patch = load_patch(patch)
+    if model is None:
+        from steerpatch.models import load_model
+
+        model = load_model(patch.model.id)
+    if sae is None:
+        from steerpatch.steer import load_patch_sae
+
+        sae = load_patch_sae(patch)
+    return patch, model, sae
+
+
 def validate_patch(
     patch,
     dataset,
@@ -329,18 +350,7 @@ def validate_patch(
         >>> report.verdict, report.groups["conflicting"].after  # doctest: +SKIP
         ('pass', 0.81)
     """
-    from steerpatch.patch import load_patch
-
-    if isinstance(patch, (str, Path)):
-        patch = load_patch(patch)
-    if model is None:
-        from steerpatch.models import load_model
-
-        model = load_model(patch.model.id)
-    if sae is None:
-        from steerpatch.steer import load_patch_sae
-
-        sae = load_patch_sae(patch)
+    patch, model, sae = resolve_patch_inputs(patch, model, sae)
     validator = Validator(
         model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress
     )
