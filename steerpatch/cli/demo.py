@@ -114,8 +114,8 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     started = time.monotonic()
     out_dir = out_dir.resolve()
     run = out_dir / time.strftime("run-%Y%m%d-%H%M%S")
+    store = resolve_store(tracking_uri)  # a bad URI fails here, before anything is written
     run.mkdir(parents=True, exist_ok=True)
-    store = resolve_store(tracking_uri)
 
     _step(1, "Load the embedded default and its held-out world")
     loaded = load_model("concept-clip")

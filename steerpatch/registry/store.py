@@ -70,6 +70,10 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
+# URI schemes MLflow can keep a model registry in (a "+driver" suffix, as in postgresql+psycopg, is allowed)
+DATABASE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+
 def resolve_store(tracking_uri: str | None = None) -> Store:
     """Pick the tracking and registry URIs and the artifact root, in order of precedence.
 
@@ -97,6 +101,11 @@ def resolve_store(tracking_uri: str | None = None) -> Store:
         raise RegistryError(
             f"tracking URI '{uri}' is a plain folder; expected sqlite:///PATH.db or http(s)://HOST:PORT "
             "(MLflow's file store is not supported); pass --tracking-uri sqlite:///…/mlflow.db"
+        )
+    elif uri.split("://", 1)[0].split("+", 1)[0] not in DATABASE_SCHEMES:
+        raise RegistryError(
+            f"tracking URI '{uri}' has an unsupported scheme; expected one of "
+            f"{', '.join(s + '://' for s in DATABASE_SCHEMES)}, e.g. --tracking-uri http://127.0.0.1:5000"
         )
     db = _sqlite_path(uri)
     if db is not None:
