@@ -164,7 +164,8 @@ def steering_share(steered: bytes, workdir: Path, batch: int, runs: int = 10) ->
     options.enable_profiling = True
     options.profile_file_prefix = str(workdir / f"profile-b{batch}")
     session = ort.InferenceSession(steered, options, providers=["CPUExecutionProvider"])
-    pixels = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    size = session.get_inputs()[0].shape[-1]
+    pixels = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
     for _ in range(runs):
         session.run(None, {"pixels": pixels})
     events = json.loads(Path(session.end_profiling()).read_text())
