@@ -154,12 +154,13 @@ def session_pairs(steered: bytes, unsteered: bytes, n_pairs: int):
         else:
             pair = {"unsteered": create_session(unsteered), "steered": create_session(steered)}
         yield pair["steered"], pair["unsteered"]
-        del pair
 
 
 def steering_share(steered: bytes, workdir: Path, batch: int, runs: int = 10) -> float:
     """Fraction of the steered graph's kernel time spent in the steering module (ONNX Runtime profiler)."""
-    ort = __import__("onnxruntime")
+    from steerpatch.compile.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(workdir / f"profile-b{batch}")
@@ -182,7 +183,8 @@ def p1_p2(loaded, sae, patch, steered: bytes, unsteered: bytes, rounds: int, n_p
     from steerpatch.steer import steer
 
     out: dict = {}
-    inputs = {batch: np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+    size = loaded.image_size
+    inputs = {batch: np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
               for batch in (1, 8)}
     for batch, n_rounds in ((1, rounds), (8, max(2 * n_pairs, rounds // 3))):
         print(f"  P1 batch {batch}: {n_rounds} rounds over {n_pairs} fresh session pairs")
