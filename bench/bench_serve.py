@@ -334,13 +334,24 @@ def load_run(graph: Path, image_size: int, n: int, concurrency: int) -> dict:
     }
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=150,
+    parser.add_argument("--rounds", type=positive, default=150,
                         help="paired rounds for P1 at batch 1 (a third at batch 8, an eighth for P2)")
-    parser.add_argument("--pairs", type=int, default=4, help="fresh steered/unsteered session pairs for P1")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--pairs", type=positive, default=4, help="fresh steered/unsteered session pairs for P1")
+    parser.add_argument("--requests", type=positive, default=1000)
+    parser.add_argument("--concurrency", type=positive, default=16)
     parser.add_argument("--load-model", default="concept-clip", help="model of the graph served in the load run")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -385,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
           f"p50 {lr['p50_ms']:.1f} ms, p99 {lr['p99_ms']:.1f} ms, {lr['throughput_rps']:.1f} req/s, "
           f"{lr['errors']} errors | 0 errors |")
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(results, indent=2))
+        from steerpatch.io import atomic_write_text
+
+        atomic_write_text(args.json_path, json.dumps(results, indent=2))
     return 0
 
 
