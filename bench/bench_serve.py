@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-model", default="concept-clip", help="model of the graph served in the load run")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.json_path and (Path(args.json_path).is_dir() or not Path(args.json_path).parent.is_dir()):
+        parser.error(f"--json {args.json_path!r} must name a file in an existing folder, e.g. bench-serve.json")
     import onnxruntime
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
