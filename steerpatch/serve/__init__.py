@@ -5,7 +5,7 @@
 """
 
 from steerpatch.serve.app import MAX_BATCH, MAX_BODY_BYTES, create_app
-from steerpatch.serve.server import ServerThread, free_port, serve
+from steerpatch.serve.server import ServerThread, bind_socket, free_port, serve, url_of
 from steerpatch.serve.source import GraphSource, LoadedGraph, open_graph
 
 __all__ = [
@@ -14,8 +14,10 @@ __all__ = [
     "GraphSource",
     "LoadedGraph",
     "ServerThread",
+    "bind_socket",
     "create_app",
     "free_port",
     "open_graph",
     "serve",
+    "url_of",
 ]

@@ -6,43 +6,60 @@
   - JSON `{"tensor": [...]}` with preprocessed pixels, shaped (3, S, S) or (B, 3, S, S),
   - a raw body with an `image/*` content type,
 and returns the class probabilities (with a zero-shot head) and the embedding of each image.
-Every bad payload gets a 4xx with `{"error": "..."}`; a body over the size limit is refused with 413
-before it is read in full.
+
+Every refusal is a 4xx with one body shape, `{"error": "..."}`, routing's 404/405 included. Limits
+hold before the work they guard: the body size while it streams in, a deadline for the whole body
+and for each silence within it, JSON depth and number length on the text, tensor shape on the
+lists, and image size on the header (see `steerpatch.serve.payload`). Parsing, decoding and
+inference run in a bounded worker pool, so the event loop, and `/health`, stay responsive while a
+large image decodes.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from steerpatch.serve.preprocess import ImageRejected, image_to_pixels
+from steerpatch.serve.payload import MAX_BATCH, BadPayload, PayloadLimits, image_pixels, json_pixels
+from steerpatch.serve.preprocess import MAX_PIXELS, ImageLimits
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_BATCH = 64
+BODY_TIMEOUT_S = 30.0  # the whole body must arrive within this
+IDLE_TIMEOUT_S = 10.0  # and no silence within it may last longer
+# decoding and inference both use the cores; a few workers keep a queue from growing without bound
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+MAX_WAITING = 64  # requests queued for a worker beyond this get 503 at once
+
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "BadPayload", "BodyLimit", "create_app", "predictions"]
 
 
-class BadPayload(ValueError):
-    """A request the server refuses; carries its HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body every refusal uses: `{"error": "<one line>"}`."""
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` with 413, declared or streamed."""
+    """ASGI middleware: read the whole request body under a size limit and two deadlines.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Bodies over `max_bytes` (declared or streamed) get 413; a body not complete within
+    `body_timeout` seconds, or silent for `idle_timeout` seconds, gets 408 and the connection closes.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float = BODY_TIMEOUT_S,
+                 idle_timeout: float = IDLE_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,9 +69,16 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await _too_large(scope, receive, send, self.max_bytes)
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
         chunks, size = [], 0
         while True:
-            message = await receive()
+            wait = min(self.idle_timeout, deadline - loop.time())
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+            except TimeoutError:
+                await _timed_out(scope, receive, send, self.body_timeout, self.idle_timeout)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -79,80 +103,21 @@ class BodyLimit:
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    response = JSONResponse(
-        {"error": f"request body is over the {limit} byte limit; send a smaller image or fewer tensors"},
-        status_code=413,
+    response = error_response(
+        f"request body is over the {limit} byte limit; send a smaller image or fewer tensors", 413,
+        headers={"connection": "close"},
     )
     await response(scope, receive, send)
 
 
-def _tensor_pixels(value: Any, size: int, max_batch: int) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError) as error:
-        raise BadPayload(f"'tensor' must be a nested list of numbers with a regular shape ({error})", 422) from error
-    if array.ndim == 3:
-        array = array[None]
-    expected = (3, size, size)
-    if array.ndim != 4 or tuple(array.shape[1:]) != expected:
-        raise BadPayload(
-            f"'tensor' has shape {list(array.shape)}; expected {list(expected)} or [batch, {', '.join(map(str, expected))}] "
-            "(preprocessed pixels)",
-            422,
-        )
-    if not 1 <= array.shape[0] <= max_batch:
-        raise BadPayload(f"'tensor' holds {array.shape[0]} images; send between 1 and {max_batch}", 422)
-    if not np.isfinite(array).all():
-        raise BadPayload("'tensor' holds NaN or infinite values; send finite pixels", 422)
-    return np.ascontiguousarray(array)
-
-
-def _b64_image(value: Any, spec: Any, max_pixels: int) -> np.ndarray:
-    if not isinstance(value, str):
-        raise BadPayload("'image' must be a base64 string of an image file", 422)
-    try:
-        data = base64.b64decode(value.split(",", 1)[-1] if value.startswith("data:") else value, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise BadPayload(f"'image' is not valid base64 ({error})") from error
-    return image_to_pixels(data, spec, max_pixels=max_pixels)
-
-
-async def read_pixels(request: Request, spec: Any, *, max_batch: int, max_pixels: int) -> np.ndarray:
-    """Turn any accepted `/predict` payload into a (B, 3, S, S) float32 batch.
-
-    Raises:
-        BadPayload: 400/413/415/422 naming what was wrong with the request.
-    """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=8)
-            except Exception as error:  # noqa: BLE001 - the multipart parser raises several types
-                raise BadPayload(f"the multipart body could not be parsed ({error})") from error
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise BadPayload("multipart uploads must carry the image in the field 'file'", 422)
-            return image_to_pixels(await upload.read(), spec, max_pixels=max_pixels)
-        if content_type.startswith("image/"):
-            return image_to_pixels(await request.body(), spec, max_pixels=max_pixels)
-        if content_type in ("application/json", ""):
-            try:
-                payload = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise BadPayload(f"the body is not valid JSON ({error})") from error
-            if not isinstance(payload, dict) or ("image" in payload) == ("tensor" in payload):
-                raise BadPayload('send a JSON object with exactly one of "image" (base64) or "tensor" (pixels)', 422)
-            if "tensor" in payload:
-                return _tensor_pixels(payload["tensor"], spec.image_size, max_batch)
-            return _b64_image(payload["image"], spec, max_pixels)
-    except ImageRejected as error:
-        raise BadPayload(str(error), error.status) from error
-    raise BadPayload(
-        f"content type '{content_type}' is not accepted; use multipart/form-data (field 'file'), "
-        "application/json ({\"image\": ...} or {\"tensor\": ...}) or image/*",
-        415,
+async def _timed_out(scope: Scope, receive: Receive, send: Send, whole: float, idle: float) -> None:
+    response = error_response(
+        f"the request body did not arrive in time (whole body within {whole:g} s, no pause over {idle:g} s); "
+        "send it in one go",
+        408,
+        headers={"connection": "close"},  # the rest of a half-sent body must not be read as a request
     )
+    await response(scope, receive, send)
 
 
 def predictions(graph: Any, pixels: np.ndarray) -> dict[str, Any]:
@@ -176,9 +141,38 @@ def predictions(graph: Any, pixels: np.ndarray) -> dict[str, Any]:
     }
 
 
+async def read_payload(request: Request) -> tuple[str, bytes]:
+    """The body's kind ("image" or "json") and bytes; multipart is unpacked to its `file` field.
+
+    Raises:
+        BadPayload: 400/415/422 for a body that is none of the accepted forms.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as error:  # noqa: BLE001 - the multipart parser raises several types
+            raise BadPayload(f"the multipart body could not be parsed ({error})") from error
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadPayload("multipart uploads must carry the image in the field 'file'", 422)
+        return "image", await upload.read()
+    if content_type.startswith("image/"):
+        return "image", await request.body()
+    if content_type in ("application/json", ""):
+        return "json", await request.body()
+    raise BadPayload(
+        f"content type '{content_type}' is not accepted; use multipart/form-data (field 'file'), "
+        "application/json ({\"image\": ...} or {\"tensor\": ...}) or image/*",
+        415,
+    )
+
+
 def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: int = MAX_BATCH,
-               max_pixels: int = 64_000_000, follow: bool = True, tracking_uri: str | None = None,
-               poll_seconds: float = 5.0) -> FastAPI:
+               max_pixels: int = MAX_PIXELS, image_limits: ImageLimits | None = None, follow: bool = True,
+               tracking_uri: str | None = None, poll_seconds: float = 5.0, docs: bool = False,
+               workers: int = WORKERS, body_timeout: float = BODY_TIMEOUT_S,
+               idle_timeout: float = IDLE_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving a compiled graph.
 
     Args:
@@ -186,9 +180,14 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
         max_body_bytes: request bodies above this get 413.
         max_batch: most images one `{"tensor": ...}` request may carry.
         max_pixels: images with more pixels are refused (413) before decoding.
+        image_limits: side and aspect-ratio limits too (its `max_pixels` is replaced by `max_pixels`).
         follow: start the alias-polling thread with the app (ignored for files).
         tracking_uri: MLflow tracking URI for registry refs.
         poll_seconds: how often to check the alias.
+        docs: serve `/docs`, `/redoc` and `/openapi.json` (off: a production server shows no playground).
+        workers: threads that parse, decode and run the graph.
+        body_timeout: seconds the whole request body may take (408 after).
+        idle_timeout: seconds the body may pause (408 after).
 
     Returns:
         The app; `app.state.source` is the `GraphSource`.
@@ -204,6 +203,13 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     graphs = source if isinstance(source, GraphSource) else GraphSource(
         source, tracking_uri=tracking_uri, poll_seconds=poll_seconds
     )
+    base = image_limits or ImageLimits()
+    limits = PayloadLimits(
+        max_batch=max_batch,
+        image=ImageLimits(max_pixels=max_pixels, max_side=base.max_side, max_aspect=base.max_aspect),
+    )
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-predict")
+    waiting = 0
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -213,14 +219,35 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
             yield
         finally:
             graphs.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="steerpatch", summary="A steered CLIP image encoder in ONNX Runtime", lifespan=lifespan)
+    app = FastAPI(
+        title="steerpatch", summary="A steered CLIP image encoder in ONNX Runtime", lifespan=lifespan,
+        docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.source = graphs
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.state.limits = limits
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, body_timeout=body_timeout, idle_timeout=idle_timeout)
 
     @app.exception_handler(BadPayload)
     async def _bad_payload(_request: Request, error: BadPayload) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        return error_response(str(error), error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(f"{request.method} {request.url.path}: {error.detail}", error.status_code,
+                              headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(f"invalid request: {where}: {first.get('msg', 'bad value')}", 422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        return error_response(f"internal error ({type(error).__name__}); see the server log", 500)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -232,9 +259,24 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
+        nonlocal waiting
         graph = graphs.current  # one graph for the whole request, even if the alias moves meanwhile
-        pixels = await read_pixels(request, graph.info.preprocessing, max_batch=max_batch, max_pixels=max_pixels)
-        return await run_in_threadpool(predictions, graph, pixels)
+        kind, body = await read_payload(request)
+        spec = graph.info.preprocessing
+
+        def work() -> dict[str, Any]:
+            if kind == "image":
+                pixels = image_pixels(body, spec, limits.image)
+            else:
+                pixels = json_pixels(body, spec, limits)
+            return predictions(graph, pixels)
+
+        if waiting >= MAX_WAITING:
+            raise BadPayload(f"the server is busy ({waiting} requests waiting); retry shortly", 503)
+        waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work)
+        finally:
+            waiting -= 1
 
     return app
-

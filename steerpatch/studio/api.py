@@ -1,7 +1,10 @@
 """The studio's HTTP surface: one static page and a JSON API over a `Workbench`.
 
 Every bad request gets a JSON body `{"error": "<one line>"}` with a 4xx status, so the page can show
-the message; nothing a user sends can stop the server.
+the message; nothing a user sends can stop the server. Only loopback `Host` names are answered and
+every POST needs the session token the page is served with (`steerpatch.studio.guard`); request
+bodies are size- and time-limited, and uploads are checked from their header before decoding, by the
+same code the model server uses.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from typing import Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steerpatch.errors import OutputError, SteerpatchError
+from steerpatch.serve.app import BodyLimit
 from steerpatch.studio import latents, lifecycle, tryon
+from steerpatch.studio.guard import TOKEN_PLACEHOLDER, StudioGuard, new_token
 from steerpatch.studio.imaging import MAX_UPLOAD_BYTES, StudioInputError, decode_upload, png_bytes
 from steerpatch.studio.index import CORRECTNESS
 from steerpatch.studio.workbench import Workbench
@@ -67,14 +73,16 @@ def _status(error: SteerpatchError) -> int:
     return 400
 
 
-def create_app(bench: Workbench) -> FastAPI:
+def create_app(bench: Workbench, *, allow_hosts: tuple[str, ...] = (), token: str | None = None) -> FastAPI:
     """Build the studio's FastAPI app over a workbench.
 
     Args:
         bench: the loaded model, SAE and dataset to work on.
+        allow_hosts: `Host` names answered besides 127.0.0.1, localhost and ::1.
+        token: the session token POSTs must carry (default: a fresh random one); the page at `/` embeds it.
 
     Returns:
-        The app; serve it with uvicorn on 127.0.0.1.
+        The app, with the token at `app.state.token`; serve it with uvicorn on 127.0.0.1.
 
     Example:
         >>> app = create_app(Workbench(loaded, sae, dataset))  # doctest: +SKIP
@@ -82,6 +90,11 @@ def create_app(bench: Workbench) -> FastAPI:
     """
     app = FastAPI(title="steerpatch studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.bench = bench
+    app.state.token = token = token or new_token()
+    # an upload plus multipart framing; the guard runs first, so a foreign Host is refused unread
+    app.add_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + 64 * 1024)
+    app.add_middleware(StudioGuard, token=token, allow_hosts=tuple(allow_hosts))
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8").replace(TOKEN_PLACEHOLDER, token)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(SteerpatchError)
@@ -104,8 +117,8 @@ def create_app(bench: Workbench) -> FastAPI:
         return JSONResponse({"error": f"internal error ({type(error).__name__}: {error})"}, status_code=500)
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"cache-control": "no-store"})  # the token is per session
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
@@ -136,8 +149,12 @@ def create_app(bench: Workbench) -> FastAPI:
     @app.post("/api/upload")
     async def upload(file: UploadFile = File(...)) -> dict[str, Any]:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
-        image = decode_upload(data, file.filename or "upload")
-        return bench.describe(bench.add_upload(image))
+
+        def analyse() -> dict[str, Any]:
+            # off the event loop: decoding and the forward pass must not stall the other requests
+            return bench.describe(bench.add_upload(decode_upload(data, file.filename or "upload")))
+
+        return await run_in_threadpool(analyse)
 
     @app.get("/api/instance/{key}")
     def instance(key: str, k: int = Query(5, ge=1, le=50)) -> dict[str, Any]:

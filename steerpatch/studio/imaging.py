@@ -1,7 +1,8 @@
 """Images in and out of the studio: checked uploads and PNG bytes.
 
-Uploads come from a browser and may be anything, so they are size-checked before decoding and
-decoded with Pillow's own checks; every failure is a `StudioInputError` that the app turns into a 4xx.
+Uploads come from a browser and may be anything, so they are size-checked (bytes, then the declared
+width, height, aspect ratio and pixels) before decoding; every failure is a `StudioInputError` that
+the app turns into a 4xx.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from steerpatch.errors import SteerpatchError
+from steerpatch.serve.preprocess import ImageLimits, ImageRejected, decode_image
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096
+UPLOAD_LIMITS = ImageLimits(max_pixels=MAX_UPLOAD_PIXELS, max_side=8192)
 
 
 class StudioInputError(SteerpatchError):
@@ -28,6 +31,9 @@ class StudioInputError(SteerpatchError):
 def decode_upload(data: bytes, filename: str = "upload") -> Image.Image:
     """Decode uploaded bytes into an RGB image, refusing non-images and oversized files.
 
+    The declared width, height, aspect ratio and pixel count are checked from the header before
+    decoding, by the same code the model server uses (`steerpatch.serve.preprocess.decode_image`).
+
     Args:
         data: the raw file bytes.
         filename: the name the browser sent, used in messages only.
@@ -36,7 +42,7 @@ def decode_upload(data: bytes, filename: str = "upload") -> Image.Image:
         The decoded image, converted to RGB.
 
     Raises:
-        StudioInputError: 413 when the file or its pixel count is too large, 400 when it is empty
+        StudioInputError: 413 when the file or its declared size is too large, 400 when it is empty
             or not a decodable image.
     """
     if len(data) > MAX_UPLOAD_BYTES:
@@ -48,21 +54,14 @@ def decode_upload(data: bytes, filename: str = "upload") -> Image.Image:
     if not data:
         raise StudioInputError(f"upload '{filename}' is empty; choose a PNG or JPEG image")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > MAX_UPLOAD_PIXELS:
-                raise StudioInputError(
-                    f"upload '{filename}' is {width}x{height} pixels; the limit is {MAX_UPLOAD_PIXELS} pixels, "
-                    "resize it first",
-                    status=413,
-                )
-            probe.load()
-            return probe.convert("RGB")
-    except StudioInputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        image = decode_image(data, limits=UPLOAD_LIMITS)
+        return image.convert("RGB")
+    except ImageRejected as error:
+        if error.status == 413:
+            raise StudioInputError(f"upload '{filename}': {error}", status=413) from None
+        cause = type(error.__cause__).__name__ if error.__cause__ is not None else error
         raise StudioInputError(
-            f"upload '{filename}' is not a readable image ({type(error).__name__}); choose a PNG or JPEG file"
+            f"upload '{filename}' is not a readable image ({cause}); choose a PNG or JPEG file"
         ) from None
 
 

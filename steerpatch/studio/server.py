@@ -7,14 +7,13 @@ user's cache folder and reused afterwards.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import OutputError
+from steerpatch.serve.server import bind_socket, http_protocol, url_of
 from steerpatch.studio.workbench import Workbench
 
 DEFAULT_MODEL = "concept-clip"
@@ -92,44 +91,19 @@ def open_workbench(
     )
 
 
-def bind_socket(port: int = 0, host: str = "127.0.0.1") -> socket.socket:
-    """A listening TCP socket on `host:port` (port 0 picks a free one).
+def make_server(bench: Workbench, *, allow_hosts: tuple[str, ...] = ()):
+    """A uvicorn server for the studio app, not yet started; run it with `server.run(sockets=[sock])`.
 
-    Binding before the server starts means the URL can be printed, and connected to, at once:
-    early connections wait in the backlog until the server accepts them.
-
-    Raises:
-        OutputError: if the port is taken or cannot be bound.
+    Args:
+        bench: the workbench to serve.
+        allow_hosts: `Host` names accepted besides loopback ones (see `steerpatch.studio.api.create_app`).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # accepted connections inherit this: without it a small JSON answer written in two parts waits
-    # for the client's delayed ACK (~40 ms), which would dominate a slider round trip
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise OutputError(
-            f"cannot listen on {host}:{port} ({error.strerror}); pass another --port, or --port 0 for a free one"
-        ) from None
-    sock.listen(128)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The http URL a bound socket serves."""
-    host, port = sock.getsockname()[:2]
-    return f"http://{host}:{port}/"
-
-
-def make_server(bench: Workbench):
-    """A uvicorn server for the studio app, not yet started; run it with `server.run(sockets=[sock])`."""
     import uvicorn
 
     from steerpatch.studio.api import create_app
 
-    config = uvicorn.Config(create_app(bench), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(create_app(bench, allow_hosts=allow_hosts), log_level="warning", access_log=False,
+                            lifespan="off", http=http_protocol())
     return uvicorn.Server(config)
 
 
@@ -153,7 +127,8 @@ class RunningStudio:
         self.thread.join()
 
 
-def serve_in_thread(bench: Workbench, *, port: int = 0, host: str = "127.0.0.1") -> RunningStudio:
+def serve_in_thread(bench: Workbench, *, port: int = 0, host: str = "127.0.0.1",
+                    allow_hosts: tuple[str, ...] = ()) -> RunningStudio:
     """Serve the studio from a daemon thread; it accepts connections as soon as this returns.
 
     Example:
@@ -163,7 +138,7 @@ def serve_in_thread(bench: Workbench, *, port: int = 0, host: str = "127.0.0.1")
         >>> studio.stop()  # doctest: +SKIP
     """
     sock = bind_socket(port, host)
-    server = make_server(bench)
+    server = make_server(bench, allow_hosts=allow_hosts)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="steerpatch-studio", daemon=True)
     thread.start()
     return RunningStudio(url=url_of(sock), server=server, thread=thread)

@@ -34,7 +34,13 @@ function showMessage(text, ok = false) {
   box.hidden = !text;
 }
 
+// the per-session token this page was served with; every POST carries it (see studio/guard.py)
+const TOKEN = document.querySelector('meta[name="steerpatch-token"]').content;
+
 async function api(path, options = {}) {
+  if (options.method && options.method !== "GET") {
+    options = { ...options, headers: { ...(options.headers || {}), "X-Steerpatch-Token": TOKEN } };
+  }
   const response = await fetch(path, options);
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
