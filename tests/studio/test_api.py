@@ -14,7 +14,9 @@ def client(studio_bench):
 
     from steerpatch.studio import create_app
 
-    with TestClient(create_app(studio_bench)) as test_client:
+    app = create_app(studio_bench)
+    # a loopback Host and the session token, as the studio's own page sends them
+    with TestClient(app, base_url="http://127.0.0.1", headers={"x-steerpatch-token": app.state.token}) as test_client:
         yield test_client
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -34,7 +35,10 @@ def test_taken_port_is_a_clean_error(runner):
     finally:
         taken.close()
     assert result.exit_code == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert result.output.strip().splitlines() == [  # one line, before the model is loaded
+        f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "pass another --port, or --port 0 for a free one"
+    ]
 
 
 def test_listening_socket_answers_without_nagle_delay():
@@ -63,11 +67,11 @@ def test_default_world_is_generated_once(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
-def test_studio_command_prints_its_url_and_serves(tmp_path, test_world):
+def test_studio_command_prints_its_url_serves_and_ctrl_c_exits_130(tmp_path, test_world):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "steerpatch.cli.main", "studio", "--data", str(test_world), "--port", "0",
                "--patch-dir", str(tmp_path / "patches")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()
         assert "steerpatch studio running at http://127.0.0.1:" in line, line
@@ -75,6 +79,10 @@ def test_studio_command_prints_its_url_and_serves(tmp_path, test_world):
         info = httpx.get(url + "api/info", timeout=60).json()
         assert info["model"] == "concept-clip" and info["n_items"] == 600
         assert httpx.get(url, timeout=60).text.lstrip().startswith("<!doctype html>")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        errors = process.stderr.read()
+        assert "Traceback" not in errors and "stopped (Ctrl-C)" in errors, errors
     finally:
-        process.terminate()
+        process.kill()
         process.wait(timeout=60)
