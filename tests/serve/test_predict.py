@@ -92,7 +92,7 @@ BAD = [
     ({"json": {"image": "%%% not base64"}}, 400, "not valid base64"),
     ({"json": {"image": base64.b64encode(b"plain text").decode()}}, 400, "not a decodable image"),
     ({"json": {"image": 42}}, 422, "base64 string"),
-    ({"json": {"tensor": [[[0.0] * 64] * 64] * 2 + [[[0.0] * 63] + [[0.0] * 64] * 63]]}, 422, "regular shape"),
+    ({"json": {"tensor": [[[0.0] * 64] * 64] * 2 + [[[0.0] * 63] + [[0.0] * 64] * 63]}}, 422, "regular shape"),
     ({"json": {"tensor": [1.0, 2.0, 3.0]}}, 422, "expected [3, 64, 64]"),
     ({"json": {"tensor": np.zeros((3, 32, 32)).tolist()}}, 422, "expected [3, 64, 64]"),
     ({"json": {"tensor": "abc"}}, 422, "shape"),
