@@ -22,6 +22,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 OUT_DIR = Path(__file__).resolve().parent / "readme"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 VIEWPORT = {"width": 1400, "height": 1000}
 MAX_BYTES = 400_000
 
@@ -89,6 +90,10 @@ def capture(browser: Any, studio_url: str, out_dir: str | Path, *, name: str = "
         page.click("#validate-btn")
         expect(page.locator("#verdict-value")).to_have_text(re.compile("^(pass|fail)$"), timeout=300_000)
         page.goto(urljoin(studio_url, page.locator("#report-link").get_attribute("href")))
+        # the report names the policy file by absolute path; show it relative to the checkout instead
+        page.evaluate("root => document.querySelectorAll('code').forEach(c => {"
+                      " if (c.textContent.startsWith(root)) c.textContent = c.textContent.slice(root.length); })",
+                      str(REPO_ROOT) + "/")
         report = small_png(page.screenshot(), out / "report.png")
     finally:
         context.close()
