@@ -54,7 +54,8 @@ def measure(bench, moves: int) -> list[float]:
     transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     studio = serve_in_thread(bench)
     try:
-        with httpx.Client(base_url=studio.url, timeout=60, transport=transport) as client:
+        with httpx.Client(base_url=studio.url, timeout=60, transport=transport,
+                          headers={"x-steerpatch-token": studio.token}) as client:
             key = client.get("/api/items", params={"limit": 1}).json()["items"][0]["key"]
             latent = client.get(f"/api/attribution/{key}", params={"n": 1}).json()["latents"][0]["latent"]
             times = []

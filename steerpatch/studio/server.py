@@ -91,18 +91,19 @@ def open_workbench(
     )
 
 
-def make_server(bench: Workbench, *, allow_hosts: tuple[str, ...] = ()):
+def make_server(bench: Workbench, *, allow_hosts: tuple[str, ...] = (), token: str | None = None):
     """A uvicorn server for the studio app, not yet started; run it with `server.run(sockets=[sock])`.
 
     Args:
         bench: the workbench to serve.
         allow_hosts: `Host` names accepted besides loopback ones (see `steerpatch.studio.api.create_app`).
+        token: the session token POSTs must carry (default: a fresh random one).
     """
     import uvicorn
 
     from steerpatch.studio.api import create_app
 
-    config = uvicorn.Config(create_app(bench, allow_hosts=allow_hosts), log_level="warning", access_log=False,
+    config = uvicorn.Config(create_app(bench, allow_hosts=allow_hosts, token=token), log_level="warning", access_log=False,
                             lifespan="off", http=http_protocol())
     return uvicorn.Server(config)
 
@@ -115,11 +116,13 @@ class RunningStudio:
         url: where it answers, e.g. "http://127.0.0.1:41234/".
         server: the uvicorn server.
         thread: the thread running it.
+        token: the session token; send it as the `X-Steerpatch-Token` header with every POST.
     """
 
     url: str
     server: Any
     thread: threading.Thread
+    token: str
 
     def stop(self) -> None:
         """Ask the server to finish and wait for its thread."""
@@ -135,10 +138,15 @@ def serve_in_thread(bench: Workbench, *, port: int = 0, host: str = "127.0.0.1",
         >>> studio = serve_in_thread(bench)  # doctest: +SKIP
         >>> httpx.get(studio.url + "api/info").json()["model"]  # doctest: +SKIP
         'concept-clip'
+        >>> httpx.post(studio.url + "api/steer", json={"key": "d0", "edits": []},
+        ...            headers={"x-steerpatch-token": studio.token})  # doctest: +SKIP
         >>> studio.stop()  # doctest: +SKIP
     """
+    from steerpatch.studio.guard import new_token
+
     sock = bind_socket(port, host)
-    server = make_server(bench, allow_hosts=allow_hosts)
+    token = new_token()
+    server = make_server(bench, allow_hosts=allow_hosts, token=token)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="steerpatch-studio", daemon=True)
     thread.start()
-    return RunningStudio(url=url_of(sock), server=server, thread=thread)
+    return RunningStudio(url=url_of(sock), server=server, thread=thread, token=token)

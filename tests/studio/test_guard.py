@@ -48,6 +48,9 @@ def test_allow_host_adds_a_name(studio_bench):
     try:
         assert httpx.get(running.url + "api/info", headers={"host": "studio.lan:9"}, timeout=60).status_code == 200
         assert httpx.get(running.url + "api/info", headers={"host": "other.lan"}, timeout=60).status_code == 403
+        steer = httpx.post(running.url + "api/steer", json={"key": "d0", "edits": []}, timeout=60,
+                           headers={"x-steerpatch-token": running.token})
+        assert steer.status_code == 200  # the token serve_in_thread reports is the one its app checks
     finally:
         running.stop()
 
