@@ -12,9 +12,9 @@ from steerpatch.cli.main import cli
 from steerpatch.serve import bind_socket, free_port
 
 
-def _start(path, port: int) -> tuple[subprocess.Popen, list[str]]:
+def _start(path, port: int, *options: str) -> tuple[subprocess.Popen, list[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "steerpatch.cli.main", "serve", str(path), "--port", str(port)],
+        [sys.executable, "-m", "steerpatch.cli.main", "serve", str(path), "--port", str(port), *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     lines = []
@@ -28,13 +28,14 @@ def _start(path, port: int) -> tuple[subprocess.Popen, list[str]]:
 def test_serve_file_in_a_subprocess_and_ctrl_c_exits_130(graph):
     patch, path = graph
     port = free_port()
-    process, lines = _start(path, port)
+    process, lines = _start(path, port, "--docs")
     try:
-        assert any(f"listening on http://127.0.0.1:{port}" in line for line in lines), lines
+        assert any(f"listening on http://127.0.0.1:{port}" in line and "GET /docs" in line for line in lines), lines
         assert any("serving served-fix@1.0.0" in line for line in lines)
         # the socket was bound before "listening" was printed: the first request cannot be refused
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
         assert health["patch_hash"] == patch.content_hash
+        assert httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=30).status_code == 200  # --docs
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 130
         rest = process.stderr.read()
