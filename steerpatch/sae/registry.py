@@ -64,7 +64,10 @@ class Architecture:
         """("sparse" | "exact", why) for the ONNX graph."""
         if self.elementwise:
             return "sparse", f"{self.name} latents depend only on their own encoder column"
-        return "exact", f"{self.name} latents depend on the other latents, so the full encoder is kept"
+        return "exact", (
+            f"{self.name} latents depend on the others (the k-th largest pre-activation), "
+            "so the full encoder is kept"
+        )
 
     def encode(self, t: Any, cfg: Any, sae_in: torch.Tensor) -> torch.Tensor:
         """Codes for `sae_in` (..., d_in): the architecture's encoder over `t`'s tensors.
