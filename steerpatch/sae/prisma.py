@@ -95,6 +95,7 @@ def _config_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         "token_scope": tokens,
         "model_name": raw.get("model_name"),
         "prisma_activation_fn": activation,
+        "b_dec_convention": "ViT-Prisma always encodes x - b_dec",
     }
     return fields
 
