@@ -61,7 +61,7 @@ def block_for_hook(name: str) -> int:
             if block < 0:
                 raise SAEError(
                     f"hook {name!r} is the embedding output before block 0, which no block output carries; "
-                    f"use an SAE on a block's residual output ({supported_hooks()})"
+                    f"use an SAE on a block's residual output; supported: {supported_hooks()}"
                 )
             return block
     raise SAEError(
