@@ -184,9 +184,8 @@ def validate_config(cfg: SAEConfig, *, source: str) -> SAEConfig:
     Raises:
         SAEError: unknown architecture, unsupported normalization/reshape/dtype, a bad k.
     """
-    from steerpatch.sae.registry import get_architecture
-
     from steerpatch.sae.normalization import get_normalization
+    from steerpatch.sae.registry import get_architecture
 
     spec = get_architecture(cfg.architecture)
     get_normalization(cfg.normalize_activations, source=source)

@@ -42,7 +42,7 @@ def _config_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
     for name, value in (("d_in", d_in), ("expansion_factor", factor)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise SAEError(f"{source}: field '{name}' = {value!r} must be a positive integer; fix it")
-    d_sae = d_in * factor
+    d_sae = int(d_in) * int(factor)  # type: ignore[arg-type]  # checked just above
     if "d_sae" in raw and raw["d_sae"] != d_sae:
         raise SAEError(
             f"{source}: field 'd_sae' = {raw['d_sae']!r} disagrees with d_in * expansion_factor = {d_sae}; "

@@ -12,7 +12,16 @@ import json
 
 import pytest
 import torch
-from format_writers import GOLDEN, K, golden_specs, prisma_config, write_golden, write_prisma, write_saev, weights
+from format_writers import (
+    GOLDEN,
+    K,
+    golden_specs,
+    prisma_config,
+    weights,
+    write_golden,
+    write_prisma,
+    write_saev,
+)
 
 from steerpatch.errors import SAEError
 from steerpatch.patch.format import Edit
