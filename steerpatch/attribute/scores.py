@@ -78,10 +78,10 @@ def latent_scores(
     with torch.no_grad():
         scoped = hidden[:, where]
         z0 = sae.encode(scoped)
-        error = scoped - sae.decode(z0)
+        error = scoped - sae.decode(z0, scoped)
     z = z0.clone().requires_grad_(True)
     rebuilt = hidden.clone()
-    rebuilt[:, where] = sae.decode(z) + error
+    rebuilt[:, where] = sae.decode(z, scoped) + error
     value = margin(head.logits(encode_suffix(model, rebuilt, block)), target, against)[0]
     (grad,) = torch.autograd.grad(value, z)
     scores = (z0 * grad).sum(dim=(0, 1))

@@ -9,12 +9,14 @@ from typing import Any
 
 import click
 
-ARCHITECTURES = ("standard", "topk", "jumprelu")  # kept in step with steerpatch.sae.SAE_REGISTRY by a test
+# kept in step with steerpatch.sae.SAE_REGISTRY by a test (importing it here would load torch)
+ARCHITECTURES = ("standard", "topk", "jumprelu")  # the trainable ones
+READ_ARCHITECTURES = ("standard", "topk", "jumprelu", "topk_raw", "gated")  # every registered one
 
 
 @click.group()
 def sae() -> None:
-    """Train, inspect and profile sparse autoencoders (SAELens folders, saev files, safetensors)."""
+    """Train, inspect and profile sparse autoencoders (SAELens, ViT-Prisma, saev, safetensors)."""
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -187,17 +189,35 @@ def stats(
 @click.option(
     "--arch",
     "architecture",
-    type=click.Choice(ARCHITECTURES),
+    type=click.Choice(READ_ARCHITECTURES),
     default=None,
     help="Architecture of a plain safetensors state dict.",
 )
 @click.option("--k", type=int, default=None, help="k of a plain safetensors topk state dict.")
+@click.option(
+    "--apply-b-dec/--no-apply-b-dec",
+    "apply_b_dec",
+    default=None,
+    help="saev/safetensors: subtract b_dec before encoding (default: detected from the saev header schema).",
+)
+@click.option("--block", type=int, default=None, help="Vision block the SAE reads (saev files record none).")
+@click.option("--tokens", type=click.Choice(["cls", "patches", "all"]), default=None, help="Token scope.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info(path: Path, architecture: str | None, k: int | None, as_json: bool) -> None:
-    """Architecture, d_in, d_sae, hook, fingerprint and recorded quality of an SAE."""
+def info(
+    path: Path,
+    architecture: str | None,
+    k: int | None,
+    apply_b_dec: bool | None,
+    block: int | None,
+    tokens: str | None,
+    as_json: bool,
+) -> None:
+    """Source format, conventions, architecture, d_in, d_sae, hook, fingerprint and quality of an SAE."""
     from steerpatch.sae import load_quality, load_sae
 
-    sae_model = load_sae(path, architecture=architecture, k=k)
+    sae_model = load_sae(
+        path, architecture=architecture, k=k, apply_b_dec_to_input=apply_b_dec, block=block, tokens=tokens
+    )
     _report(path, sae_model, load_quality(path) if path.is_dir() else None, as_json)
 
 
@@ -206,6 +226,17 @@ def _describe(path: Path, sae_model: Any, quality: Any) -> dict[str, Any]:
 
     hook = sae_model.hook
     meta = sae_model.cfg.metadata
+    cfg = sae_model.cfg
+    conventions = {
+        "b_dec_subtracted": cfg.apply_b_dec_to_input,
+        "b_dec_convention": meta.get("b_dec_convention", "recorded in the config"),
+        "normalization": cfg.normalize_activations,
+        "normalization_math": sae_model.norm.description,
+        "norm_scaling_factor": cfg.norm_scaling_factor,
+        "activation": sae_model.spec.description,
+        "finetuning_scaling_factor": meta.get("finetuning_scaling_factor", False),
+        "compile_mode": sae_model.spec.compile_mode[0],
+    }
     return {
         "path": str(path),
         "format": meta.get("source_format", "saelens"),
@@ -215,9 +246,11 @@ def _describe(path: Path, sae_model: Any, quality: Any) -> dict[str, Any]:
         "k": sae_model.cfg.k,
         "dtype": sae_model.cfg.dtype,
         "apply_b_dec_to_input": sae_model.cfg.apply_b_dec_to_input,
+        "conventions": conventions,
         "hook": None
         if hook is None
         else {"block": hook.block, "tokens": hook.tokens, "hook_name": hook.hook_name},
+        "source_hook_name": meta.get("hook_name"),
         "model_name": meta.get("model_name"),
         "model_fingerprint": meta.get("model_fingerprint"),
         "fingerprint": sae_model.fingerprint,
@@ -236,7 +269,15 @@ def _report(path: Path, sae_model: Any, quality: Any, as_json: bool) -> None:
     arch = desc["architecture"] + (f" (k={desc['k']})" if desc["architecture"] == "topk" else "")
     click.echo(f"  architecture: {arch}")
     click.echo(f"  d_in: {desc['d_in']}  d_sae: {desc['d_sae']}  dtype: {desc['dtype']}")
-    where = "not recorded" if hook is None else f"block {hook['block']}, tokens {hook['tokens']}"
+    conv = desc["conventions"]
+    click.echo(
+        f"  encoder input: {'x - b_dec' if conv['b_dec_subtracted'] else 'x'} ({conv['b_dec_convention']}); "
+        f"normalisation: {conv['normalization']}"
+    )
+    where = "not recorded" if hook is None else (
+        f"block {hook['block']}, tokens {hook['tokens']} (output of {hook['hook_name']}"
+        + (f", mapped from {desc['source_hook_name']})" if desc["source_hook_name"] not in (None, hook["hook_name"]) else ")")
+    )
     click.echo(f"  hook: {where}")
     if desc["model_name"]:
         click.echo(f"  model: {desc['model_name']}")

@@ -2,31 +2,47 @@
 
 The steering module computes the engine's error-preserving edit on the residual output of one block,
 
-    x' = x + sum_i (z'_i - z_i) * W_dec[i] + sum_add a_i * W_dec[i]     (on the scoped tokens only)
+    x' = x + s(x) * (sum_i (z'_i - z_i) * W_dec[i] + sum_add a_i * W_dec[i])   (on the scoped tokens only)
 
-so the SAE's reconstruction error never enters the graph. For ReLU (`standard`) and `jumprelu` SAEs a
-latent's activation depends on its own encoder column only, so the graph carries just the edited
-latents' columns, biases, thresholds and decoder rows (sparse mode, O(k*d) extra weights). A TopK
-latent's activation depends on every other latent (the k-th largest pre-activation), so `topk` SAEs
-carry the full encoder and a TopK node (exact mode).
+so the SAE's reconstruction error never enters the graph; s(x) is the per-token factor of the SAE's
+normalisation (see `steerpatch.sae.normalization`), 1 without one. The graph runs the same registered
+code the eager engine runs: the normalisation step and the architecture's encoder. For elementwise
+architectures (standard, jumprelu, gated) a latent's activation depends on its own encoder column only,
+so the graph carries just the edited latents' columns, per-latent tensors and decoder rows (sparse
+mode, O(k*d) extra weights). A TopK latent's activation depends on every other latent (the k-th
+largest pre-activation), so TopK SAEs carry the full encoder and a TopK node (exact mode).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-# architecture -> (mode, why). A registry rather than an if-chain: a new architecture is one row.
-MODES: dict[str, tuple[str, str]] = {
-    "standard": ("sparse", "standard (ReLU) latents depend only on their own encoder column"),
-    "jumprelu": ("sparse", "jumprelu latents depend only on their own encoder column and threshold"),
-    "topk": ("exact", "topk latents depend on the k-th largest pre-activation, so the full encoder is kept"),
-}
+from steerpatch.sae.normalization import get_normalization
+from steerpatch.sae.registry import SAE_REGISTRY, get_architecture
+
+
+class _Modes(Mapping[str, tuple[str, str]]):
+    """architecture -> (mode, why), read from the SAE registry (the one home of per-architecture facts)."""
+
+    def __getitem__(self, name: str) -> tuple[str, str]:
+        if name not in SAE_REGISTRY:
+            raise KeyError(name)
+        return SAE_REGISTRY[name].compile_mode
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(SAE_REGISTRY))
+
+    def __len__(self) -> int:
+        return len(SAE_REGISTRY)
+
+
+MODES: Mapping[str, tuple[str, str]] = _Modes()
 
 OPS = ("scale", "clamp", "clamp_if_active", "add")
 
@@ -90,15 +106,25 @@ def token_mask(tokens: str | Sequence[int], n_tokens: int) -> torch.Tensor:
     return mask
 
 
+class _EncoderTensors(nn.Module):
+    """The encoder tensors the architecture's registered `encode` reads, held as graph buffers."""
+
+    def __init__(self, cfg: Any, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.cfg = cfg  # plain attribute: k and the rescale flag are read at trace time
+        for name, value in tensors.items():
+            self.register_buffer(name, value.detach().float().clone())
+
+
 class SteeringModule(nn.Module):
     """Rewrites a block's output (B, T, D) with one patch's edits; pure tensor math, ONNX-exportable.
 
     Args:
-        sae: the SAE (tensors `W_enc`, `b_enc`, `W_dec`, `b_dec`, optional `threshold`, `cfg`).
+        sae: the `steerpatch.sae.SAE` (its registered architecture and normalisation are reused).
         table: the patch's edits as columns.
         tokens: the patch's token scope.
         n_tokens: sequence length of the vision tower (class token + patches).
-        mode: "sparse" (edited columns only) or "exact" (full encoder; required for topk).
+        mode: "sparse" (edited columns only; elementwise architectures) or "exact" (full encoder).
         batch_first: whether the block output is (B, T, D) rather than (T, B, D).
     """
 
@@ -111,27 +137,21 @@ class SteeringModule(nn.Module):
     clamp_if_active: torch.Tensor
     add_vector: torch.Tensor
     token_mask: torch.Tensor
-    W_enc: torch.Tensor
-    b_enc: torch.Tensor
-    dec_norms: torch.Tensor
     edited: torch.Tensor
-    W_enc_sub: torch.Tensor
-    b_enc_sub: torch.Tensor
-    threshold_sub: torch.Tensor
 
     def __init__(self, sae, table: EditTable, tokens, n_tokens: int, mode: str, batch_first: bool = True) -> None:
         super().__init__()
-        architecture = sae.cfg.architecture
-        if architecture not in MODES:
-            raise ValueError(f"SAE architecture {architecture!r} is not one of {', '.join(MODES)}")
-        self.activation = architecture
+        spec = get_architecture(sae.cfg.architecture)
+        if mode == "sparse" and not spec.elementwise:
+            raise ValueError(f"SAE architecture {spec.name!r} cannot be compiled sparse: {spec.compile_mode[1]}")
+        self.spec = spec
+        self.cfg = sae.cfg
+        self.norm = get_normalization(sae.cfg.normalize_activations)
         self.mode = mode
         self.has_edits = bool(table.latents)
         self.has_adds = bool(table.add_latents)
         self.apply_b_dec = bool(getattr(sae.cfg, "apply_b_dec_to_input", False))
         with torch.no_grad():
-            W_enc = sae.W_enc.detach().float()
-            b_enc = sae.b_enc.detach().float()
             W_dec = sae.W_dec.detach().float()
             idx = torch.tensor(table.latents, dtype=torch.long)
             rescale = bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
@@ -151,54 +171,42 @@ class SteeringModule(nn.Module):
             mask = token_mask(tokens, n_tokens)
             shape = (n_tokens, 1) if batch_first else (n_tokens, 1, 1)
             self.register_buffer("token_mask", mask.reshape(shape))
-            if mode == "exact":
-                self.k = int(sae.cfg.k)
-                self.rescale = rescale
-                self.register_buffer("W_enc", W_enc.clone())
-                self.register_buffer("b_enc", b_enc.clone())
-                if rescale:
-                    self.register_buffer("dec_norms", norms.clone())
-                self.register_buffer("edited", idx.clone())
-            else:
-                self.register_buffer("W_enc_sub", W_enc[:, idx].clone())
-                self.register_buffer("b_enc_sub", b_enc[idx].clone())
-                if architecture == "jumprelu":
-                    self.register_buffer("threshold_sub", sae.threshold.detach().float()[idx].clone())
+            self.register_buffer("edited", idx.clone())
+            # exact mode keeps every latent (the encoder needs them all); sparse mode only the edited ones
+            cols = slice(None) if mode == "exact" else idx
+            tensors = {"W_enc": sae.W_enc.detach()[:, cols]}
+            if spec.uses_b_enc:
+                tensors["b_enc"] = sae.b_enc.detach()[cols]
+            for name in spec.extra_tensors:
+                tensors[name] = getattr(sae, name).detach()[cols]
+            if rescale:
+                tensors["dec_norms"] = norms[cols]
+            self.encoder = _EncoderTensors(sae.cfg, tensors)
 
     def extra_weights(self) -> int:
         """Number of scalars this module adds to the graph."""
         return sum(buffer.numel() for buffer in self.buffers())
 
-    def edited_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations of the edited latents only, (..., k)."""
-        x_in = x - self.b_dec if self.apply_b_dec else x
-        if self.mode == "exact":
-            pre = x_in @ self.W_enc + self.b_enc
-            if self.rescale:
-                pre = pre * self.dec_norms
-            kth = torch.topk(pre, self.k, dim=-1).values[..., -1:]
-            pre_sub = pre.index_select(-1, self.edited)
-            # a latent survives TopK when it is at least the k-th largest pre-activation
-            return torch.relu(pre_sub) * (pre_sub >= kth).to(pre_sub.dtype)
-        pre_sub = x_in @ self.W_enc_sub + self.b_enc_sub
-        z = torch.relu(pre_sub)
-        if self.activation == "jumprelu":
-            z = z * (pre_sub > self.threshold_sub).to(z.dtype)
-        return z
+    def edited_activations(self, sae_in: torch.Tensor) -> torch.Tensor:
+        """Activations of the edited latents only, (..., k), from the encoder's input."""
+        z = self.spec.encode(self.encoder, self.cfg, sae_in)
+        return z.index_select(-1, self.edited) if self.mode == "exact" else z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.has_edits or self.has_adds):
+            return x
+        x_n, back = self.norm.normalize(self.cfg, x)
         delta: torch.Tensor | None = None
         if self.has_edits:
-            z = self.edited_activations(x)
+            z = self.edited_activations(x_n - self.b_dec if self.apply_b_dec else x_n)
             z_new = z * self.scale
             z_new = torch.where(self.clamp_always, self.clamp_value, z_new)
             z_new = torch.where(self.clamp_if_active & (z > 0), self.clamp_value, z_new)
             delta = (z_new - z) @ self.W_dec_sub
         if self.has_adds:
             delta = self.add_vector if delta is None else delta + self.add_vector
-        if delta is None:
-            return x
-        return x + delta * self.token_mask
+        assert delta is not None  # has_edits or has_adds
+        return x + back.restore_delta(delta) * self.token_mask
 
 
 class SteeredBlock(nn.Module):

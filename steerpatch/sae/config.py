@@ -6,7 +6,6 @@ keys of older SAELens versions are folded into `metadata` instead of being refus
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +17,6 @@ TokenScope = Literal["cls", "patches", "all"]
 TOKEN_SCOPES: tuple[str, ...] = ("cls", "patches", "all")
 SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 HOOK_NAME_TEMPLATE = "visual.transformer.resblocks.{block}"
-_BLOCK_IN_HOOK = re.compile(r"resblocks\.(\d+)")
 
 
 class SAEConfig(BaseModel):
@@ -36,7 +34,8 @@ class SAEConfig(BaseModel):
     architecture: str = "standard"  # a key of SAE_REGISTRY
     dtype: str = "float32"  # storage dtype of the weights on disk
     apply_b_dec_to_input: bool = True  # subtract b_dec before encoding (SAELens default)
-    normalize_activations: str = "none"  # only "none" is supported
+    normalize_activations: str = "none"  # a key of steerpatch.sae.normalization.NORMALIZATIONS
+    norm_scaling_factor: float | None = None  # expected_average_only_in: the dataset-wide input factor
     reshape_activations: str = "none"  # only "none" is supported
     k: int | None = None  # topk: latents kept per token
     rescale_acts_by_decoder_norm: bool = False  # topk: rank pre-activations scaled by ||W_dec[i]||
@@ -98,11 +97,11 @@ def hook_from_metadata(metadata: dict[str, Any]) -> HookSpec | None:
     Raises:
         SAEError: if `block` and `hook_name` disagree or the token scope is unknown.
     """
+    from steerpatch.sae.hooks import block_for_hook
+
     block = metadata.get("block")
     hook_name = metadata.get("hook_name")
-    from_name = None
-    if isinstance(hook_name, str) and (match := _BLOCK_IN_HOOK.search(hook_name)):
-        from_name = int(match.group(1))
+    from_name = block_for_hook(hook_name) if isinstance(hook_name, str) else None
     if block is None:
         block = from_name if from_name is not None else metadata.get("hook_layer")
     if block is None:
@@ -156,9 +155,8 @@ def config_from_saelens(raw: dict[str, Any], *, source: str) -> SAEConfig:
         if key in raw and key not in ("metadata", "architecture"):
             fields[key] = raw.pop(key)
     if raw.pop("finetuning_scaling_factor", False):
-        raise SAEError(
-            f"{source}: finetuning_scaling_factor=true is not supported; fold the scale into W_dec first"
-        )
+        # the per-latent decoder scale lives in the weights file; the loader folds it into W_dec
+        metadata["finetuning_scaling_factor"] = True
     raw.pop("device", None)  # where SAELens last ran it; meaningless here
     for key, value in raw.items():
         # anything else is provenance (model_name, hook_name, ...) or a training setting: keep it
@@ -186,14 +184,20 @@ def validate_config(cfg: SAEConfig, *, source: str) -> SAEConfig:
     Raises:
         SAEError: unknown architecture, unsupported normalization/reshape/dtype, a bad k.
     """
+    from steerpatch.sae.normalization import get_normalization
     from steerpatch.sae.registry import get_architecture
 
     spec = get_architecture(cfg.architecture)
-    if cfg.normalize_activations != "none":
-        raise SAEError(
-            f"{source}: normalize_activations={cfg.normalize_activations!r} is not supported yet; "
-            'fold the normalization into the weights and set it to "none"'
-        )
+    get_normalization(cfg.normalize_activations, source=source)
+    factor = cfg.norm_scaling_factor
+    if factor is not None:
+        if cfg.normalize_activations != "expected_average_only_in":
+            raise SAEError(
+                f"{source}: norm_scaling_factor={factor} is only used with normalize_activations="
+                f"'expected_average_only_in', not {cfg.normalize_activations!r}; remove it"
+            )
+        if not (factor > 0 and factor != float("inf")):
+            raise SAEError(f"{source}: norm_scaling_factor={factor} must be a positive finite number; fix it")
     if cfg.reshape_activations != "none":
         raise SAEError(
             f"{source}: reshape_activations={cfg.reshape_activations!r} is not supported; "

@@ -205,7 +205,13 @@ def fit_sae(
     """
     from tqdm import tqdm
 
-    get_architecture(settings.architecture)
+    if not get_architecture(settings.architecture).trainable:
+        from steerpatch.sae.registry import trainable_architectures
+
+        raise SAEError(
+            f"SAE architecture {settings.architecture!r} can be loaded but not trained here; "
+            f"train one of {', '.join(trainable_architectures())}"
+        )
     if acts.ndim != 2 or len(acts) < 2:
         raise SAEError(
             f"need a (tokens, width) activation matrix with at least 2 rows, got {tuple(acts.shape)}"

@@ -1,14 +1,13 @@
-"""Reading and writing SAEs: SAELens folders, saev `sae.pt` files, plain safetensors state dicts.
+"""Reading and writing SAEs: SAELens folders, saev `sae.pt` files, ViT-Prisma folders, plain safetensors.
 
-No pickle is ever unpickled: safetensors is checked by its magic before parsing, and saev's
-torch payload goes through `torch.load(weights_only=True)`.
+No pickle is ever unpickled: safetensors is checked by its magic before parsing, and torch payloads
+(saev, ViT-Prisma) go through `torch.load(weights_only=True)`. Each foreign format is read by its
+own module (`saev.py`, `prisma.py`) as its library computes it.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,16 @@ from steerpatch.errors import SAEError
 from steerpatch.io import atomic_dir
 from steerpatch.sae.config import check_token_scope, config_from_saelens
 from steerpatch.sae.module import SAE
+from steerpatch.sae.prisma import is_prisma_folder, load_prisma
 from steerpatch.sae.registry import SAE_REGISTRY, get_architecture
+from steerpatch.sae.saev import load_saev
+from steerpatch.sae.weights import describe_magic, is_safetensors, read_safetensors, starts_with_json_line
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAEV_FILENAME = "sae.pt"
+SCALER_FILENAME = "activation_scaler.json"  # SAELens's record of expected_average_only_in's factor
+_FINETUNING_TENSORS = ("finetuning_scaling_factor", "scaling_factor")
 _DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -46,16 +50,18 @@ def load_sae(
     tokens: str | None = None,
     apply_b_dec_to_input: bool | None = None,
 ) -> SAE:
-    """Load an SAE from a SAELens folder, a saev `sae.pt`, or a plain safetensors state dict.
+    """Load an SAE from a SAELens folder, a saev `sae.pt`, a ViT-Prisma folder or a plain safetensors file.
 
     Args:
-        path: a SAELens folder (cfg.json + sae_weights.safetensors), its cfg.json, a saev file, or a
-            `.safetensors` file holding W_enc, b_enc, W_dec, b_dec (and threshold for jumprelu).
+        path: a SAELens folder (cfg.json + sae_weights.safetensors), its cfg.json, a saev file, a
+            ViT-Prisma folder (config.json + weights.pt) or its weights.pt, or a `.safetensors` file
+            holding W_enc, b_enc, W_dec, b_dec (and threshold for jumprelu).
         architecture: required for a plain safetensors file; refused for the other formats, which record it.
         k: topk's k for a plain safetensors file.
         block: the vision block the SAE reads, overriding or filling in its metadata.
         tokens: the token scope (cls, patches, all), overriding or filling in its metadata.
-        apply_b_dec_to_input: for a plain safetensors file (default true, as SAELens).
+        apply_b_dec_to_input: for a plain safetensors file (default true, as SAELens); for a saev
+            file, overrides the convention detected from its header schema.
 
     Returns:
         The SAE in eval mode, float32, with `location` set to `path`.
@@ -73,19 +79,26 @@ def load_sae(
         raise SAEError(
             f"SAE path '{path}' does not exist; give a SAELens folder, a saev sae.pt or a .safetensors file"
         )
-    if path.is_file() and path.name == CFG_FILENAME:
+    if path.is_file() and (path.name == CFG_FILENAME or is_prisma_folder(path.parent)):
         path = path.parent
+    if apply_b_dec_to_input is not None and not (_is_saev(path) or (path.is_file() and is_safetensors(path))):
+        raise SAEError(
+            f"'{path}' records its b_dec convention; --apply-b-dec/--no-apply-b-dec only applies to saev "
+            "files and plain safetensors"
+        )
     if path.is_dir():
         if (path / CFG_FILENAME).exists():
             sae = _load_saelens(path)
+        elif is_prisma_folder(path):
+            sae = load_prisma(path)
         elif (path / SAEV_FILENAME).exists():
-            sae = _load_saev(path / SAEV_FILENAME)
+            sae = load_saev(path / SAEV_FILENAME, apply_b_dec_to_input=apply_b_dec_to_input)
         else:
             raise SAEError(
-                f"SAE folder '{path}' has neither {CFG_FILENAME} (SAELens) nor {SAEV_FILENAME} (saev); "
-                "point at the folder that holds them"
+                f"SAE folder '{path}' has neither {CFG_FILENAME} (SAELens), config.json + weights.pt "
+                f"(ViT-Prisma) nor {SAEV_FILENAME} (saev); point at the folder that holds them"
             )
-    elif _is_safetensors(path):
+    elif is_safetensors(path):
         if architecture is None:
             raise SAEError(
                 f"'{path}' is a plain safetensors state dict, which does not record its architecture; "
@@ -93,11 +106,11 @@ def load_sae(
             )
         sae = _load_plain(path, architecture, k=k, apply_b_dec_to_input=apply_b_dec_to_input)
         architecture = None
-    elif _starts_with_json_line(path):
-        sae = _load_saev(path)
+    elif starts_with_json_line(path):
+        sae = load_saev(path, apply_b_dec_to_input=apply_b_dec_to_input)
     else:
         raise SAEError(
-            f"'{path}' is not a SAELens folder, a saev file or a safetensors file ({_describe_magic(path)}); "
+            f"'{path}' is not a SAELens folder, a saev file or a safetensors file ({describe_magic(path)}); "
             "convert it to a SAELens folder (cfg.json + sae_weights.safetensors)"
         )
     if architecture is not None and architecture != sae.architecture:
@@ -151,6 +164,10 @@ def save_sae(sae: SAE, path: str | Path, *, extra_files: Mapping[str, str | byte
             json.dumps(sae.cfg.to_saelens_dict(), indent=2) + "\n", encoding="utf-8"
         )
         save_file(tensors, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
+        if sae.cfg.norm_scaling_factor is not None:
+            (tmp / SCALER_FILENAME).write_text(
+                json.dumps({"scaling_factor": sae.cfg.norm_scaling_factor}) + "\n", encoding="utf-8"
+            )
         for name, content in (extra_files or {}).items():
             target = tmp / name
             if isinstance(content, bytes):
@@ -173,14 +190,65 @@ def _load_saelens(folder: Path) -> SAE:
         raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SAEError(f"{cfg_path} is not valid JSON ({error}); fix or re-export it") from None
+    if isinstance(raw, dict) and raw.get("normalize_activations") == "expected_average_only_in":
+        raw = {**raw, "norm_scaling_factor": raw.get("norm_scaling_factor", _scaler_factor(folder))}
     cfg = config_from_saelens(raw, source=str(cfg_path))
     weights = folder / WEIGHTS_FILENAME
     if not weights.exists():
         raise SAEError(
             f"SAELens folder '{folder}' has no {WEIGHTS_FILENAME}; copy the weights file beside cfg.json"
         )
-    tensors = _read_safetensors(weights)
+    tensors = read_safetensors(weights)
+    if cfg.metadata.get("finetuning_scaling_factor") is True or any(n in tensors for n in _FINETUNING_TENSORS):
+        tensors = _fold_finetuning_scale(tensors, cfg, source=str(weights))
     return SAE(cfg, tensors, location=str(folder))
+
+
+def _scaler_factor(folder: Path) -> float | None:
+    """The scaling factor SAELens's trainer recorded in activation_scaler.json (None: none recorded)."""
+    path = folder / SCALER_FILENAME
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))["scaling_factor"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise SAEError(f"{path} is not {{\"scaling_factor\": number}}; fix or delete it") from None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise SAEError(f"{path}: scaling_factor = {value!r} must be a number or null; fix it")
+    return None if value is None else float(value)
+
+
+def _fold_finetuning_scale(tensors: dict[str, torch.Tensor], cfg: Any, *, source: str) -> dict[str, torch.Tensor]:
+    """SAELens decodes (z * f) @ W_dec with finetuning_scaling_factor f; fold f into W_dec's rows."""
+    tensors = dict(tensors)
+    names = [n for n in _FINETUNING_TENSORS if n in tensors]
+    flagged = cfg.metadata.get("finetuning_scaling_factor") is True
+    if not names:
+        raise SAEError(
+            f"{source}: cfg.json sets finetuning_scaling_factor=true but the weights have no "
+            "finetuning_scaling_factor tensor; add it or set the flag to false"
+        )
+    scale = tensors.pop(names[0]).float()
+    if not flagged:
+        if torch.allclose(scale, torch.ones_like(scale)):
+            return tensors  # SAELens wrote an all-ones scaling_factor for a while; it changes nothing
+        raise SAEError(
+            f"{source}: has tensor {names[0]} but cfg.json's finetuning_scaling_factor is false; set it to true"
+        )
+    if tuple(scale.shape) != (cfg.d_sae,):
+        raise SAEError(
+            f"{source}: tensor {names[0]} has shape {tuple(scale.shape)}, expected (d_sae,) = ({cfg.d_sae},); "
+            "fix d_sae in cfg.json or re-export the weights"
+        )
+    if cfg.rescale_acts_by_decoder_norm:
+        raise SAEError(
+            f"{source}: finetuning_scaling_factor with rescale_acts_by_decoder_norm is not supported; "
+            "turn one of them off"
+        )
+    if "W_dec" in tensors:
+        tensors["W_dec"] = tensors["W_dec"].float() * scale[:, None]
+    cfg.metadata["finetuning_scaling_factor"] = "folded into W_dec"
+    return tensors
 
 
 # --- plain safetensors --------------------------------------------------------------------------
@@ -188,7 +256,7 @@ def _load_saelens(folder: Path) -> SAE:
 
 def _load_plain(path: Path, architecture: str, *, k: int | None, apply_b_dec_to_input: bool | None) -> SAE:
     get_architecture(architecture)
-    tensors = _read_safetensors(path)
+    tensors = read_safetensors(path)
     if "W_enc" not in tensors:
         raise SAEError(
             f"{path} lacks tensor W_enc (shape d_in x d_sae); it has {', '.join(sorted(tensors)) or 'none'}; "
@@ -211,118 +279,7 @@ def _load_plain(path: Path, architecture: str, *, k: int | None, apply_b_dec_to_
     return SAE(cfg, tensors, location=str(path))
 
 
-# --- saev ---------------------------------------------------------------------------------------
-
-# saev activation class -> (architecture, how to read k)
-_SAEV_ACTIVATIONS = {"Relu": "standard", "TopK": "topk", "BatchTopK": "jumprelu"}
-
-
-def _load_saev(path: Path) -> SAE:
-    """saev files: one JSON header line, then `torch.save(state_dict)`; saev encodes without b_dec."""
-    with open(path, "rb") as handle:
-        first = handle.readline()
-        payload = handle.read()
-    try:
-        header = json.loads(first)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SAEError(f"{path}: the first line is not a JSON header, so this is not a saev file") from None
-    if not isinstance(header, dict):
-        raise SAEError(f"{path}: the saev header is {type(header).__name__}, expected a JSON object")
-    activation, top_k = _saev_activation(header, source=str(path))
-    try:
-        state = torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")
-    except Exception as error:  # torch raises several types for refused or corrupt payloads
-        raise SAEError(
-            f"{path}: the saev weights could not be read with weights-only loading "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); re-save the state dict with torch.save"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SAEError(f"{path}: the saev payload is not a dict of tensors; re-save the SAE's state_dict")
-    tensors = {name: state[name] for name in ("W_enc", "b_enc", "W_dec", "b_dec") if name in state}
-    if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
-        raise SAEError(f"{path}: the saev state dict lacks a 2-D W_enc; it has {', '.join(sorted(state))}")
-    d_in, d_sae = (int(s) for s in tensors["W_enc"].shape)
-    architecture = _SAEV_ACTIVATIONS[activation]
-    fields: dict[str, Any] = {
-        "d_in": d_in,
-        "d_sae": d_sae,
-        "architecture": architecture,
-        "apply_b_dec_to_input": False,
-        "metadata": {"source_format": "saev", "saev_header": header},
-    }
-    if architecture == "topk":
-        fields["k"] = min(int(top_k or 32), d_sae)
-    if architecture == "jumprelu":
-        # BatchTopK at inference is an elementwise threshold; a non-positive one means plain ReLU
-        theta = float(state.get("activation.threshold", torch.tensor(0.0)).reshape(-1)[0])
-        tensors["threshold"] = torch.full((d_sae,), max(theta, 0.0))
-    cfg = config_from_saelens(fields, source=str(path))
-    return SAE(cfg, tensors, location=str(path))
-
-
-def _saev_activation(header: dict[str, Any], *, source: str) -> tuple[str, int | None]:
-    """The activation class name and top_k of any saev header schema (none, 1..5)."""
-    cfg = header.get("cfg", header) if "schema" in header else header
-    if not isinstance(cfg, dict):
-        raise SAEError(f"{source}: the saev header's cfg is not an object")
-    cls = header.get("cls")
-    activation = cfg.get("activation")
-    top_k = cfg.get("top_k")
-    if isinstance(activation, dict):
-        cls = activation.get("cls")
-        params = activation.get("params") or {}
-        top_k = params.get("top_k", top_k)
-    elif cls in (None, "SparseAutoencoderConfig"):
-        cls = "Relu"
-    if cls not in _SAEV_ACTIVATIONS:
-        raise SAEError(
-            f"{source}: saev activation {cls!r} is not supported; supported: {', '.join(_SAEV_ACTIVATIONS)}"
-        )
-    return cls, top_k
-
-
-# --- file magic ---------------------------------------------------------------------------------
-
-
-def _head(path: Path, n: int = 16) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(n)
-
-
-def _is_safetensors(path: Path) -> bool:
-    head = _head(path, 9)
-    if len(head) < 9:
-        return False
-    (length,) = struct.unpack("<Q", head[:8])
-    return 0 < length <= path.stat().st_size - 8 and head[8:9] == b"{"
-
-
-def _starts_with_json_line(path: Path) -> bool:
-    return _head(path, 1) == b"{"
-
-
-def _describe_magic(path: Path) -> str:
-    head = _head(path, 4)
-    if head.startswith(b"PK\x03\x04"):
-        return "it is a torch zip/pickle archive"
-    if head[:1] == b"\x80":
-        return "it is a Python pickle"
-    if not head:
-        return "it is empty"
-    return f"it starts with bytes {head!r}"
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file after checking its magic, so a renamed pickle is named as such."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not _is_safetensors(path):
-        raise SAEError(
-            f"{path} is not a safetensors file ({_describe_magic(path)}); pickles are never loaded, "
-            "convert it with safetensors.torch.save_file(state_dict, ...)"
-        )
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SAEError(f"{path} is a corrupt safetensors file ({error}); re-export it") from None
+def _is_saev(path: Path) -> bool:
+    if path.is_dir():
+        return not (path / CFG_FILENAME).exists() and not is_prisma_folder(path) and (path / SAEV_FILENAME).exists()
+    return path.is_file() and not is_safetensors(path) and starts_with_json_line(path)

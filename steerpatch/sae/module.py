@@ -11,17 +11,18 @@ import torch
 
 from steerpatch.errors import SAEError
 from steerpatch.sae.config import HookSpec, SAEConfig, hook_from_metadata, validate_config
+from steerpatch.sae.normalization import Normalization, NormState, get_normalization
 from steerpatch.sae.registry import Architecture, get_architecture
-
-BASE_TENSORS: tuple[str, ...] = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 class SAE(torch.nn.Module):
     """A sparse autoencoder over the residual output of one CLIP vision block.
 
-    pre = (x - b_dec if apply_b_dec_to_input) @ W_enc + b_enc; z = activate(pre);
-    x_hat = z @ W_dec + b_dec. Parameters are held in float32 whatever the storage dtype.
-    Architectures with extra tensors (jumprelu's `threshold`) carry them as parameters too.
+    x_n, back = normalize(x); sae_in = x_n - b_dec (if apply_b_dec_to_input);
+    z = architecture.encode(sae_in) (relu(sae_in @ W_enc + b_enc) for standard);
+    x_hat = back(z @ W_dec + b_dec). Parameters are held in float32 whatever the storage dtype.
+    Architectures with extra tensors (jumprelu's `threshold`, gated's `b_gate`...) carry them as
+    parameters too.
 
     Example:
         >>> cfg = SAEConfig(d_in=4, d_sae=8, architecture="standard")
@@ -77,7 +78,17 @@ class SAE(torch.nn.Module):
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
-        return BASE_TENSORS + self.spec.extra_tensors
+        return self.spec.tensor_names
+
+    @property
+    def norm(self) -> Normalization:
+        """The registered normalisation step named by `cfg.normalize_activations`."""
+        return get_normalization(self.cfg.normalize_activations)
+
+    @property
+    def dec_norms(self) -> torch.Tensor:
+        """||W_dec[i]|| per latent (topk SAEs that rescale activations by decoder norm)."""
+        return self.W_dec.norm(dim=-1)
 
     @property
     def hook(self) -> HookSpec | None:
@@ -112,6 +123,10 @@ class SAE(torch.nn.Module):
             "architecture": self.architecture,
             "apply_b_dec_to_input": self.cfg.apply_b_dec_to_input,
         }
+        if self.cfg.normalize_activations != "none":
+            # absent when "none", so fingerprints of SAEs that predate normalisation do not change
+            out["normalize_activations"] = self.cfg.normalize_activations
+            out["norm_scaling_factor"] = self.cfg.norm_scaling_factor
         for key in self.spec.cfg_keys:
             out[key] = getattr(self.cfg, key)
         return out
@@ -146,6 +161,8 @@ class SAE(torch.nn.Module):
                 f"{source} lacks tensor(s) {', '.join(missing)} needed by architecture {self.architecture!r}; "
                 f"it has {', '.join(sorted(tensors)) or 'none'}"
             )
+        if not self.spec.uses_b_enc:
+            tensors.pop("b_enc", None)  # ViT-Prisma's gated SAEs store a b_enc their math never reads
         unexpected = sorted(set(tensors) - set(self.tensor_names))
         if unexpected:
             raise SAEError(
@@ -170,32 +187,59 @@ class SAE(torch.nn.Module):
 
     # --- math -------------------------------------------------------------------------------------
 
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, NormState]:
+        """x in the SAE's own space (its `normalize_activations`), and the map back."""
+        return self.norm.normalize(self.cfg, x.to(self.W_enc.dtype))
+
+    def sae_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: normalised x minus b_dec where the format subtracts it."""
+        x_n, _ = self.normalize(x)
+        return x_n - self.b_dec if self.cfg.apply_b_dec_to_input else x_n
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - b_dec if apply_b_dec_to_input) @ W_enc + b_enc, times ||W_dec[i]|| for rescaled topk."""
-        x = x.to(self.W_enc.dtype)
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        pre = x @ self.W_enc + self.b_enc
+        """sae_input(x) @ W_enc + b_enc, times ||W_dec[i]|| for rescaled topk (not defined for gated)."""
+        if self.spec.encoder is not None:
+            raise SAEError(f"architecture {self.architecture!r} has no single pre-activation; use encode")
+        pre = self.sae_input(x) @ self.W_enc + self.b_enc
         if self.cfg.rescale_acts_by_decoder_norm:
-            pre = pre * self.W_dec.norm(dim=-1)
+            pre = pre * self.dec_norms
         return pre
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """The architecture's nonlinearity (topk acts over the last dimension)."""
+        """The architecture's nonlinearity (topk acts over the last dimension; not defined for gated)."""
+        if self.spec.activate is None:
+            raise SAEError(f"architecture {self.architecture!r} has no separate nonlinearity; use encode")
         return self.spec.activate(self, pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent activations z for activations x of shape (..., d_in)."""
-        return self.activate(self.pre_acts(x))
+        return self.spec.encode(self, self.cfg, self.sae_input(x))
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Reconstruction z @ W_dec + b_dec (z divided by ||W_dec[i]|| for rescaled topk)."""
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction of x from codes z: z @ W_dec + b_dec, mapped back out of the SAE's space.
+
+        Args:
+            z: codes (..., d_sae).
+            x: the activations z was encoded from; needed when the SAE normalises per token
+                (layer_norm, constant_norm_rescale), whose way back depends on x's statistics.
+
+        Raises:
+            SAEError: when the normalisation needs x and it is not given.
+        """
         if self.cfg.rescale_acts_by_decoder_norm:
-            z = z / self.W_dec.norm(dim=-1)
-        return z @ self.W_dec + self.b_dec
+            z = z / self.dec_norms
+        y = z @ self.W_dec + self.b_dec
+        if self.norm.per_token and x is None:
+            raise SAEError(
+                f"SAE {self.location or '(in memory)'} normalises with {self.norm.name!r}, so decoding "
+                "needs the activations the codes came from; call decode(z, x)"
+            )
+        if x is None:
+            return self.norm.normalize(self.cfg, torch.zeros_like(y))[1].restore(y)
+        return self.normalize(x)[1].restore(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), x)
 
     def extra_repr(self) -> str:
         return f"architecture={self.architecture}, d_in={self.d_in}, d_sae={self.d_sae}"

@@ -51,7 +51,7 @@ def reconstruction_metrics(sae: SAE, acts: torch.Tensor, *, batch_size: int = 81
     for idx in iter_batches(len(acts), batch_size):
         x = acts[idx.start : idx.stop]
         z = sae.encode(x)
-        err += float((sae.decode(z) - x).pow(2).sum())
+        err += float((sae.decode(z, x) - x).pow(2).sum())
         total += float((x - mean).pow(2).sum())
         active = z > 0
         l0 += float(active.sum())
@@ -74,7 +74,7 @@ def splice(model: Any, sae: SAE, block: int, tokens: str) -> Iterator[None]:
 
     def hook(module, inputs, output):
         x = as_batch_first(output, layout).clone()
-        x[:, sl, :] = sae.decode(sae.encode(x[:, sl, :])).to(x.dtype)
+        x[:, sl, :] = sae(x[:, sl, :]).to(x.dtype)
         return as_batch_first(x, layout)  # transposing twice restores the model's own layout
 
     handle = resblocks(model)[block].register_forward_hook(hook)

@@ -1,13 +1,16 @@
 """The steering math as pure tensor functions, shared by the hooks, the validation cache and ONNX export.
 
 A patch changes the residual stream x at its block by the difference its edits make to the SAE
-reconstruction, never by replacing x with the reconstruction, so the SAE's error term is kept:
+reconstruction, never by replacing x with the reconstruction, so the SAE's error term is kept.
+The difference is computed in the SAE's own (normalised) space and mapped back:
 
-    x' = x + sum_i (z'_i - z_i) * d_i + sum_add a_i * W_dec[i]
+    x' = x + s(x) * (sum_i (z'_i - z_i) * d_i + sum_add a_i * W_dec[i])
 
 where d_i is the decoder direction of latent i (W_dec[i], divided by its norm for topk SAEs that
-rescale activations by decoder norm). An empty patch, or one whose edits change nothing, returns
-x bit for bit.
+rescale activations by decoder norm) and s(x) is the per-token factor of the SAE's normalisation
+(1 for none, std for layer_norm, ||x|| / sqrt(d_in) for constant_norm_rescale): the normalisation's
+way back is affine, so this is exactly decode(z') - decode(z) in the residual stream. An empty
+patch, or one whose edits change nothing, returns x bit for bit.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import torch
 from steerpatch.errors import PatchError
 from steerpatch.patch.format import Edit, Patch
 from steerpatch.patch.ops import get_op
+from steerpatch.sae.registry import SAE_REGISTRY
 
-# nonlinearities where z_i depends on pre_i alone, so reading only the edited encoder columns is exact;
-# every other architecture (topk) runs the full encoder
-ELEMENTWISE_ARCHITECTURES = frozenset({"standard", "jumprelu"})
+# a view of the registry's `elementwise` flag (its one home), kept for importers of this name
+ELEMENTWISE_ARCHITECTURES = frozenset(name for name, arch in SAE_REGISTRY.items() if arch.elementwise)
 
 
 def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]:
@@ -60,34 +63,45 @@ def _rescaled(sae: Any) -> bool:
     return bool(getattr(sae.cfg, "rescale_acts_by_decoder_norm", False))
 
 
+def latent_codes(sae: Any, sae_in: torch.Tensor, latents: Sequence[int]) -> torch.Tensor:
+    """Codes of a few latents from the encoder's input (normalised, b_dec already handled), (..., k).
+
+    Elementwise architectures read only the named encoder columns (the registry's own encoder over a
+    column view); the others (topk) run the full encoder, because whether a latent survives depends
+    on all the others.
+    """
+    idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
+    if not sae.spec.elementwise:
+        return sae.spec.encode(sae, sae.cfg, sae_in)[..., idx]
+    return sae.spec.encode(column_view(sae, idx), sae.cfg, sae_in)
+
+
+def column_view(sae: Any, idx: torch.Tensor) -> SimpleNamespace:
+    """The SAE's per-latent tensors restricted to latents `idx`, in the shape its encoder reads."""
+    fields: dict[str, Any] = {"cfg": sae.cfg, "W_enc": sae.W_enc[:, idx], "dec_norms": sae.dec_norms[idx]}
+    if sae.spec.uses_b_enc:
+        fields["b_enc"] = sae.b_enc[idx]
+    for name in sae.spec.extra_tensors:
+        fields[name] = getattr(sae, name)[idx]
+    return SimpleNamespace(**fields)
+
+
 def latent_activations(sae: Any, x: torch.Tensor, latents: Sequence[int]) -> torch.Tensor:
     """The activations of a few latents, (..., len(latents)).
 
-    Elementwise architectures read only the named encoder columns; topk runs the full encoder,
-    because whether a latent survives depends on all the others.
-
     Args:
         sae: a `steerpatch.sae.SAE`.
-        x: activations (..., d_in).
+        x: activations (..., d_in), in the residual stream (the SAE normalises them itself).
         latents: latent indices.
 
     Returns:
         z restricted to `latents`, in the SAE's own units.
     """
-    idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
-    if sae.architecture not in ELEMENTWISE_ARCHITECTURES:
-        return sae.encode(x)[..., idx]
-    x = x.to(sae.W_enc.dtype)
-    if sae.cfg.apply_b_dec_to_input:
-        x = x - sae.b_dec
-    pre = x @ sae.W_enc[:, idx] + sae.b_enc[idx]
-    # the SAE registry's own nonlinearity, handed the matching slice of per-latent tensors (threshold)
-    view = SimpleNamespace(cfg=sae.cfg, **{name: getattr(sae, name)[idx] for name in sae.spec.extra_tensors})
-    return sae.spec.activate(view, pre)
+    return latent_codes(sae, sae.sae_input(x), latents)
 
 
 def decoder_directions(sae: Any, latents: Sequence[int]) -> torch.Tensor:
-    """The output-space direction of one unit of each latent, (len(latents), d_in)."""
+    """The SAE-space direction of one unit of each latent, (len(latents), d_in)."""
     rows = sae.W_dec[torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)]
     return rows / rows.norm(dim=-1, keepdim=True) if _rescaled(sae) else rows
 
@@ -113,6 +127,9 @@ def apply_edits(z: torch.Tensor, edits: Iterable[Edit]) -> torch.Tensor:
 def edits_delta(sae: Any, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor | None:
     """The additive change edits make to activations x (..., d_in), or None for no edits.
 
+    The change is made in the SAE's normalised space and mapped back to the residual stream by the
+    normalisation's per-token factor.
+
     Args:
         sae: a `steerpatch.sae.SAE`.
         x: activations already restricted to the scoped tokens.
@@ -123,10 +140,13 @@ def edits_delta(sae: Any, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tenso
     """
     latent = [e for e in edits if get_op(e.op).kind == "latent"]
     direction = [e for e in edits if get_op(e.op).kind == "direction"]
+    if not latent and not direction:
+        return None
+    x_n, back = sae.normalize(x)
     delta: torch.Tensor | None = None
     if latent:
         ids = [e.latent for e in latent]
-        z = latent_activations(sae, x, ids)
+        z = latent_codes(sae, x_n - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_n, ids)
         change = torch.stack(
             [get_op(e.op).rewrite(z[..., j], e.value) - z[..., j] for j, e in enumerate(latent)], -1
         )
@@ -138,7 +158,7 @@ def edits_delta(sae: Any, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tenso
         values = torch.tensor([e.value for e in direction], dtype=rows.dtype, device=rows.device)
         shift = values @ rows
         delta = shift if delta is None else delta + shift
-    return delta
+    return None if delta is None else back.restore_delta(delta)
 
 
 def check_latents(sae: Any, patch: Patch) -> None:

@@ -48,7 +48,10 @@ def random_sae(architecture: str, d_in: int, folder: Path, *, seed: int = 0, **c
     from steerpatch.sae import SAE, SAEConfig, load_sae, save_sae
 
     gen = torch.Generator().manual_seed(seed)
-    if architecture == "topk":
+    from steerpatch.sae import get_architecture
+
+    spec = get_architecture(architecture)
+    if "k" in spec.required_cfg:
         cfg.setdefault("k", 16)
     config = SAEConfig(d_in=d_in, d_sae=D_SAE, architecture=architecture,
                        metadata={"block": BLOCK, "token_scope": "all"}, **cfg)
@@ -60,6 +63,8 @@ def random_sae(architecture: str, d_in: int, folder: Path, *, seed: int = 0, **c
     }
     if architecture == "jumprelu":
         tensors["threshold"] = torch.rand(D_SAE, generator=gen) * 0.1
+    for name in spec.extra_tensors:  # gated: b_gate, r_mag, b_mag
+        tensors.setdefault(name, torch.randn(D_SAE, generator=gen) * 0.1)
     path = folder / f"sae-{architecture}-{seed}"
     save_sae(SAE(config, tensors), path)
     return load_sae(path)

@@ -38,8 +38,8 @@ def test_patch_with_another_sae_is_refused(tiny, saes):
 
 def test_unsupported_architecture(tiny, saes):
     patch = make_patch(tiny, saes["standard"])
-    with pytest.raises(CompileError, match="'gated' cannot be compiled; supported: standard, jumprelu, topk"):
-        build_graph(tiny, patch, SimpleNamespace(architecture="gated"))
+    with pytest.raises(CompileError, match="'sparsemax' cannot be compiled; supported: gated, jumprelu, standard, topk"):
+        build_graph(tiny, patch, SimpleNamespace(architecture="sparsemax"))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -112,46 +112,6 @@ def _write_saev(path: Path, header: dict, state: dict) -> Path:
     return path
 
 
-def test_saev_relu_file_loads_without_b_dec_subtraction(tmp_path):
-    tensors = _tensors()
-    header = {"schema": 1, "cls": "Relu", "cfg": {"d_vit": 4, "exp_factor": 1}, "commit": "x", "lib": "0.1"}
-    sae = load_sae(_write_saev(tmp_path / "sae.pt", header, tensors))
-    assert sae.architecture == "standard" and sae.cfg.apply_b_dec_to_input is False
-    assert sae.cfg.metadata["source_format"] == "saev" and sae.hook is None
-    x = torch.randn(3, 4)
-    expected = (x @ tensors["W_enc"] + tensors["b_enc"]).relu() @ tensors["W_dec"] + tensors["b_dec"]
-    assert torch.allclose(sae(x), expected, atol=1e-6)
-
-
-def test_saev_schema5_topk_and_batchtopk(tmp_path):
-    tensors = _tensors()
-    header = {
-        "schema": 5,
-        "cfg": {
-            "d_model": 4,
-            "d_sae": 6,
-            "activation": {"cls": "TopK", "params": {"key": "top-k", "top_k": 2}},
-        },
-    }
-    sae = load_sae(_write_saev(tmp_path / "a.pt", header, tensors), block=5, tokens="patches")
-    assert sae.architecture == "topk" and sae.cfg.k == 2
-    assert sae.hook.block == 5 and sae.hook.tokens == "patches"
-    header["cfg"]["activation"] = {"cls": "BatchTopK", "params": {"top_k": 2}}
-    batch = load_sae(
-        _write_saev(tmp_path / "b.pt", header, {**tensors, "activation.threshold": torch.tensor(0.3)})
-    )
-    assert batch.architecture == "jumprelu"
-    assert torch.allclose(batch.threshold, torch.full((6,), 0.3))
-
-
-def test_saev_folder_loads(tmp_path):
-    (tmp_path / "run").mkdir()
-    _write_saev(
-        tmp_path / "run" / "sae.pt", {"d_vit": 4, "exp_factor": 1, "sparsity_coeff": 1e-3}, _tensors()
-    )
-    assert load_sae(tmp_path / "run").d_sae == 6
-
-
 class _Evil:
     def __reduce__(self):
         return (print, ("this must never run",))
@@ -196,18 +156,30 @@ BASE_CFG = {
     ("cfg_change", "tensor_change", "message"),
     [
         (
-            {"architecture": "gated"},
+            {"architecture": "sparsemax"},
             {},
-            "unknown SAE architecture 'gated'; known architectures: jumprelu, standard, topk",
+            "unknown SAE architecture 'sparsemax'; known architectures: gated, jumprelu, standard, topk, topk_raw",
         ),
+        ({"architecture": "gated"}, {}, "lacks tensor(s) b_gate, r_mag, b_mag needed by architecture 'gated'"),
         ({"d_sae": 7}, {}, "W_enc has shape (4, 6) but cfg d_in=4, d_sae=7"),
         ({}, {"b_dec": None}, "lacks tensor(s) b_dec"),
         ({}, {"W_dec": torch.full((6, 4), float("nan"))}, "W_dec holds 24 NaN or inf"),
         ({}, {"b_enc": torch.tensor([1.0, float("inf"), 0, 0, 0, 0])}, "b_enc holds 1 NaN or inf"),
         (
-            {"normalize_activations": "expected_average_only_in"},
+            {"normalize_activations": "batch_norm"},
             {},
-            "normalize_activations='expected_average_only_in'",
+            "normalize_activations='batch_norm' is not supported; use one of constant_norm_rescale, "
+            "expected_average_only_in, layer_norm, none",
+        ),
+        (
+            {"metadata": {"hook_name": "blocks.3.hook_mlp_out"}},
+            {},
+            "hook 'blocks.3.hook_mlp_out' is not the residual stream between blocks",
+        ),
+        (
+            {"metadata": {"hook_name": "blocks.0.hook_resid_pre"}},
+            {},
+            "is the embedding output before block 0",
         ),
         ({"reshape_activations": "hook_z"}, {}, "reshape_activations='hook_z' is not supported"),
         ({"architecture": "topk", "k": 99}, {}, "k=99 must be between 1 and d_sae=6"),

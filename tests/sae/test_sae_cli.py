@@ -8,12 +8,15 @@ import torch
 from safetensors.torch import save_file
 
 from steerpatch.cli.main import cli
-from steerpatch.cli.sae import ARCHITECTURES
+from steerpatch.cli.sae import ARCHITECTURES, READ_ARCHITECTURES
 from steerpatch.sae import SAE_REGISTRY, save_sae
 
 
 def test_cli_choices_follow_the_registry():
-    assert sorted(ARCHITECTURES) == sorted(SAE_REGISTRY)
+    from steerpatch.sae.registry import trainable_architectures
+
+    assert sorted(READ_ARCHITECTURES) == sorted(SAE_REGISTRY)
+    assert sorted(ARCHITECTURES) == list(trainable_architectures())
 
 
 def test_info_text_and_json(runner, make_sae, tmp_path):

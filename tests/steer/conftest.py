@@ -19,7 +19,10 @@ def random_sae(
     from steerpatch.sae.module import SAE
 
     gen = torch.Generator().manual_seed(seed)
-    if architecture == "topk":
+    from steerpatch.sae import get_architecture
+
+    spec = get_architecture(architecture)
+    if "k" in spec.required_cfg:
         cfg.setdefault("k", 16)
     config = SAEConfig(
         d_in=d_in, d_sae=d_sae, architecture=architecture, metadata=hook_metadata(block, "all"), **cfg
@@ -32,6 +35,8 @@ def random_sae(
     }
     if architecture == "jumprelu":
         tensors["threshold"] = torch.rand(d_sae, generator=gen) * 0.2
+    for name in spec.extra_tensors:  # gated: b_gate, r_mag, b_mag
+        tensors.setdefault(name, torch.randn(d_sae, generator=gen) * 0.1)
     return SAE(config, tensors, location=f"random-{architecture}-{seed}")
 
 
