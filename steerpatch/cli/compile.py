@@ -28,7 +28,7 @@ def _alias_of(source: str) -> str | None:
 
 
 @click.command("compile")
-@click.argument("source", metavar="PATCH|NAME@ALIAS")
+@click.argument("sources", metavar="PATCH|NAME@ALIAS [PATCH|NAME@ALIAS ...]", nargs=-1, required=True)
 @click.option("--head", type=click.Choice(["zero-shot", "embedding"]), default="zero-shot", show_default=True,
               help="Bake in the zero-shot head (embedding, logits, probs) or output embeddings only.")
 @click.option("--out", default=None, help="Graph file to write (default: PATCH-VERSION.onnx here).")
@@ -41,16 +41,24 @@ def _alias_of(source: str) -> str | None:
 @click.option("--register", is_flag=True, help="Log the graph with mlflow.onnx and register it as a sibling model.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the local registry store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_cmd(source, head, out, data, classes, sae_path, tolerance, samples, register, tracking_uri, as_json) -> None:
+def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples, register, tracking_uri, as_json) -> None:
     """Compile a patch into an ONNX graph of the steered image encoder.
 
     SOURCE is a patch file or a registered patch NAME@ALIAS / NAME@VERSION. The graph is checked in
     ONNX Runtime against the torch steered model before anything is written; with --register it is
     logged as an mlflow.onnx model and registered (compiling NAME@ALIAS also moves ALIAS on the graph).
+
+    Two or more SOURCEs (same model and block) make one graph with a second input, `patch_index`
+    (int64 per row: 0 unpatched, i the i-th SOURCE), parity-checked at every index; --out is required.
     """
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.compile.export import write_graph
 
+    if len(sources) > 1 and out is None:
+        raise click.UsageError(f"{len(sources)} patches make one multi-patch graph: name it with --out FILE.onnx")
+    if len(sources) > 1 and register:
+        raise click.UsageError("--register takes one patch; register the patches' single graphs, not a multi-patch graph")
+    source = sources[0] if len(sources) == 1 else list(sources)
     sae = None
     if sae_path is not None:
         from steerpatch.sae import load_sae
@@ -70,7 +78,7 @@ def compile_cmd(source, head, out, data, classes, sae_path, tolerance, samples, 
     info = result.info
     result.path = write_graph(result.data, Path(out) if out else Path(f"{info.patch_name}-{info.patch_version}.onnx"))
     if register:
-        graph = register_graph(result, alias=_alias_of(source), tracking_uri=tracking_uri)
+        graph = register_graph(result, alias=_alias_of(sources[0]), tracking_uri=tracking_uri)
         result.registered = graph.to_dict()
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -82,6 +90,9 @@ def compile_cmd(source, head, out, data, classes, sae_path, tolerance, samples, 
         f"on {info.parity_samples} inputs ({info.parity_inputs})"
     )
     click.echo(f"outputs: {', '.join(info.outputs)}" + (f"; classes: {', '.join(info.classes)}" if info.classes else ""))
+    for entry in info.patches or []:
+        click.echo(f"patch_index {entry.index}: {entry.patch_ref} ({entry.patch_hash[:12]}, {entry.mode}, "
+                   f"parity {entry.parity_max_abs_diff:.3g})")
     if result.registered:
         reg = result.registered
         click.echo(f"registered {reg['name']} version {reg['version']} ({reg['model_uri']}), via {reg['via']}")

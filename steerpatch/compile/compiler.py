@@ -67,6 +67,7 @@ class CompileResult:
             "model_fingerprint": info.model_fingerprint,
             "opset": info.opset,
             "registered": self.registered,
+            "patches": [entry.model_dump(mode="json") for entry in info.patches] if info.patches else None,
         }
 
 
@@ -110,7 +111,12 @@ def resolve_patch(source: Any, *, tracking_uri: str | None = None) -> ResolvedPa
     return ResolvedPatch(patch, registry_ref=text, sae_dir=sae_dir, classes=classes)
 
 
-def _load_sae(patch: Any, sae_dir: Path | None) -> Any:
+def find_sae(patch: Any, sae_dir: Path | None) -> Any:
+    """The SAE a patch was made with: the registry copy, its recorded location, or the shipped default.
+
+    Raises:
+        SAEError: when none of them has the patch's SAE fingerprint.
+    """
     from steerpatch.sae import default_sae_path, load_sae
 
     candidates = [sae_dir] if sae_dir is not None else []
@@ -200,6 +206,39 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
     return module, mode, why, steering.extra_weights()
 
 
+def bind(patch: Any, model: Any, sae: Any) -> None:
+    """Check that a patch fits the model and SAE (fingerprints, block, width, latents).
+
+    Raises:
+        PatchError: naming what does not fit.
+    """
+    from steerpatch.models import resblocks, width_at_block
+    from steerpatch.steer.binding import check_binding
+
+    n_blocks = len(resblocks(model.model))
+    width = width_at_block(model.model, patch.hook.block) if patch.hook.block < n_blocks else None
+    check_binding(patch, model_fingerprint=model.fingerprint, sae=sae, n_blocks=n_blocks, width=width)
+
+
+def zero_shot_head(model: Any, head: str, classes: list[str] | None, dataset: Any) -> tuple[Any, list[str]]:
+    """The `ZeroShotHead` to bake in (None for `head="embedding"`) and its class names.
+
+    Raises:
+        CompileError: the zero-shot head without any source of class names.
+    """
+    if head != "zero-shot":
+        return None, []
+    class_names = list(classes or (dataset.classes if dataset else None) or default_classes(model) or [])
+    if not class_names:
+        raise CompileError(
+            f"the zero-shot head needs class names for model {model.name!r}; pass classes (--classes a,b,c), "
+            "held-out data (--data DIR), or use --head embedding"
+        )
+    from steerpatch.models import build_zero_shot_head
+
+    return build_zero_shot_head(model, class_names), class_names
+
+
 def compile_patch(
     patch: Any,
     *,
@@ -219,7 +258,8 @@ def compile_patch(
     """Compile a patch into an ONNX graph of the steered image encoder, gated on parity.
 
     Args:
-        patch: a `Patch`, a patch file, or a registry ref `NAME@ALIAS|NAME@VERSION`.
+        patch: a `Patch`, a patch file, or a registry ref `NAME@ALIAS|NAME@VERSION`; a list of two or
+            more of them compiles one multi-patch graph (see `steerpatch.compile.multi.compile_patches`).
         model: the `LoadedModel`; default: load `patch.model.id`.
         sae: the SAE; default: the registry copy, the patch's location, or the shipped default.
         head: "zero-shot" (outputs embedding, logits, probs) or "embedding" (embedding only).
@@ -253,6 +293,15 @@ def compile_patch(
     from steerpatch.compile.parity import compare, onnx_outputs, parity_inputs, torch_reference
     from steerpatch.compile.runtime import create_session, import_onnxruntime
 
+    if isinstance(patch, list | tuple):
+        if len(patch) == 1:
+            patch = patch[0]
+        else:
+            from steerpatch.compile.multi import compile_patches
+
+            return compile_patches(patch, model=model, saes=sae, head=head, classes=classes, out=out, data=data,
+                                   tolerance=tolerance, samples=samples, tracking_uri=tracking_uri,
+                                   providers=providers, log=log, progress=progress)
     started = time.perf_counter()
     say = log or (lambda _line: None)
     import_onnxruntime()  # fail before minutes of work when the runtime is missing
@@ -262,33 +311,16 @@ def compile_patch(
         raise CompileError(f"--tolerance {tolerance} must be a non-negative number, e.g. 1e-4")
     resolved = resolve_patch(patch, tracking_uri=tracking_uri)
     patch = resolved.patch
-    dataset = _dataset(data)
+    dataset = load_data(data)
     say(f"compiling {patch.ref}{f' ({resolved.registry_ref})' if resolved.registry_ref else ''}")
     if model is None:
         from steerpatch.models import load_model
 
         model = load_model(patch.model.id)
     if sae is None:
-        sae = _load_sae(patch, resolved.sae_dir)
-    from steerpatch.models import resblocks, width_at_block
-    from steerpatch.steer.binding import check_binding
-
-    n_blocks = len(resblocks(model.model))
-    width = width_at_block(model.model, patch.hook.block) if patch.hook.block < n_blocks else None
-    check_binding(patch, model_fingerprint=model.fingerprint, sae=sae, n_blocks=n_blocks, width=width)
-
-    zero_shot = None
-    class_names: list[str] = []
-    if head == "zero-shot":
-        class_names = list(classes or resolved.classes or (dataset.classes if dataset else None) or default_classes(model) or [])
-        if not class_names:
-            raise CompileError(
-                f"the zero-shot head needs class names for model {model.name!r}; pass classes (--classes a,b,c), "
-                "held-out data (--data DIR), or use --head embedding"
-            )
-        from steerpatch.models import build_zero_shot_head
-
-        zero_shot = build_zero_shot_head(model, class_names)
+        sae = find_sae(patch, resolved.sae_dir)
+    bind(patch, model, sae)
+    zero_shot, class_names = zero_shot_head(model, head, classes or resolved.classes, dataset)
 
     module, mode, why, extra = build_graph(model, patch, sae, zero_shot)
     say(f"mode: {mode} ({why}); {extra} extra weights")
@@ -347,7 +379,8 @@ def compile_patch(
     return CompileResult(path, info, data_bytes, time.perf_counter() - started)
 
 
-def _dataset(data: Any) -> Any:
+def load_data(data: Any) -> Any:
+    """The held-out `ImageDataset` for the parity gate (None stays None)."""
     if data is None:
         return None
     from steerpatch.data import ImageDataset, load_dataset

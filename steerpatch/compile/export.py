@@ -15,6 +15,7 @@ from steerpatch.io import atomic_file
 
 OPSET = 17
 INPUT_NAME = "pixels"
+PATCH_INDEX = "patch_index"  # the second input of a multi-patch graph: int64, one per batch row
 # protobuf refuses single messages over 2 GB; beyond that ONNX needs external data, which we never write
 MAX_PROTO_BYTES = 2**31 - 1
 
@@ -31,7 +32,7 @@ def _exportable_attention():
 
 
 def export_graph(module: torch.nn.Module, image_size: int, output_names: list[str], *, opset: int = OPSET) -> Any:
-    """Trace `module` (pixels -> outputs) to an in-memory ONNX model.
+    """Trace `module` (pixels [, patch_index] -> outputs) to an in-memory ONNX model.
 
     Args:
         module: an `EncoderGraph` in eval mode.
@@ -40,7 +41,8 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
         opset: ONNX opset; at least 17 (LayerNormalization).
 
     Returns:
-        An `onnx.ModelProto` with a dynamic `batch` axis on the input and every output.
+        An `onnx.ModelProto` with a dynamic `batch` axis on the inputs and every output (a module
+        whose `input_names` include `patch_index` gets that int64 input too).
 
     Raises:
         CompileError: when tracing fails or the graph would not fit in one file.
@@ -49,8 +51,11 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
 
     if opset < 17:
         raise CompileError(f"opset {opset} is too old; use 17 or newer (LayerNormalization needs it)")
-    example = torch.zeros(1, 3, image_size, image_size)
-    dynamic_axes = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+    input_names = list(getattr(module, "input_names", [INPUT_NAME]))
+    example: tuple[torch.Tensor, ...] = (torch.zeros(1, 3, image_size, image_size),)
+    if PATCH_INDEX in input_names:
+        example = (*example, torch.zeros(1, dtype=torch.int64))
+    dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     buffer = io.BytesIO()
     try:
         with _exportable_attention(), torch.no_grad(), warnings.catch_warnings():
@@ -58,9 +63,9 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 buffer,  # type: ignore[arg-type]  # the legacy exporter writes to file objects too
-                input_names=[INPUT_NAME],
+                input_names=input_names,
                 output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,

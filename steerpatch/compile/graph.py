@@ -209,6 +209,39 @@ class SteeringModule(nn.Module):
         return x + back.restore_delta(delta) * self.token_mask
 
 
+class PatchSelector(nn.Module):
+    """Several patches' steering modules on one block; each batch row picks its own by `patch_index`.
+
+    Row b gets patch `index[b]` (1-based; 0 leaves the row unpatched). Every module runs on the whole
+    batch and `Where` keeps each row's own result: the modules are sparse, so this costs O(n*k*d) and
+    one graph serves a batch that mixes patches. `index` is set by `EncoderGraph.forward` for each
+    call (a traced tensor, so it stays an input of the exported graph).
+
+    Args:
+        modules: one `SteeringModule` per patch, in patch-index order (index 1 first).
+        batch_first: whether the block output is (B, T, D) rather than (T, B, D).
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], batch_first: bool = True) -> None:
+        super().__init__()
+        self.patches = nn.ModuleList(modules)
+        self.batch_first = batch_first
+        self.index: torch.Tensor | None = None
+
+    def extra_weights(self) -> int:
+        """Number of scalars the patches add to the graph."""
+        return sum(module.extra_weights() for module in self.patches)  # type: ignore[operator]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            raise RuntimeError("PatchSelector needs EncoderGraph to set the batch's patch_index first")
+        rows = self.index.reshape(-1, 1, 1) if self.batch_first else self.index.reshape(1, -1, 1)
+        out = x
+        for i, module in enumerate(self.patches, start=1):
+            out = torch.where(rows == i, module(x), out)
+        return out
+
+
 class SteeredBlock(nn.Module):
     """A residual block followed by a steering module on its output."""
 
@@ -222,7 +255,9 @@ class SteeredBlock(nn.Module):
 
 
 class EncoderGraph(nn.Module):
-    """pixels (B, 3, H, W) -> embedding, plus logits and probs when a zero-shot head is baked in.
+    """pixels (B, 3, H, W) [, patch_index (B,)] -> embedding, plus logits and probs with a zero-shot head.
+
+    With a `PatchSelector` as its steering the graph takes a second input, `patch_index`, per row.
 
     Args:
         visual: an open_clip vision tower (copied; the caller's model is never modified).
@@ -243,6 +278,7 @@ class EncoderGraph(nn.Module):
             blocks = tower.transformer.resblocks
             blocks[block] = SteeredBlock(blocks[block], steering)
         self.visual = tower
+        self.selector = steering if isinstance(steering, PatchSelector) else None
         self.has_head = head_weights is not None
         if head_weights is not None:
             self.register_buffer("head_weights", head_weights.detach().float().clone())
@@ -252,7 +288,15 @@ class EncoderGraph(nn.Module):
     def output_names(self) -> list[str]:
         return ["embedding", "logits", "probs"] if self.has_head else ["embedding"]
 
-    def forward(self, pixels: torch.Tensor):
+    @property
+    def input_names(self) -> list[str]:
+        return ["pixels", "patch_index"] if self.selector is not None else ["pixels"]
+
+    def forward(self, pixels: torch.Tensor, patch_index: torch.Tensor | None = None):
+        if self.selector is not None:
+            if patch_index is None:
+                raise ValueError("a multi-patch graph needs patch_index, one int64 per row")
+            self.selector.index = patch_index
         embedding = self.visual(pixels)
         if not self.has_head:
             return embedding

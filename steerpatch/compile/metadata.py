@@ -28,6 +28,25 @@ class Preprocessing(BaseModel):
     resize_mode: Literal["shortest", "squash"] = "shortest"
 
 
+class PatchEntry(BaseModel):
+    """One patch of a multi-patch graph: rows with `patch_index == index` are steered by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=1)
+    patch_name: str
+    patch_version: str
+    patch_ref: str
+    patch_hash: str
+    registry_ref: str | None = None
+    sae_fingerprint: str
+    sae_architecture: str
+    tokens: str | list[int]
+    n_edits: int
+    mode: Literal["sparse", "exact"]
+    parity_max_abs_diff: float
+
+
 class GraphInfo(BaseModel):
     """The provenance and contract of one compiled graph.
 
@@ -67,6 +86,19 @@ class GraphInfo(BaseModel):
     opset: int
     preprocessing: Preprocessing
     steerpatch_version: str
+    # multi-patch graphs only: the patches in `patch_index` order (index 0 is the unpatched model)
+    patches: list[PatchEntry] | None = None
+
+    @property
+    def patch_count(self) -> int:
+        """Patches selectable by `patch_index` (0 for a single-patch graph, which has no such input)."""
+        return len(self.patches or [])
+
+    def patch_hash_at(self, index: int) -> str | None:
+        """The hash of the patch that steers rows with `patch_index == index` (None: unpatched)."""
+        if not self.patches:
+            return self.patch_hash
+        return None if index == 0 else self.patches[index - 1].patch_hash
 
     def to_props(self) -> dict[str, str]:
         """The ONNX `metadata_props` entries for this record."""
@@ -76,6 +108,8 @@ class GraphInfo(BaseModel):
             props[key] = "" if value is None else str(value)
         props["classes"] = json.dumps(self.classes)
         props["parity_max_abs_diff"] = repr(self.parity_max_abs_diff)
+        if self.patches:
+            props["patch_hashes"] = json.dumps([entry.patch_hash for entry in self.patches])
         return props
 
     @classmethod

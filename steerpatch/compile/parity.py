@@ -117,13 +117,24 @@ def torch_reference(loaded: Any, patch: Any, sae: Any, head: Any, pixels: torch.
     return {name: np.concatenate(parts) for name, parts in outputs.items() if parts}
 
 
-def onnx_outputs(session: Any, pixels: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
-    """Run a session over `pixels` in chunks; name -> array."""
+def onnx_outputs(session: Any, pixels: torch.Tensor, *, progress: bool = False,
+                 patch_index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Run a session over `pixels` in chunks; name -> array.
+
+    Args:
+        session: the ONNX Runtime session.
+        pixels: (N, 3, H, W).
+        progress: show a progress bar on stderr.
+        patch_index: (N,) int64 per-row patch selection, for multi-patch graphs.
+    """
     names = [o.name for o in session.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     array = pixels.numpy().astype(np.float32, copy=False)
     for start in _chunks(len(array), "parity: onnxruntime", progress):
-        for name, value in zip(names, session.run(names, {"pixels": array[start : start + CHUNK]}), strict=True):
+        feeds = {"pixels": array[start : start + CHUNK]}
+        if patch_index is not None:
+            feeds["patch_index"] = patch_index[start : start + CHUNK].astype(np.int64)
+        for name, value in zip(names, session.run(names, feeds), strict=True):
             parts[name].append(value)
     return {name: np.concatenate(values) for name, values in parts.items()}
 

@@ -62,3 +62,25 @@ def test_bad_input(args, message, runner, patch_file, tmp_path):
     result = runner.invoke(cli, ["compile", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_compile_several_patches_into_one_graph(runner, tiny, saes, patch_file, tmp_path):
+    second = tmp_path / "second.json"
+    save_patch(make_patch(tiny, saes["standard"], name="second-fix", edits=["4:scale:0"]), second)
+    out = tmp_path / "multi.onnx"
+    result = runner.invoke(cli, ["compile", str(patch_file), str(second), "--out", str(out), "--head", "embedding"])
+    assert result.exit_code == 0, result.output
+    assert "patch_index 1: tiny-fix@1.0.0" in result.stdout and "patch_index 2: second-fix@1.0.0" in result.stdout
+    assert [i.name for i in create_session(out).get_inputs()] == ["pixels", "patch_index"]
+
+
+def test_compile_several_patches_refuses_other_blocks_and_a_missing_out(runner, tiny, saes, patch_file, tmp_path):
+    other = tmp_path / "other.json"
+    save_patch(make_patch(tiny, saes["standard"], name="other-fix", block=1), other)
+    out = tmp_path / "multi.onnx"
+    result = runner.invoke(cli, ["compile", str(patch_file), str(other), "--out", str(out), "--head", "embedding"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "steers block 1 but tiny-fix@1.0.0 steers block 2" in result.stderr
+    assert not out.exists()
+    result = runner.invoke(cli, ["compile", str(patch_file), str(other)])
+    assert result.exit_code == 2 and "name it with --out FILE.onnx" in result.stderr
