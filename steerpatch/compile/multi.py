@@ -59,7 +59,14 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
     Raises:
         CompileError: for an SAE architecture the compiler does not support.
     """
-    from steerpatch.compile.graph import MODES, EditTable, EncoderGraph, PatchSelector, SteeringModule, n_tokens
+    from steerpatch.compile.graph import (
+        MODES,
+        EditTable,
+        EncoderGraph,
+        PatchSelector,
+        SteeringModule,
+        n_tokens,
+    )
 
     visual = loaded.model.visual
     batch_first = bool(getattr(visual.transformer, "batch_first", True))

@@ -1,4 +1,10 @@
-"""The HTTP API over a compiled graph: `/predict`, `/health`, `/metadata`.
+"""The HTTP API over compiled graphs: `/predict`, `/health`, `/metadata`, `/metrics`, and `/v2` (KServe).
+
+A server answers for one or more aliases (`steerpatch.serve.fleet`): a request pins one with the
+header `X-Steerpatch-Alias` or the query parameter `alias`, else it goes to the default (or the
+canary, for its share). A multi-patch graph's rows pick their patch with `patch_index` (query
+parameter or header `X-Steerpatch-Patch-Index`). Concurrent requests are batched into one ONNX
+Runtime call (`steerpatch.serve.batching`). Every answer names its alias, model version and patch hash.
 
 `/predict` takes one of
   - multipart/form-data with the image file in the field `file`,
@@ -19,16 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from steerpatch.serve.batching import DEFAULT_MAX_ROWS, DEFAULT_WAIT_MS, Batcher
+from steerpatch.serve.kserve import add_v2_routes, answer_headers
 from steerpatch.serve.payload import MAX_BATCH, BadPayload, PayloadLimits, image_pixels, json_pixels
 from steerpatch.serve.preprocess import MAX_PIXELS, ImageLimits
 
@@ -120,25 +129,13 @@ async def _timed_out(scope: Scope, receive: Receive, send: Send, whole: float, i
     await response(scope, receive, send)
 
 
-def predictions(graph: Any, pixels: np.ndarray) -> dict[str, Any]:
-    """Run the graph and shape its outputs as the `/predict` response."""
-    names = graph.output_names
-    outputs = dict(zip(names, graph.session.run(names, {"pixels": pixels}), strict=True))
-    classes = graph.info.classes
-    items = []
-    for i in range(len(pixels)):
-        item: dict[str, Any] = {"embedding": outputs["embedding"][i].tolist()}
-        if "probs" in outputs:
-            probs = outputs["probs"][i]
-            item["label"] = classes[int(np.argmax(probs))]
-            item["probs"] = dict(zip(classes, (float(p) for p in probs), strict=True))
-        items.append(item)
-    return {
-        "classes": classes,
-        "predictions": items,
-        "patch_hash": graph.info.patch_hash,
-        "model_version": graph.registry.version if graph.registry else None,
-    }
+def predictions(graph: Any, pixels: np.ndarray, patch_index: np.ndarray | None = None) -> dict[str, Any]:
+    """Run the graph once and shape its outputs as the `/predict` response (no routing, no batching)."""
+    from steerpatch.serve.batching import run_graph
+    from steerpatch.serve.inference import Answer
+    from steerpatch.serve.inference import predictions as shape
+
+    return shape(Answer("default", graph, run_graph(graph, pixels, patch_index), patch_index))
 
 
 async def read_payload(request: Request) -> tuple[str, bytes]:
@@ -168,15 +165,27 @@ async def read_payload(request: Request) -> tuple[str, bytes]:
     )
 
 
+def _request_patch_index(request: Request) -> Any:
+    value = request.query_params.get("patch_index", request.headers.get("x-steerpatch-patch-index"))
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise BadPayload(f"patch_index {value!r} is not an integer (or comma-separated integers, one per row)",
+                         422) from None
+
+
 def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: int = MAX_BATCH,
                max_pixels: int = MAX_PIXELS, image_limits: ImageLimits | None = None, follow: bool = True,
                tracking_uri: str | None = None, poll_seconds: float = 5.0, docs: bool = False,
                workers: int = WORKERS, body_timeout: float = BODY_TIMEOUT_S,
-               idle_timeout: float = IDLE_TIMEOUT_S) -> FastAPI:
-    """The FastAPI app serving a compiled graph.
+               idle_timeout: float = IDLE_TIMEOUT_S, batch_wait_ms: float | None = DEFAULT_WAIT_MS,
+               max_batch_rows: int = DEFAULT_MAX_ROWS) -> FastAPI:
+    """The FastAPI app serving compiled graphs.
 
     Args:
-        source: a `GraphSource`, a `.onnx` file, or `NAME@ALIAS` (followed as it moves).
+        source: a `Fleet` of aliases, a `GraphSource`, a `.onnx` file, or `NAME@ALIAS` (followed as it moves).
         max_body_bytes: request bodies above this get 413.
         max_batch: most images one `{"tensor": ...}` request may carry.
         max_pixels: images with more pixels are refused (413) before decoding.
@@ -188,9 +197,13 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
         workers: threads that parse, decode and run the graph.
         body_timeout: seconds the whole request body may take (408 after).
         idle_timeout: seconds the body may pause (408 after).
+        batch_wait_ms: how long a request waits for others to share its ONNX Runtime call; None turns
+            dynamic batching off (each request runs alone in the worker pool).
+        max_batch_rows: a gathered batch runs at once when it holds this many rows.
 
     Returns:
-        The app; `app.state.source` is the `GraphSource`.
+        The app; `app.state.fleet` is the `Fleet`, `app.state.source` its default alias's `GraphSource`,
+        `app.state.metrics` the `ServeMetrics`.
 
     Example:
         >>> app = create_app("steered.onnx")  # doctest: +SKIP
@@ -198,27 +211,44 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     """
     from contextlib import asynccontextmanager
 
+    from steerpatch.serve.fleet import ALIAS_HEADER, ALIAS_QUERY, Fleet
+    from steerpatch.serve.inference import Inference, check_patch_index
+    from steerpatch.serve.inference import predictions as shape_predictions
+    from steerpatch.serve.metrics import NO_ALIAS, ServeMetrics
     from steerpatch.serve.source import GraphSource
 
-    graphs = source if isinstance(source, GraphSource) else GraphSource(
-        source, tracking_uri=tracking_uri, poll_seconds=poll_seconds
-    )
+    if isinstance(source, Fleet):
+        fleet = source
+    else:
+        fleet = Fleet.single(source if isinstance(source, GraphSource) else GraphSource(
+            source, tracking_uri=tracking_uri, poll_seconds=poll_seconds
+        ))
+    graphs = fleet.sources[fleet.default]
+    metrics = ServeMetrics()
     base = image_limits or ImageLimits()
     limits = PayloadLimits(
         max_batch=max_batch,
         image=ImageLimits(max_pixels=max_pixels, max_side=base.max_side, max_aspect=base.max_aspect),
     )
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-predict")
+    batcher = None
+    if batch_wait_ms is not None:
+        batcher = Batcher(batch_wait_ms, max_batch_rows, observe=metrics.batch_rows.observe)
+    inference = Inference(fleet, pool, metrics, batcher)
     waiting = 0
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if batcher is not None:
+            batcher.start()
         if follow:
-            graphs.start()
+            fleet.start()
         try:
             yield
         finally:
-            graphs.stop()
+            fleet.stop()
+            if batcher is not None:
+                batcher.stop()
             pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -226,9 +256,47 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
         docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
         openapi_url="/openapi.json" if docs else None,
     )
+    app.state.fleet = fleet
     app.state.source = graphs
     app.state.limits = limits
+    app.state.metrics = metrics
+    app.state.inference = inference
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, body_timeout=body_timeout, idle_timeout=idle_timeout)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        # outside BodyLimit, so 413/408 refusals are counted too; only inference routes are counted
+        path = request.url.path
+        route = "predict" if path == "/predict" else "v2-infer" if path.startswith("/v2/") and path.endswith("/infer") \
+            else None
+        if route is None or request.method != "POST":
+            return await call_next(request)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            alias = getattr(request.state, "alias", NO_ALIAS)
+            metrics.record(alias, route, status, time.perf_counter() - started)
+
+    def pick(request: Request) -> tuple[str, Any]:
+        """The alias that answers this request and its current graph (one graph for the whole request)."""
+        pinned = request.headers.get(ALIAS_HEADER) or request.query_params.get(ALIAS_QUERY)
+        alias = fleet.route(pinned)
+        request.state.alias = alias
+        return alias, fleet.sources[alias].current
+
+    async def decode(work: Any) -> Any:
+        nonlocal waiting
+        if waiting >= MAX_WAITING:
+            raise BadPayload(f"the server is busy ({waiting} requests waiting); retry shortly", 503)
+        waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, work)
+        finally:
+            waiting -= 1
 
     @app.exception_handler(BadPayload)
     async def _bad_payload(_request: Request, error: BadPayload) -> JSONResponse:
@@ -251,32 +319,35 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return graphs.health()
+        body = graphs.health()
+        if len(fleet.sources) > 1 or fleet.canary or fleet.shadow:
+            body["routing"] = fleet.describe()
+        return body
 
     @app.get("/metadata")
-    async def metadata() -> dict[str, Any]:
-        return graphs.current.describe()
+    async def metadata(request: Request) -> dict[str, Any]:
+        alias, graph = pick(request)
+        return {**graph.describe(), "alias": alias}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
-        nonlocal waiting
-        graph = graphs.current  # one graph for the whole request, even if the alias moves meanwhile
+    async def predict(request: Request) -> JSONResponse:
+        alias, graph = pick(request)
+        requested = _request_patch_index(request)
         kind, body = await read_payload(request)
         spec = graph.info.preprocessing
 
-        def work() -> dict[str, Any]:
-            if kind == "image":
-                pixels = image_pixels(body, spec, limits.image)
-            else:
-                pixels = json_pixels(body, spec, limits)
-            return predictions(graph, pixels)
+        def work() -> np.ndarray:
+            return image_pixels(body, spec, limits.image) if kind == "image" else json_pixels(body, spec, limits)
 
-        if waiting >= MAX_WAITING:
-            raise BadPayload(f"the server is busy ({waiting} requests waiting); retry shortly", 503)
-        waiting += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, work)
-        finally:
-            waiting -= 1
+        pixels = await decode(work)
+        index = check_patch_index(graph, requested, len(pixels))
+        answer = await inference.answer(alias, graph, pixels, index)
+        return JSONResponse(shape_predictions(answer), headers=answer_headers(answer))
 
+    add_v2_routes(app, fleet, inference, pick, decode, limits)
     return app
