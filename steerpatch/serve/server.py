@@ -97,11 +97,11 @@ def _config(app: Any, port: int, host: str, log_level: str, header_timeout: floa
 
 def serve(source: Any, port: int = 8000, *, host: str = HOST, tracking_uri: str | None = None,
           poll_seconds: float = 5.0, max_body_bytes: int | None = None, log_level: str = "info",
-          docs: bool = False, sock: socket.socket | None = None) -> None:
+          docs: bool = False, sock: socket.socket | None = None, batch_wait_ms: float | None = 2.0) -> None:
     """Serve a compiled graph until interrupted.
 
     Args:
-        source: a `.onnx` file or `NAME@ALIAS` (followed as it moves), or a `GraphSource`.
+        source: a `.onnx` file or `NAME@ALIAS` (followed as it moves), a `GraphSource`, or a `Fleet`.
         port: TCP port on `host`.
         host: interface; loopback by default (nothing is exposed beyond this machine).
         tracking_uri: MLflow tracking URI for registry refs.
@@ -110,6 +110,7 @@ def serve(source: Any, port: int = 8000, *, host: str = HOST, tracking_uri: str 
         log_level: uvicorn's log level.
         docs: serve the interactive API docs.
         sock: an already bound socket (`bind_socket`); default binds `host:port` now.
+        batch_wait_ms: dynamic batching's gathering window; None runs each request alone.
 
     Raises:
         OutputError: the port is taken. CompileError / RegistryError: the graph cannot be loaded.
@@ -121,7 +122,7 @@ def serve(source: Any, port: int = 8000, *, host: str = HOST, tracking_uri: str 
 
     sock = sock or bind_socket(port, host)
     app = create_app(source, tracking_uri=tracking_uri, poll_seconds=poll_seconds,
-                     max_body_bytes=max_body_bytes or MAX_BODY_BYTES, docs=docs)
+                     max_body_bytes=max_body_bytes or MAX_BODY_BYTES, docs=docs, batch_wait_ms=batch_wait_ms)
     bound_host, bound_port = sock.getsockname()[:2]
     uvicorn.Server(_config(app, bound_port, bound_host, log_level)).run(sockets=[sock])
 
