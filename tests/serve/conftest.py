@@ -53,6 +53,27 @@ def graph(tiny, sae, workdir):
     return patch, path
 
 
+@pytest.fixture(scope="session")
+def candidate(tiny, sae, workdir):
+    """A second compiled patch (strong edits, so it disagrees with the first on some inputs)."""
+    from steerpatch.compile import compile_patch
+
+    patch = make_patch(tiny, sae, name="candidate-fix", edits=["3:scale:0", "7:add:1.5", "17:add:-1.5"])
+    path = workdir / "candidate.onnx"
+    compile_patch(patch, model=tiny, sae=sae, classes=CLASSES, out=path, progress=False)
+    return patch, path
+
+
+@pytest.fixture(scope="session")
+def multi(tiny, sae, graph, candidate, workdir):
+    """One graph holding the `graph` patch (patch_index 1) and the candidate (2)."""
+    from steerpatch.compile import compile_patch
+
+    path = workdir / "multi-serve.onnx"
+    compile_patch([graph[0], candidate[0]], model=tiny, sae=sae, classes=CLASSES, out=path, progress=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(graph):
     from steerpatch.serve import ServerThread, create_app

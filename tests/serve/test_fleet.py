@@ -8,10 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from compile_helpers import CLASSES, make_patch
 from prometheus_client.parser import text_string_to_metric_families
 
-from steerpatch.compile import compile_patch
 from steerpatch.compile.runtime import create_session
 from steerpatch.serve import GraphSource, ServerThread, create_app
 from steerpatch.serve.batching import Batcher, run_graph
@@ -32,22 +30,6 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
-
-
-@pytest.fixture(scope="module")
-def candidate(tiny, sae, workdir):
-    """A second compiled patch (strong edits, so it disagrees with the first on some inputs)."""
-    patch = make_patch(tiny, sae, name="candidate-fix", edits=["3:scale:0", "7:add:1.5", "17:add:-1.5"])
-    path = workdir / "candidate.onnx"
-    compile_patch(patch, model=tiny, sae=sae, classes=CLASSES, out=path, progress=False)
-    return patch, path
-
-
-@pytest.fixture(scope="module")
-def multi(tiny, sae, graph, candidate, workdir):
-    path = workdir / "multi-serve.onnx"
-    compile_patch([graph[0], candidate[0]], model=tiny, sae=sae, classes=CLASSES, out=path, progress=False)
-    return path
 
 
 def _fleet(graph, candidate, **kw) -> Fleet:
