@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from steerpatch.errors import PatchError, SteerpatchError
+from steerpatch.errors import PatchError, SAEError, SteerpatchError, shorten, shown_problems
 
 _EDIT_HELP = (
     "An edit LATENT:OP:VALUE, e.g. 123:scale:0 (ops: scale, clamp, clamp_if_active, add). Repeatable."
@@ -79,13 +79,18 @@ def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, ver
     click.echo(f"wrote {created.ref} to {path} (content_hash {created.content_hash})")
 
 
+def _indented(text: str) -> str:
+    # free text may span lines; continuation lines are indented so they cannot pass for fields
+    return text.replace("\n", "\n" + " " * 14)
+
+
 def _summary(p: Any) -> str:
-    tokens = p.tokens if isinstance(p.tokens, str) else ",".join(map(str, p.tokens))
+    tokens = p.tokens if isinstance(p.tokens, str) else shorten(p.tokens, sep=",")
     lines = [
         f"{p.ref}  ({p.content_hash})",
         f"  author      {p.author}, created {p.created_at}",
         f"  parent      {p.parent or '-'}",
-        f"  rationale   {p.rationale}",
+        f"  rationale   {_indented(p.rationale)}",
         f"  model       {p.model.id}  {p.model.fingerprint}",
         f"  sae         {p.sae.architecture} at {p.sae.location or '-'}  {p.sae.fingerprint}",
         f"  hook        block {p.hook.block}, tokens {tokens}" + (f", d_sae {p.d_sae}" if p.d_sae else ""),
@@ -104,7 +109,7 @@ def _summary(p: Any) -> str:
                 + (f"  top scores {scores}" if scores else "")
             )
         if prov.note:
-            lines.append(f"    note: {prov.note}")
+            lines.append(f"    note: {_indented(prov.note)}")
     return "\n".join(lines)
 
 
@@ -119,11 +124,21 @@ def show(file, as_json) -> None:
     click.echo(dumps_patch(loaded).rstrip() if as_json else _summary(loaded))
 
 
-def _check_against_sae(p: Any, sae_path: str) -> None:
-    from steerpatch.sae import load_sae
+def _check_against_sae(p: Any, sae_path: str | None) -> None:
+    from steerpatch.sae import SAE_REGISTRY, load_sae
     from steerpatch.steer import check_binding
 
-    check_binding(p, model_fingerprint=None, sae=load_sae(sae_path))
+    # the format checks the architecture's spelling; only the SAE registry knows which exist
+    if p.sae.architecture not in SAE_REGISTRY:
+        raise PatchError(
+            f"patch {p.ref} is invalid",
+            [
+                f"sae.architecture: {p.sae.architecture!r} is not a registered SAE architecture; "
+                f"use one of {', '.join(sorted(SAE_REGISTRY))}"
+            ],
+        )
+    if sae_path:
+        check_binding(p, model_fingerprint=None, sae=load_sae(sae_path))
 
 
 @patch.command("check")
@@ -143,16 +158,18 @@ def check(files, sae_path, rehash, as_json) -> None:
     for file in files:
         try:
             p = rehash_file(file) if rehash else load_patch(file)
-            if sae_path:
-                _check_against_sae(p, sae_path)
+            _check_against_sae(p, sae_path)
             results.append(
                 {"file": file, "valid": True, "ref": p.ref, "content_hash": p.content_hash, "problems": []}
             )
-        except PatchError as error:
+        except (PatchError, SAEError) as error:
             problems = error.problems or [str(error)]
             results.append(
-                {"file": file, "valid": False, "error": str(error).splitlines()[0], "problems": problems}
-            )
+                {
+                    "file": file, "valid": False, "error": str(error).splitlines()[0],
+                    "problems": shown_problems(problems), "problem_count": len(problems),
+                }
+            )  # fmt: skip
     for result in results:
         if as_json:
             click.echo(json.dumps(result))
