@@ -64,8 +64,11 @@ def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, ver
     """Create a patch bound to a model and an SAE."""
     from steerpatch.patch import new_patch, parse_edit, parse_tokens
 
+    from steerpatch.preflight import check_model_spec
+
     parsed = [parse_edit(e) for e in edits]
     scope = parse_tokens(tokens)
+    check_model_spec(model_spec)
     from steerpatch.models import load_model
     from steerpatch.sae import default_sae_path, load_sae
 
@@ -256,7 +259,7 @@ def schema(out) -> None:
 
 @patch.command("apply")
 @click.argument("patch_file", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", "model_spec", default=None, help="Model spec (default: the patch's model id).")
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the patch's SAE location).")
 @click.option("--classes", default=None, help="Comma-separated class names for the zero-shot head.")
@@ -271,9 +274,12 @@ def apply(
 ) -> None:
     """Print top-k zero-shot predictions of IMAGES before and after applying PATCH_FILE."""
     from steerpatch.patch import load_patch
-    from steerpatch.steer.predict import predict_before_after
+    from steerpatch.preflight import preflight
 
     p = load_patch(patch_file)
+    preflight(p, model_spec=model_spec, sae_path=sae_path, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    from steerpatch.steer.predict import predict_before_after
+
     result = predict_before_after(
         p, [Path(i) for i in images], model_spec=model_spec, sae_path=sae_path, classes=_classes(classes, data),
         top_k=top_k, allow_fingerprint_mismatch=allow_fingerprint_mismatch,

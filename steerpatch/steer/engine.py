@@ -103,12 +103,18 @@ def load_patch_sae(patch: Patch) -> Any:
     if location and Path(location).exists():
         return load_sae(location)
     default = default_sae_path()
+    other = ""
     if default.exists():
         sae = load_sae(default)
         if sae.fingerprint == patch.sae.fingerprint:
             return sae
-    where = f"'{location}' does not exist" if location else "records no SAE location"
-    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH)")
+        # the fallback exists but is another SAE: say so, not only that the recorded path is missing
+        other = (
+            f", and the shipped default SAE has fingerprint {sae.fingerprint}, not the patch's "
+            f"{patch.sae.fingerprint} (SAE fingerprint mismatch)"
+        )
+    where = f"'{location}' does not exist here" if location else "records no SAE location"
+    raise PatchError(f"patch {patch.ref}: its SAE {where}{other}; pass the SAE it was made for (--sae PATH)")
 
 
 def _check_devices(tower: Any, saes: list[Any]) -> None:
