@@ -50,7 +50,12 @@ def patch() -> None:
     "--model", "model_spec", default="concept-clip", show_default=True, help="Model spec for load_model."
 )
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the shipped default SAE).")
-@click.option("--edit", "edits", multiple=True, required=True, help=_EDIT_HELP)
+@click.option("--edit", "edits", multiple=True, help=_EDIT_HELP)
+@click.option(
+    "--suppress-selective", "groups", multiple=True, metavar="ATTR=VALUE",
+    help="Also suppress (scale 0) every latent the SAE's statistics find selective for ATTR=VALUE, "
+    "e.g. background=water: an SAE often splits one concept over many latents. Repeatable.",
+)  # fmt: skip
 @click.option("--rationale", required=True, help="Why this patch exists, for reviewers.")
 @click.option("--author", default=None, help="Who made it (default: the current user).")
 @click.option(
@@ -60,12 +65,17 @@ def patch() -> None:
 @click.option("--version", "version", default="1.0.0", show_default=True, help="Semantic version.")
 @click.option("--out", default=None, help="Output file (default: NAME-VERSION.json here).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, version, out, force) -> None:
-    """Create a patch bound to a model and an SAE."""
+def new(name, model_spec, sae_path, edits, groups, rationale, author, tokens, block, version, out, force) -> None:
+    """Create a patch bound to a model and an SAE (give --edit, --suppress-selective or both)."""
     from steerpatch.patch import new_patch, parse_edit, parse_tokens
 
     from steerpatch.preflight import check_model_spec
 
+    if not edits and not groups:
+        raise click.UsageError("give at least one --edit LATENT:OP:VALUE or --suppress-selective ATTR=VALUE")
+    for group in groups:
+        if "=" not in group:
+            raise click.BadParameter(f"{group!r} is not ATTR=VALUE, e.g. background=water", param_hint="--suppress-selective")
     parsed = [parse_edit(e) for e in edits]
     scope = parse_tokens(tokens)
     check_model_spec(model_spec)
@@ -74,12 +84,30 @@ def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, ver
 
     loaded = load_model(model_spec)
     sae = load_sae(sae_path or default_sae_path())
+    if groups:
+        parsed += _selective_edits(sae, groups, {e.latent for e in parsed})
     created = new_patch(
         name, loaded, sae, parsed, rationale=rationale, author=author or _default_author(),
         tokens=scope, version=version, block=block,
     )  # fmt: skip
     path = _write(created, out, Path(f"{created.name}-{created.version}.json"), force)
     click.echo(f"wrote {created.ref} to {path} (content_hash {created.content_hash})")
+
+
+def _selective_edits(sae: Any, groups: tuple[str, ...], taken: set[int]) -> list[Any]:
+    """Scale-0 edits for every latent selective for one of `groups`, skipping latents already edited."""
+    from steerpatch.attribute import selective_latents
+    from steerpatch.patch import Edit
+    from steerpatch.sae import load_latent_stats
+
+    stats = load_latent_stats(sae.location, sae=sae)
+    out = []
+    for group in groups:
+        added = [latent for latent in selective_latents(stats, group) if latent not in taken]
+        taken.update(added)
+        out += [Edit(latent=latent, op="scale", value=0.0) for latent in added]
+        click.echo(f"{group}: {len(added)} more selective latents suppressed (scale 0)", err=True)
+    return out
 
 
 def _indented(text: str) -> str:
@@ -269,8 +297,9 @@ def schema(out) -> None:
     "--allow-fingerprint-mismatch", is_flag=True, help="Apply to a different model or SAE; recorded."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="List every image's top-k before and after.")
 def apply(
-    patch_file, images, model_spec, sae_path, classes, data, top_k, allow_fingerprint_mismatch, as_json
+    patch_file, images, model_spec, sae_path, classes, data, top_k, allow_fingerprint_mismatch, as_json, verbose
 ) -> None:
     """Print top-k zero-shot predictions of IMAGES before and after applying PATCH_FILE."""
     from steerpatch.patch import load_patch
@@ -294,12 +323,24 @@ def apply(
             err=True,
         )
     click.echo(f"{result['patch']} on {result['model']} (block {p.hook.block}, tokens {p.tokens})")
-    for row in result["images"]:
-        fmt = ", ".join
-        before = fmt(f"{c} {q:.3f}" for c, q in row["before"])
-        after = fmt(f"{c} {q:.3f}" for c, q in row["after"])
-        flag = "  (changed)" if row["before"][0][0] != row["after"][0][0] else ""
-        click.echo(f"{row['image']}\n  before: {before}\n  after:  {after}{flag}")
+    rows = result["images"]
+    changed = [row for row in rows if row["before"][0][0] != row["after"][0][0]]
+    if verbose:
+        for row in rows:
+            fmt = ", ".join
+            before = fmt(f"{c} {q:.3f}" for c, q in row["before"])
+            after = fmt(f"{c} {q:.3f}" for c, q in row["after"])
+            flag = "  (changed)" if row in changed else ""
+            click.echo(f"{row['image']}\n  before: {before}\n  after:  {after}{flag}")
+    click.echo(f"top-1 prediction changed on {len(changed)} of {len(rows)} images")
+    shown = changed if verbose else changed[:_SHOWN_CHANGES]
+    for row in shown:
+        click.echo(f"  {row['image']}: {row['before'][0][0]} -> {row['after'][0][0]}")
+    if len(shown) < len(changed):
+        click.echo(f"  and {len(changed) - len(shown):,} more (--verbose lists every image)")
+
+
+_SHOWN_CHANGES = 20  # changed images listed without --verbose
 
 
 def _classes(classes: str | None, data: str | None) -> list[str] | None:
