@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from steerpatch.errors import SteerpatchError
+
 
 def _table(result) -> str:
     against = result.against or "best other class"
@@ -31,13 +33,13 @@ def _table(result) -> str:
 
 
 @click.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--target", default="predicted", show_default=True, help="Class whose margin to explain, or 'predicted'.")
 @click.option("--against", default=None, help="Competing class (e.g. the true label); default: the best other class.")
 @click.option("--model", "model_spec", default="concept-clip", show_default=True, help="Model spec for load_model.")
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the shipped default SAE).")
 @click.option("--classes", default=None, help="Comma-separated class names (default: from --data or the SAE statistics).")
-@click.option("--data", default=None, type=click.Path(exists=True, file_okay=False), help="Held-out folder the SAE statistics refer to (exemplar images and attributes; also the classes).")
+@click.option("--data", default=None, type=click.Path(file_okay=False), help="Held-out folder the SAE statistics refer to (exemplar images and attributes; also the classes).")
 @click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(1, 1000), help="Latents to list and ablate.")
 @click.option("--no-ablate", is_flag=True, help="Skip the exact ablation re-runs.")
 @click.option("--out", "out_dir", default="attribution", show_default=True, type=click.Path(file_okay=False), help="Folder for heatmap and exemplar PNGs.")
@@ -50,7 +52,11 @@ def attribute(image, target, against, model_spec, sae_path, classes, data, top_n
     """
     from steerpatch.preflight import check_model_spec
 
-    check_model_spec(model_spec)  # a typo is refused before torch is imported
+    check_model_spec(model_spec)  # a typo or a missing file is refused before torch is imported
+    if not Path(image).is_file():
+        raise SteerpatchError(f"image '{image}' does not exist or is not a file; check the path")
+    if data and not Path(data).is_dir():
+        raise SteerpatchError(f"--data '{data}' is not a folder; pass the held-out image folder")
     from steerpatch.attribute import attribute as run_attribution
     from steerpatch.models import load_model
     from steerpatch.sae import default_sae_path, load_sae

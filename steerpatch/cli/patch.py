@@ -287,7 +287,7 @@ def schema(out) -> None:
 
 @patch.command("apply")
 @click.argument("patch_file", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--model", "model_spec", default=None, help="Model spec (default: the patch's model id).")
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the patch's SAE location).")
 @click.option("--classes", default=None, help="Comma-separated class names for the zero-shot head.")
@@ -306,6 +306,9 @@ def apply(
     from steerpatch.preflight import preflight
 
     p = load_patch(patch_file)
+    missing = [i for i in images if not Path(i).is_file()]
+    if missing:
+        raise SteerpatchError(f"image(s) {shorten(missing)} do not exist or are not files; check the paths")
     preflight(p, model_spec=model_spec, sae_path=sae_path, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
     from steerpatch.steer.predict import predict_before_after
 

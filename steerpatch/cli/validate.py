@@ -91,8 +91,8 @@ def summary(report) -> str:
 
 
 @click.command()
-@click.argument("patch_path", metavar="PATCH", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Labelled held-out image folder.")
+@click.argument("patch_path", metavar="PATCH", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Labelled held-out image folder.")
 @click.option("--targets", multiple=True, help="Failing instances the patch is for: ids, an ids .txt file, or a folder. Repeatable.")
 @click.option("--same-failure", "same_failure", multiple=True, help="Other instances of the failure: attr=value, ids, an ids .txt file, or a folder.")
 @click.option("--group-by", default=None, help="Manifest attribute to report accuracy per value of, e.g. shortcut.")
@@ -121,6 +121,8 @@ def validate(
 
     # cheap checks first: a bad patch, model name or SAE width is refused before torch is imported
     patch = load_patch(patch_path)
+    if not Path(data).is_dir():
+        raise SteerpatchError(f"--data '{data}' is not a folder; pass the labelled image folder (DIR/<class>/<image>)")
     preflight(
         patch, model_spec=model_spec, sae_path=sae_path, allow_fingerprint_mismatch=allow_fingerprint_mismatch
     )
