@@ -67,9 +67,10 @@ def patch() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 def new(name, model_spec, sae_path, edits, groups, rationale, author, tokens, block, version, out, force) -> None:
     """Create a patch bound to a model and an SAE (give --edit, --suppress-selective or both)."""
-    from steerpatch.patch import new_patch, parse_edit, parse_tokens
-
     from steerpatch.preflight import check_model_spec
+
+    check_model_spec(model_spec)  # before anything heavy, pydantic included
+    from steerpatch.patch import new_patch, parse_edit, parse_tokens
 
     if not edits and not groups:
         raise click.UsageError("give at least one --edit LATENT:OP:VALUE or --suppress-selective ATTR=VALUE")
@@ -78,7 +79,6 @@ def new(name, model_spec, sae_path, edits, groups, rationale, author, tokens, bl
             raise click.BadParameter(f"{group!r} is not ATTR=VALUE, e.g. background=water", param_hint="--suppress-selective")
     parsed = [parse_edit(e) for e in edits]
     scope = parse_tokens(tokens)
-    check_model_spec(model_spec)
     from steerpatch.models import load_model
     from steerpatch.sae import default_sae_path, load_sae
 
