@@ -79,4 +79,4 @@ def attribute(image, target, against, model_spec, sae_path, classes, data, top_n
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         click.echo(_table(result))
-        click.echo(f"heatmaps in {out_dir}/")
+        click.echo(f"heatmaps and exemplars in {Path(out_dir)}/")
