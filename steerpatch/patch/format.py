@@ -58,16 +58,16 @@ def check_name(value: str) -> str:
     """Validate a patch name: a slug of lowercase letters, digits, '-', '_' and '.'."""
     if _CONTROL.search(value):
         raise _error(
-            "patch_name", f"name {value!r} contains control characters; use a slug like 'water-shortcut'"
+            "patch_name", f"name {_clip(value)} contains control characters; use a slug like 'water-shortcut'"
         )
     if "/" in value or "\\" in value:
         raise _error(
-            "patch_name", f"name {value!r} contains a path separator; use a slug like 'water-shortcut'"
+            "patch_name", f"name {_clip(value)} contains a path separator; use a slug like 'water-shortcut'"
         )
     if not value or len(value) > MAX_NAME_LENGTH or not _SLUG.fullmatch(value):
         raise _error(
             "patch_name",
-            f"name {value!r} is not a slug; use 1-{MAX_NAME_LENGTH} lowercase letters and digits, words joined "
+            f"name {_clip(value)} is not a slug; use 1-{MAX_NAME_LENGTH} lowercase letters and digits, words joined "
             "by single '-', '_' or '.' (no '..', no leading or trailing separator), such as 'water-shortcut'",
         )
     return value
@@ -78,7 +78,7 @@ def check_version(value: str) -> str:
     if not _SEMVER.fullmatch(value):
         raise _error(
             "patch_version",
-            f"version {value!r} is not a semantic version; use MAJOR.MINOR.PATCH such as '1.0.0'",
+            f"version {_clip(value)} is not a semantic version; use MAJOR.MINOR.PATCH such as '1.0.0'",
         )
     return value
 
@@ -89,7 +89,7 @@ def check_ref(value: str) -> str:
     if not sep:
         raise _error(
             "patch_ref",
-            f"{value!r} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
+            f"{_clip(value)} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
         )
     check_name(name)
     check_version(version)
@@ -99,7 +99,7 @@ def check_ref(value: str) -> str:
 def check_sha256(value: str) -> str:
     """Validate a lowercase SHA-256 hex digest."""
     if not _SHA256.fullmatch(value):
-        raise _error("sha256", f"{value!r} is not a SHA-256 hex digest; use 64 lowercase hex characters")
+        raise _error("sha256", f"{_clip(value)} is not a SHA-256 hex digest; use 64 lowercase hex characters")
     return value
 
 
@@ -112,7 +112,7 @@ def check_timestamp(value: str) -> str:
     if offset is None or offset.total_seconds() != 0:
         raise _error(
             "timestamp",
-            f"{value!r} is not an ISO 8601 UTC timestamp; use the form '2024-05-01T12:00:00Z'",
+            f"{_clip(value)} is not an ISO 8601 UTC timestamp; use the form '2024-05-01T12:00:00Z'",
         )
     return value
 
@@ -120,7 +120,7 @@ def check_timestamp(value: str) -> str:
 def check_op(value: str) -> str:
     """Validate an operation name against the op registry."""
     if value not in OPS:
-        raise _error("patch_op", f"unknown op {value!r}; use one of: {', '.join(OPS)}")
+        raise _error("patch_op", f"unknown op {_clip(value)}; use one of: {', '.join(OPS)}")
     return value
 
 

@@ -91,6 +91,12 @@ def test_huge_documents_print_short_errors(runner, tmp_path):
     result = runner.invoke(cli, ["patch", "check", str(path)])
     assert result.exit_code == 2 and len(result.stderr) < 1_000
     assert "tokens: has 1000000 items; use at most 65536" in result.stderr
+    for field in ("name", "version", "parent", "created_at", "content_hash"):
+        doc = copy.deepcopy(VALID)
+        doc[field] = "X" * 1_000_000
+        path.write_text(json.dumps(doc))
+        result = runner.invoke(cli, ["patch", "check", str(path)])
+        assert result.exit_code == 2 and len(result.stderr) < 2_000, (field, len(result.stderr))
 
 
 def test_patch_show_cannot_be_made_to_forge_lines(runner, tmp_path, make_patch):
