@@ -58,10 +58,8 @@ def refuse_special_file(
     path = Path(path)
     candidates = [path]
     if entries and path.is_dir():
-        try:
+        with contextlib.suppress(OSError):
             candidates += sorted(path.iterdir())
-        except OSError:
-            pass
     for candidate in candidates:
         try:
             mode = candidate.stat().st_mode

@@ -67,7 +67,9 @@ def check_model_spec(spec: str) -> None:
     close = difflib.get_close_matches(spec, names, n=5, cutoff=0.5) or difflib.get_close_matches(
         spec.lower(), [n.lower() for n in names], n=5, cutoff=0.4
     )
-    hint = f"close names: {', '.join(close)}" if close else f"known names include: {', '.join(names[:8])}, ..."
+    hint = (
+        f"close names: {', '.join(close)}" if close else f"known names include: {', '.join(names[:8])}, ..."
+    )
     raise ModelError(
         f"unknown model '{spec}'; {hint}; or pass a 'local-dir:/path', 'hf-hub:org/repo' spec, "
         "or an open_clip architecture name with --pretrained CHECKPOINT"
@@ -119,7 +121,8 @@ def preflight(
     spec = model_spec or patch.model.id
     check_model_spec(spec)
     problems: list[str] = []
-    config = _read_json(_config_path(spec)) if _config_path(spec) else None
+    config_path = _config_path(spec)
+    config = _read_json(config_path) if config_path else None
     vision = config.get("vision_cfg") if config else None
     layers = vision.get("layers") if isinstance(vision, dict) else None
     width = vision.get("width") if isinstance(vision, dict) else None

@@ -24,7 +24,9 @@ def umask():
     os.umask(saved)
 
 
-@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+@pytest.mark.parametrize(
+    ("mask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)]
+)
 def test_artifacts_get_the_mode_the_umask_gives(tmp_path, umask, mask, file_mode, dir_mode):
     umask(mask)
     text = atomic_write_text(tmp_path / "a.json", "{}")

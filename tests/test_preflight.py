@@ -37,9 +37,13 @@ print(json.dumps({{"code": code, "seconds": time.perf_counter() - start, "stderr
 
 
 def test_a_model_name_typo_is_refused_in_under_a_second_without_torch():
-    image = str(ROOT / "steerpatch" / "zoo" / "concept-clip.json")  # any existing file: the name is checked first
-    for args in (["attribute", image, "--model", "ViT-B-3"], ["patch", "new", "--name", "x", "--edit", "1:scale:0",
-                                                               "--rationale", "r", "--model", "ViT-B-3"]):
+    image = str(
+        ROOT / "steerpatch" / "zoo" / "concept-clip.json"
+    )  # any existing file: the name is checked first
+    for args in (
+        ["attribute", image, "--model", "ViT-B-3"],
+        ["patch", "new", "--name", "x", "--edit", "1:scale:0", "--rationale", "r", "--model", "ViT-B-3"],
+    ):
         result = _in_fresh_process(CLI_PROBE.format(args=args))
         assert result["code"] == 2, result
         assert "unknown model 'ViT-B-3'; close names: ViT-B-32" in result["stderr"]
@@ -61,7 +65,10 @@ def test_a_patch_that_cannot_fit_its_model_is_refused_before_the_model_is_built(
     args = ["validate", str(path), "--data", str(tmp_path), "--sae", sae]
     result = _in_fresh_process(CLI_PROBE.format(args=args))
     assert result["code"] == 2, result
-    assert "the SAE at" in result["stderr"] and "reads width d_in=64 but ViT-L-14 has width 1024" in result["stderr"]
+    assert (
+        "the SAE at" in result["stderr"]
+        and "reads width d_in=64 but ViT-L-14 has width 1024" in result["stderr"]
+    )
     assert not result["torch"], "the model (or torch) was loaded before refusing"
 
 
@@ -96,9 +103,20 @@ def test_ctrl_c_of_a_real_process_exits_130(tmp_path):
 
     # interrupt a real command mid-run: `world generate` writes 2,400 images into a temporary folder
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from steerpatch.cli.main import main; main()", "world", "generate",
-         str(tmp_path / "w"), "--split", "test"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            "from steerpatch.cli.main import main; main()",
+            "world",
+            "generate",
+            str(tmp_path / "w"),
+            "--split",
+            "test",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     # wait until the command is running: the world writer creates its temporary folder first
     deadline = time.monotonic() + 60

@@ -48,8 +48,17 @@ def test_world_exemplars_render_the_images_the_world_writer_wrote(test_world):
 
 def test_attribute_out_writes_exemplars_without_data(runner, tmp_path, stats_sae, test_world):
     image = sorted(test_world.glob("*/*.png"))[0]
-    args = ["attribute", str(image), "--sae", stats_sae.location, "--top", "2", "--no-ablate",
-            "--classes", "circle,square,star,triangle,hexagon,cross"]
+    args = [
+        "attribute",
+        str(image),
+        "--sae",
+        stats_sae.location,
+        "--top",
+        "2",
+        "--no-ablate",
+        "--classes",
+        "circle,square,star,triangle,hexagon,cross",
+    ]
     plain = runner.invoke(cli, [*args, "--out", str(tmp_path / "plain")])
     assert plain.exit_code == 0, plain.output
     montages = sorted(p.name for p in (tmp_path / "plain").glob("exemplars-latent*.png"))

@@ -45,7 +45,9 @@ def test_compile_refuses_token_indices_past_the_last_token_like_steering(shipped
     import torch
 
     with pytest.raises(PatchError) as eager, steered(concept_model, patch, default_sae):
-        concept_model.model.encode_image(torch.zeros(1, 3, concept_model.image_size, concept_model.image_size))
+        concept_model.model.encode_image(
+            torch.zeros(1, 3, concept_model.image_size, concept_model.image_size)
+        )
     assert str(eager.value) == str(compiled.value)
 
 

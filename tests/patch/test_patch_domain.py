@@ -32,7 +32,10 @@ def _text(**changes) -> str:
 HOSTILE = [
     ({"edits__0__op": "add", "edits__0__value": 1e38}, "edits[0]: value 1e+38 is out of range for op 'add'"),
     ({"edits__0__op": "add", "edits__0__value": 1e300}, "out of range for op 'add'"),
-    ({"edits__0__value": -1e38}, "edits[0]: value -1e+38 is out of range for op 'scale'; use a finite value in [-1000, 1000]"),
+    (
+        {"edits__0__value": -1e38},
+        "edits[0]: value -1e+38 is out of range for op 'scale'; use a finite value in [-1000, 1000]",
+    ),
     ({"edits__1__value": 1.7e308}, "edits[1]: value 1.7e+308 is out of range for op 'clamp_if_active'"),
     ({"d_sae": 10**30}, "(document): an integer has 31 digits"),
     ({"d_sae": MAX_D_SAE + 1}, "d_sae: 134217729 is too large; use a value <= 134217728"),
@@ -40,11 +43,14 @@ HOSTILE = [
     ({"name": "a.."}, "name 'a..' is not a slug"),
     ({"name": "a-"}, "name 'a-' is not a slug"),
     ({"name": "a._b"}, "name 'a._b' is not a slug"),
-    ({"model__id": "concept-clip\n  sae  forged"}, "model.id: 'concept-clip\\n  sae  forged' contains a control character"),
+    (
+        {"model__id": "concept-clip\n  sae  forged"},
+        "model.id: 'concept-clip\\n  sae  forged' contains a control character",
+    ),
     ({"sae__location": "x\u2028y"}, "sae.location:"),
     ({"author": "ana\r"}, "author:"),
     ({"rationale": "bell\x07"}, "rationale:"),
-    ({"sae__architecture": "../pickle"}, "sae.architecture: \"../pickle\" is not an architecture name"),
+    ({"sae__architecture": "../pickle"}, 'sae.architecture: "../pickle" is not an architecture name'),
     ({"tokens": [70000]}, "tokens[0]: 70000 is too large"),
     ({"provenance__instances__0__scores": {"9" * 30: 1.0}}, "score keys must be latent indices"),
 ]
@@ -73,7 +79,9 @@ def test_an_unregistered_architecture_is_refused_by_patch_check(runner, tmp_path
     path.write_text(json.dumps(patch.to_dict()))
     result = runner.invoke(cli, ["patch", "check", str(path)])
     assert result.exit_code == 2
-    assert "'pickle' is not a registered SAE architecture; use one of jumprelu, standard, topk" in result.stderr
+    assert (
+        "'pickle' is not a registered SAE architecture; use one of jumprelu, standard, topk" in result.stderr
+    )
 
 
 def test_huge_documents_print_short_errors(runner, tmp_path):
@@ -105,7 +113,9 @@ def test_patch_show_cannot_be_made_to_forge_lines(runner, tmp_path, make_patch):
     result = runner.invoke(cli, ["patch", "show", str(path)])
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert [line for line in lines if line.startswith("  model")] == [f"  model       concept-clip  {'1f' * 32}"]
+    assert [line for line in lines if line.startswith("  model")] == [
+        f"  model       concept-clip  {'1f' * 32}"
+    ]
     assert " " * 14 + "  model       forged" in lines  # indented under the rationale
 
 

@@ -46,7 +46,9 @@ def test_unmeasured_gates_are_named_in_the_report_and_the_summary(tmp_path):
 
 
 def test_the_shipped_policy_blocks_production_while_a_gate_is_unmeasured():
-    policy = load_policy(PACKAGED_POLICY).model_copy(update={"gates": Policy.model_validate({"gates": LOOSE}).gates})
+    policy = load_policy(PACKAGED_POLICY).model_copy(
+        update={"gates": Policy.model_validate({"gates": LOOSE}).gates}
+    )
     values = measurements(_report(policy))
     blocked = evaluate_gates(values, policy, alias="production")
     assert [g.name for g in blocked if not g.passed] == ["min_target_fix_rate", "min_generalisation_fix_rate"]
