@@ -106,7 +106,7 @@ def check_binding(
     bad = [e.latent for e in patch.edits if e.latent >= sae.d_sae]
     if bad:
         problems.append(
-            f"latent(s) {shorten(bad)} are out of range for this SAE (d_sae={sae.d_sae}); use 0..{sae.d_sae - 1}"
+            f"latent(s) [{shorten(bad)}] are out of range for this SAE (d_sae={sae.d_sae}); use 0..{sae.d_sae - 1}"
         )
     if problems:
         raise PatchError(f"patch {patch.ref} cannot be applied", problems)

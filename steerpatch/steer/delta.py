@@ -51,7 +51,7 @@ def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]
     bad = [t for t in tokens if t >= n_tokens]
     if bad:
         raise PatchError(
-            f"patch token indices {shorten(bad)} are past the last token ({n_tokens - 1}) of this model; "
+            f"patch token indices [{shorten(bad)}] are past the last token ({n_tokens - 1}) of this model; "
             "fix 'tokens'"
         )
     return list(tokens)

@@ -103,18 +103,24 @@ def load_patch_sae(patch: Patch) -> Any:
     if location and Path(location).exists():
         return load_sae(location)
     default = default_sae_path()
-    other = ""
     if default.exists():
         sae = load_sae(default)
         if sae.fingerprint == patch.sae.fingerprint:
             return sae
-        # the fallback exists but is another SAE: say so, not only that the recorded path is missing
-        other = (
-            f", and the shipped default SAE has fingerprint {sae.fingerprint}, not the patch's "
-            f"{patch.sae.fingerprint} (SAE fingerprint mismatch)"
+        mismatch = (
+            f"the shipped default SAE has fingerprint {sae.fingerprint}, not the patch's {patch.sae.fingerprint}"
         )
-    where = f"'{location}' does not exist here" if location else "records no SAE location"
-    raise PatchError(f"patch {patch.ref}: its SAE {where}{other}; pass the SAE it was made for (--sae PATH)")
+        if location and default.as_posix().endswith(Path(location).as_posix()):
+            # the patch names the shipped SAE: what is wrong is the fingerprint, not the path
+            raise PatchError(
+                f"patch {patch.ref}: SAE fingerprint mismatch: it names the shipped SAE '{location}' but {mismatch}; "
+                "use the SAE it was made for (--sae PATH)"
+            )
+    else:
+        mismatch = ""
+    where = f"'{location}' does not exist" if location else "records no SAE location"
+    also = f" ({mismatch}: an SAE fingerprint mismatch)" if mismatch else ""
+    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH){also}")
 
 
 def _check_devices(tower: Any, saes: list[Any]) -> None:
