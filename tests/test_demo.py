@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_and_again(runner, tmp_path, monkeypatch):
     # the README's excerpt is what the demo prints: every line of it without '...' appears as printed
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     excerpt = re.search(r"What `steerpatch demo` does.*?```text\n(.*?)```", readme, flags=re.S).group(1)
-    printed = first.output.splitlines()
+    printed = first.stdout.splitlines()  # stdout alone: progress bars on stderr share no lines with it
     stale = [line for line in excerpt.splitlines() if line.strip() and "..." not in line and line not in printed]
     assert not stale, f"README demo excerpt lines the demo no longer prints: {stale}"
 
