@@ -48,6 +48,12 @@ def compile_cmd(source, head, out, data, classes, sae_path, tolerance, samples, 
     ONNX Runtime against the torch steered model before anything is written; with --register it is
     logged as an mlflow.onnx model and registered (compiling NAME@ALIAS also moves ALIAS on the graph).
     """
+    if Path(source).is_file() or Path(source).suffix == ".json":
+        # a patch file: refuse a bad one, or one that cannot fit its model, before torch is imported
+        from steerpatch.patch import load_patch
+        from steerpatch.preflight import preflight
+
+        preflight(load_patch(source), sae_path=sae_path)
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.compile.export import write_graph
 

@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# documented exit code for an interrupted run (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+
+
 class SteerpatchGroup(click.Group):
     """A group whose commands are imported on first use, and that turns library errors into clean exits."""
 
@@ -58,6 +62,10 @@ class SteerpatchGroup(click.Group):
         except SteerpatchError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            # click would turn Ctrl-C into Abort and exit 1, the code of a failed verdict
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=SteerpatchGroup, context_settings={"help_option_names": ["-h", "--help"]})

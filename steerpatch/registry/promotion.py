@@ -93,7 +93,7 @@ def measured_values(report: Any) -> dict[str, float | None]:
 
 
 def recheck_report(
-    report_path: str | Path, policy_path: str | Path | None = None
+    report_path: str | Path, policy_path: str | Path | None = None, alias: str | None = None
 ) -> tuple[list[str], str | None]:
     """Re-evaluate a recorded report against the policy in force.
 
@@ -109,8 +109,8 @@ def recheck_report(
 
     policy = load_policy(policy_path)
     report = load_report(report_path)
-    results = evaluate_gates(measured_values(report), policy)
-    return [r.name for r in results if not r.passed], policy.source
+    results = evaluate_gates(measured_values(report), policy, alias=alias)
+    return [r.name + ("" if r.measured else " (not measured)") for r in results if not r.passed], policy.source
 
 
 def alias_moves(c: Any, name: str) -> list[AliasMove]:
@@ -198,7 +198,7 @@ def promote(
     mv = get_version(c, name, version)
     with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
         report = download_file(c, store, name, str(mv.version), REPORT_JSON, Path(tmp))
-        failed, policy_source = recheck_report(report, policy)
+        failed, policy_source = recheck_report(report, policy, alias=alias)
     if failed and not force:
         raise GateFailed(
             f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
