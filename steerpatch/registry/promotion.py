@@ -1,8 +1,11 @@
 """Gated alias moves (promotion, rollback) and their audit trail.
 
-An alias moves to a version only when that version's recorded validation report passes the policy
-in force *now* (the report is re-checked, so tightening the policy also guards old versions), unless
-the move is forced with a reason. Every move is recorded as its own registered-model tag
+An alias moves to a version only when that version verifies against the registry's record (its
+files, its MLmodel, its report's hashes, its compiled graphs: `steerpatch.registry.integrity`), its
+report is consistent with its own counts, and the gates *re-derived from those counts* pass the
+policy in force *now* (the report's own gate values and verdict are never read, and tightening the
+policy also guards old versions), unless the move is forced with a reason. Forcing bypasses gates,
+never integrity. Every move is recorded as its own registered-model tag
 `steerpatch.alias_move.<ns-timestamp>.<nonce>` holding one JSON record (who, when, why, from, to),
 written before the alias itself moves and removed again if that fails — one tag per move keeps each
 record atomic and within MLflow's tag size limit however long the history grows.
@@ -20,9 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import GateFailed, RegistryError
-from steerpatch.registry.artifacts import download_file, get_version
-from steerpatch.registry.bundle import REPORT_JSON
+from steerpatch.errors import GateFailed, IntegrityError, RegistryError
+from steerpatch.registry.artifacts import download_version, get_version
 from steerpatch.registry.register import TAG, current_user
 from steerpatch.registry.store import Store, client, resolve_store, store_lock, with_retry
 
@@ -80,16 +82,26 @@ class AliasMove:
 
 
 def measured_values(report: Any) -> dict[str, float | None]:
-    """The value each known gate measures, read from a recorded report.
+    """The value each known gate measures, re-derived from a recorded report's raw counts.
 
-    Values the report recorded for its gates come first; gates that were switched off when it was
-    written are derived from the report's fields, so a gate switched on later still bites.
+    The report's own `gates` values are never used: a gate switched on later, or a value edited in
+    the file, is measured from the counts all the same (see `steerpatch.registry.evidence`).
     """
-    from steerpatch.validate.report import measurements
+    from steerpatch.registry.evidence import rederived_values
 
-    values = measurements(report)
-    values.update({g.name: g.value for g in report.gates})
-    return values
+    return rederived_values(report)
+
+
+def check_consistent(report: Any, what: str, patch: Any = None) -> None:
+    """Refuse a report whose numbers contradict its counts (exit 1), naming the first contradiction."""
+    from steerpatch.registry.evidence import consistency_problems
+
+    problems = consistency_problems(report, patch)
+    if problems:
+        raise IntegrityError(
+            f"{what}: artifact 'report.json' contradicts its own counts ({problems[0]}); it was edited after validation",
+            problems[1:],
+        )
 
 
 def recheck_report(
@@ -103,14 +115,48 @@ def recheck_report(
 
     Returns:
         `(failed_gates, policy_source)`: an empty list when every gate passes.
+
+    Raises:
+        IntegrityError: when the report's numbers contradict its own counts.
     """
+    from steerpatch.validate.report import load_report
+
+    report = load_report(report_path)
+    check_consistent(report, f"report '{report_path}'")
+    return failed_gates_of(report, policy_path)
+
+
+def failed_gates_of(report: Any, policy_path: str | Path | None) -> tuple[list[str], str | None]:
     from steerpatch.validate.policy import load_policy
-    from steerpatch.validate.report import evaluate_gates, load_report
+    from steerpatch.validate.report import evaluate_gates
 
     policy = load_policy(policy_path)
-    report = load_report(report_path)
     results = evaluate_gates(measured_values(report), policy)
     return [r.name for r in results if not r.passed], policy.source
+
+
+def verified_evidence(c: Any, store: Store, mv: Any) -> tuple[Any, Any]:
+    """Verify a patch version and its compiled graphs; return its (patch, report), checked for consistency.
+
+    Raises:
+        IntegrityError: (exit 1) at the first file or number that does not match the record.
+        RegistryError: when the version is a compiled graph rather than a patch.
+    """
+    from steerpatch.registry.integrity import graphs_of, is_graph, verify_model_version, verify_patch_folder
+
+    what = f"{mv.name}@{mv.version}"
+    if is_graph(mv):
+        raise RegistryError(
+            f"{what} is a compiled graph; promote the patch version it was compiled from "
+            f"(`steerpatch promote {(mv.tags or {}).get(TAG + 'patch_model', 'NAME')} VERSION`)"
+        )
+    with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
+        local = download_version(c, store, mv.name, str(mv.version), Path(tmp) / "model")
+        _, patch, report = verify_patch_folder(local, mv, what)
+    for graph in graphs_of(c, mv.name, (mv.tags or {}).get(TAG + "patch_hash")):
+        verify_model_version(c, store, graph, graphs=False)
+    check_consistent(report, what, patch)
+    return patch, report
 
 
 def alias_moves(c: Any, name: str) -> list[AliasMove]:
@@ -180,7 +226,9 @@ def promote(
         The recorded `AliasMove`.
 
     Raises:
-        GateFailed: (exit 1) naming the failed gates, when not forced.
+        IntegrityError: (exit 1) when the version does not verify against the registry's record or its
+            report contradicts its counts; `force` does not bypass this. Nothing is moved.
+        GateFailed: (exit 1) naming the failed gates (re-derived from the report's counts), when not forced.
         RegistryError: for an unknown model/version, a bad alias, or `force` without a reason.
 
     Example:
@@ -196,9 +244,8 @@ def promote(
     store = resolve_store(tracking_uri)
     c = client(store)
     mv = get_version(c, name, version)
-    with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
-        report = download_file(c, store, name, str(mv.version), REPORT_JSON, Path(tmp))
-        failed, policy_source = recheck_report(report, policy)
+    _, report = verified_evidence(c, store, mv)
+    failed, policy_source = failed_gates_of(report, policy)
     if failed and not force:
         raise GateFailed(
             f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
