@@ -201,9 +201,12 @@ def _check_against_registry(path: Path) -> bool:
         return False
     try:
         meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
-        name, version = str(meta["model_name"]), str(meta["model_version"])
+        name, version = str(meta["model_name"]), meta["model_version"]
     except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
         raise IntegrityError(f"steerpatch model '{path}': '{REGISTERED_MODEL_META}' is unreadable") from None
+    if version is None or str(version) in ("", "None"):
+        return False  # a logged model (models:/<model-id>), not a registered version: no record to check against
+    version = str(version)
     mv = mlflow.MlflowClient().get_model_version(name, version)
     verify_patch_folder(path, mv, f"{name}@{version}")
     return True

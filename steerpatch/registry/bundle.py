@@ -99,7 +99,7 @@ def check_report_consistent(patch: Any, report: Any, *, report_path: str | Path 
     problems = consistency_problems(report, patch)
     if problems:
         raise IntegrityError(
-            f"report '{report_path}' for {patch.ref} contradicts its own counts ({problems[0]}); it was edited "
+            f"report '{report_path}' for {patch.ref} contradicts itself ({problems[0]}); it was edited "
             "after `steerpatch validate` wrote it: re-run validation",
             problems[1:],
         )

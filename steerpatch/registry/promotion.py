@@ -99,7 +99,7 @@ def check_consistent(report: Any, what: str, patch: Any = None) -> None:
     problems = consistency_problems(report, patch)
     if problems:
         raise IntegrityError(
-            f"{what}: artifact 'report.json' contradicts its own counts ({problems[0]}); it was edited after validation",
+            f"{what}: artifact 'report.json' contradicts itself ({problems[0]}); it was edited after validation",
             problems[1:],
         )
 
