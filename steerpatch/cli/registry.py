@@ -58,6 +58,14 @@ def register(
 @click.option(
     "--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML in force."
 )
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False), default=None,
+    help="Dataset the version was validated on; validation is re-run on it (policy [promotion]: production by default).",
+)
+@click.option(
+    "--revalidate/--no-revalidate", default=None,
+    help="Re-run validation on --data and refuse on any difference. Default: as the policy says for ALIAS.",
+)
 @tracking_option
 @json_option
 def promote(
@@ -68,6 +76,8 @@ def promote(
     force: bool,
     reason: str | None,
     policy: str | None,
+    data: str | None,
+    revalidate: bool | None,
     tracking_uri: str | None,
     as_json: bool,
 ) -> None:
@@ -78,10 +88,11 @@ def promote(
     if do_rollback == (version is not None):
         raise click.UsageError("give either VERSION or --rollback (not both)")
     if version is None:
-        move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri)
+        move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri, data=data)
     else:
         move = promote_version(
-            name, version, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri
+            name, version, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri,
+            data=data, revalidate=revalidate,
         )
     if as_json:
         _echo_json({"name": name, **move.to_dict()})
@@ -89,6 +100,8 @@ def promote(
     origin = f"v{move.from_version}" if move.from_version else "(new)"
     forced = f"  FORCED past {', '.join(move.failed_gates)}" if move.forced else ""
     click.echo(f"{name}: {alias} {origin} -> v{move.to_version}  ({move.why}){forced}")
+    if move.revalidated:
+        click.echo(f"validation re-run: {move.revalidated}")
 
 
 @click.command()

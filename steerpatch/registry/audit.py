@@ -229,7 +229,8 @@ def audit_model(name: str, *, policy: str | Path | None = None, tracking_uri: st
     for mv in versions:
         row: dict[str, Any] = {"version": str(mv.version), "kind": "patch", "ok": True, "problem": None}
         try:
-            _, report = verified_evidence(c, store, mv)
+            with tempfile.TemporaryDirectory(prefix="steerpatch-audit-") as tmp:
+                _, report, _ = verified_evidence(c, store, mv, Path(tmp))
             failed_by_version[str(mv.version)] = failed_gates_of(report, policy)[0]
         except SteerpatchError as error:
             row.update(ok=False, problem=_first_line(error))

@@ -45,6 +45,8 @@ class AliasMove:
         kind: "promote" or "rollback".
         failed_gates: the gates that failed under the policy in force (non-empty only when forced).
         policy: the policy file the gates were checked against.
+        revalidated: what re-running validation at the move found, or why it was not re-run
+            (None when the policy does not ask for it for this alias).
     """
 
     alias: str
@@ -57,6 +59,7 @@ class AliasMove:
     kind: str = "promote"
     failed_gates: tuple[str, ...] = ()
     policy: str | None = None
+    revalidated: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,6 +81,7 @@ class AliasMove:
             kind=data.get("kind", "promote"),
             failed_gates=tuple(data.get("failed_gates") or ()),
             policy=data.get("policy"),
+            revalidated=data.get("revalidated"),
         )
 
 
@@ -135,8 +139,10 @@ def failed_gates_of(report: Any, policy_path: str | Path | None) -> tuple[list[s
     return [r.name for r in results if not r.passed], policy.source
 
 
-def verified_evidence(c: Any, store: Store, mv: Any) -> tuple[Any, Any]:
-    """Verify a patch version and its compiled graphs; return its (patch, report), checked for consistency.
+def verified_evidence(c: Any, store: Store, mv: Any, workdir: Path) -> tuple[Any, Any, Path]:
+    """Verify a patch version and its compiled graphs; return its (patch, report, verified local folder).
+
+    The report is also checked for consistency with its own counts and with the patch.
 
     Raises:
         IntegrityError: (exit 1) at the first file or number that does not match the record.
@@ -150,13 +156,12 @@ def verified_evidence(c: Any, store: Store, mv: Any) -> tuple[Any, Any]:
             f"{what} is a compiled graph; promote the patch version it was compiled from "
             f"(`steerpatch promote {(mv.tags or {}).get(TAG + 'patch_model', 'NAME')} VERSION`)"
         )
-    with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
-        local = download_version(c, store, mv.name, str(mv.version), Path(tmp) / "model")
-        _, patch, report = verify_patch_folder(local, mv, what)
+    local = download_version(c, store, mv.name, str(mv.version), Path(workdir) / "model")
+    _, patch, report = verify_patch_folder(local, mv, what)
     for graph in graphs_of(c, mv.name, (mv.tags or {}).get(TAG + "patch_hash")):
         verify_model_version(c, store, graph, graphs=False)
     check_consistent(report, what, patch)
-    return patch, report
+    return patch, report, local
 
 
 def alias_moves(c: Any, name: str) -> list[AliasMove]:
@@ -209,6 +214,8 @@ def promote(
     policy: str | Path | None = None,
     tracking_uri: str | None = None,
     kind: str = "promote",
+    data: str | Path | None = None,
+    revalidate: bool | None = None,
 ) -> AliasMove:
     """Point `alias` of registered model `name` at `version`, if its validation passes the policy in force.
 
@@ -221,6 +228,10 @@ def promote(
         policy: the policy file; default `registry/policy.toml`.
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
         kind: "promote" or "rollback", recorded with the move.
+        data: the dataset folder the version was validated on; validation is re-run on it when
+            `revalidate` says so, and the fresh per-image results must equal the report's.
+        revalidate: re-run validation; None follows the policy's `[promotion] revalidate_aliases`
+            (default: for `production`). Without `data` the re-run is skipped and the move says so.
 
     Returns:
         The recorded `AliasMove`.
@@ -229,6 +240,7 @@ def promote(
         IntegrityError: (exit 1) when the version does not verify against the registry's record or its
             report contradicts its counts; `force` does not bypass this. Nothing is moved.
         GateFailed: (exit 1) naming the failed gates (re-derived from the report's counts), when not forced.
+        IntegrityError: (exit 1) also when a re-run of validation gives other results than the report.
         RegistryError: for an unknown model/version, a bad alias, or `force` without a reason.
 
     Example:
@@ -243,15 +255,27 @@ def promote(
         raise RegistryError('--force needs --reason "…" saying why the gates are bypassed; it is recorded')
     store = resolve_store(tracking_uri)
     c = client(store)
+    from steerpatch.validate.policy import load_policy
+
     mv = get_version(c, name, version)
-    _, report = verified_evidence(c, store, mv)
-    failed, policy_source = failed_gates_of(report, policy)
-    if failed and not force:
-        raise GateFailed(
-            f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
-            'Fix the patch and register a new version, or use --force --reason "…"',
-            [f"failed gate: {gate}" for gate in failed],
-        )
+    if revalidate is None:
+        revalidate = alias in load_policy(policy).promotion.revalidate_aliases
+    with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
+        patch, report, local = verified_evidence(c, store, mv, Path(tmp))
+        failed, policy_source = failed_gates_of(report, policy)
+        if failed and not force:
+            raise GateFailed(
+                f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
+                'Fix the patch and register a new version, or use --force --reason "…"',
+                [f"failed gate: {gate}" for gate in failed],
+            )
+        revalidated = None
+        if revalidate and data is None:
+            revalidated = f"not re-run: no dataset given (promote --data DIR re-runs validation for '{alias}')"
+        elif revalidate:
+            from steerpatch.registry.revalidate import revalidate as rerun
+
+            revalidated = rerun(patch, local / "sae", report, data, what=f"{name}@{mv.version}")
     why = reason.strip() if reason else ("gates passed" if kind == "promote" else "rollback; gates passed")
     move = _move_alias(
         c,
@@ -265,6 +289,7 @@ def promote(
             "kind": kind,
             "failed_gates": tuple(failed),
             "policy": policy_source,
+            "revalidated": revalidated,
         },
     )
     if force and reason:
@@ -281,6 +306,7 @@ def rollback(
     force: bool = False,
     policy: str | Path | None = None,
     tracking_uri: str | None = None,
+    data: str | Path | None = None,
 ) -> AliasMove:
     """Move `alias` back to the version it pointed at before its last move.
 
@@ -312,4 +338,5 @@ def rollback(
         policy=policy,
         tracking_uri=tracking_uri,
         kind="rollback",
+        data=data,
     )
