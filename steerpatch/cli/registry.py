@@ -101,7 +101,7 @@ def promote(
     forced = f"  FORCED past {', '.join(move.failed_gates)}" if move.forced else ""
     click.echo(f"{name}: {alias} {origin} -> v{move.to_version}  ({move.why}){forced}")
     if move.revalidated:
-        click.echo(f"validation re-run: {move.revalidated}")
+        click.echo(f"revalidation: {move.revalidated}")
 
 
 @click.command()

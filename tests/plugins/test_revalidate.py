@@ -69,7 +69,7 @@ def test_production_promotion_reruns_validation_and_records_it(vit_patch, real_r
     result = runner.invoke(cli, ["promote", v.name, v.version, "--policy", str(open_policy), "--data", str(dataset),
                                  "--tracking-uri", store_uri])
     assert result.exit_code == 0, result.output
-    assert "validation re-run: same per-image results" in result.output
+    assert "revalidation: same per-image results" in result.output
     (move,) = alias_moves(client(resolve_store(store_uri)), v.name)
     assert move.revalidated.startswith("same per-image results")
 
