@@ -20,13 +20,43 @@ STORED = ["MANIFEST.json", "MLmodel", "conda.yaml", "model.onnx", "python_env.ya
 PIXELS = {"tensor": [[[0.0] * 64] * 64] * 3}
 
 
+def _register_patch(patch, tiny, sae, folder: Path, store: str):
+    """Register `patch` as a patch version, with a report built as `steerpatch validate` builds one."""
+    import hashlib
+
+    import numpy as np
+
+    from steerpatch.io import atomic_write_text
+    from steerpatch.patch import save_patch
+    from steerpatch.registry import register_patch
+    from steerpatch.validate.metrics import ImageResults
+    from steerpatch.validate.policy import Policy
+    from steerpatch.validate.report import build_report
+
+    n = 30
+    labels = np.arange(n) % len(CLASSES)
+    probs = np.full((n, len(CLASSES)), 1 / len(CLASSES))
+    results = ImageResults(ids=[f"{i}.png" for i in range(n)], labels=labels, pred_before=labels, pred_after=labels,
+                           probs_before=probs, probs_after=probs, cos=np.full(n, 0.99), classes=CLASSES)
+    hashes = {"patch": patch.content_hash, "model": tiny.fingerprint, "sae": sae.fingerprint,
+              "dataset": hashlib.sha256(b"d").hexdigest()}
+    report = build_report(results, patch_ref=patch.ref, hashes=hashes, policy=Policy())
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path = atomic_write_text(folder / "report.json", report.model_dump_json(indent=2))
+    atomic_write_text(folder / "report.html", "<html></html>")
+    return register_patch(save_patch(patch, folder / "patch.json"), report_path, tracking_uri=store)
+
+
 @pytest.fixture(scope="module")
 def graphs(tiny, sae, tmp_path_factory):
-    """Two compiled versions of one patch; `production` points at version 1."""
-    store = fresh_store(tmp_path_factory.mktemp("integrity"))
+    """Two compiled versions of one patch; `production` points at version 1, whose patch is registered too."""
+    folder = tmp_path_factory.mktemp("integrity")
+    store = fresh_store(folder)
     versions = []
     for version, edits in (("1.0.0", ["3:scale:0"]), ("1.1.0", ["3:scale:0", "5:clamp:1.0"])):
         patch = make_patch(tiny, sae, name="guarded-fix", version=version, edits=edits)
+        if not versions:
+            _register_patch(patch, tiny, sae, folder / "patch", store)
         result = compile_patch(patch, model=tiny, sae=sae, classes=CLASSES, head="zero-shot")
         versions.append((patch, register_graph(result, alias="production" if not versions else None, tracking_uri=store)))
     return store, versions
@@ -108,9 +138,32 @@ def test_one_flipped_byte_in_any_stored_graph_file_is_refused(graphs, relpath, t
             GraphSource(f"{v1.name}@production", tracking_uri=store)
         with pytest.raises(IntegrityError, match=rf"{v1.name}@1"):  # the road `steerpatch score` takes
             download_graph(resolve_graph(f"{v1.name}@1", tracking_uri=store), tmp_path / "g", tracking_uri=store)
+        # the patch version the graph was compiled from covers its graphs
+        with pytest.raises(IntegrityError, match=rf"{v1.name}@1"):
+            verify_version(f"{v1.name[: -len('-onnx')]}@1", tracking_uri=store)
     finally:
         target.write_bytes(original)
     assert verify_version(f"{v1.name}@1", tracking_uri=store)["ok"] is True
+    assert verify_version(f"{v1.name[: -len('-onnx')]}@1", tracking_uri=store)["graphs"] == [
+        {"name": v1.name, "version": "1"}
+    ]
+
+
+def test_graph_is_linked_to_the_patch_version_and_serving_checks_that_version_too(graphs, tmp_path):
+    store, [(first, v1), _] = graphs
+    assert v1.patch_version == "1"
+    patch_model = v1.name[: -len("-onnx")]
+    folder = stored_folder(store, patch_model, "1")
+    report = folder / "report.html"
+    original = report.read_bytes()
+    report.write_bytes(original + b"<!-- edited -->")
+    try:
+        with pytest.raises(IntegrityError, match=rf"{patch_model}@1: artifact 'report.html'"):
+            GraphSource(f"{v1.name}@production", tracking_uri=store)
+        with pytest.raises(IntegrityError, match=rf"{patch_model}@1: artifact 'report.html'"):
+            GraphSource(f"{patch_model}@1", tracking_uri=store)
+    finally:
+        report.write_bytes(original)
 
 
 def test_verification_runs_at_load_never_per_request(graphs, monkeypatch):
