@@ -10,7 +10,7 @@ from typing import Any
 
 from steerpatch.registry.artifacts import download_file, get_version, parse_ref
 from steerpatch.registry.bundle import PATCH_FILE
-from steerpatch.registry.promotion import failed_gates_of, alias_moves, verified_evidence
+from steerpatch.registry.promotion import alias_moves, failed_gates_of, verified_evidence
 from steerpatch.registry.register import TAG
 from steerpatch.registry.store import client, resolve_store, with_retry
 

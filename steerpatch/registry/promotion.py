@@ -272,7 +272,7 @@ def promote(
         revalidated = None
         if revalidate and data is None:
             revalidated = f"not re-run: no dataset given (promote --data DIR re-runs validation for '{alias}')"
-        elif revalidate:
+        elif revalidate and data is not None:
             from steerpatch.registry.revalidate import revalidate as rerun
 
             revalidated = rerun(patch, local / "sae", report, data, what=f"{name}@{mv.version}")
