@@ -70,6 +70,15 @@ class UnmeasuredPolicy(BaseModel):
     blocks: list[str] = Field(default_factory=list)
 
 
+class PromotionPolicy(BaseModel):
+    """What promotion does beyond re-deriving the gates from a report's counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # moving one of these aliases re-runs validation when the dataset is given, and refuses on any difference
+    revalidate_aliases: list[str] = Field(default_factory=lambda: ["production"])
+
+
 class Policy(BaseModel):
     """A whole policy file.
 
@@ -85,6 +94,7 @@ class Policy(BaseModel):
     data: DataPolicy = Field(default_factory=DataPolicy)
     dose_response: DosePolicy = Field(default_factory=DosePolicy)
     unmeasured: UnmeasuredPolicy = Field(default_factory=UnmeasuredPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     source: str | None = None  # the file it was read from; filled in by load_policy
 
 

@@ -143,6 +143,9 @@ class ValidationReport(_Strict):
     overrides: list[dict[str, str]] = Field(default_factory=list)  # fingerprint mismatches allowed explicitly
     duration_s: float
     unmeasured_gates: list[str] = Field(default_factory=list)  # active gates with nothing to measure
+    # sha256 of the per-image outcomes (see `results_digest`); lets a re-run be compared exactly.
+    # None in reports written before it existed.
+    results_digest: str | None = None
 
 
 def _before_after(results: ImageResults) -> BeforeAfter:
@@ -195,6 +198,29 @@ def _dose_point(strength: float, results: ImageResults) -> DosePoint:
         kl_mean=float(kl_rows(results.probs_before, results.probs_after).mean()) if len(results) else 0.0,
         groups={g: v.after for g, v in _by_group(results).items()},
     )
+
+
+def results_digest(results: ImageResults) -> str:
+    """SHA-256 of the per-image outcomes: (id, label, prediction before, prediction after), by id.
+
+    Two runs of the same patch on the same data give the same digest exactly, whatever order the
+    images were scored in; probabilities and cosines are left out because they move in the last
+    float bits between machines.
+
+    Example:
+        >>> len(results_digest(results))  # doctest: +SKIP
+        64
+    """
+    import hashlib
+
+    rows = sorted(
+        (str(i), str(results.classes[int(label)]), int(before), int(after))
+        for i, label, before, after in zip(
+            results.ids, results.labels, results.pred_before, results.pred_after, strict=True
+        )
+    )
+    payload = json.dumps({"classes": list(results.classes), "rows": rows}, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def _gate(name: str, threshold: float, value: float | None, upper: bool) -> GateResult:
@@ -377,6 +403,7 @@ def build_report(
         policy={},
         overrides=list(overrides),
         duration_s=duration_s,
+        results_digest=results_digest(results),
     )
     return judge(unjudged, policy)
 
