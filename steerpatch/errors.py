@@ -6,7 +6,30 @@ The CLI prints `str(error)` as one line (or one line per problem for documents) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# a document with 10^5 bad entries must not print megabytes: show this many, then a count
+MAX_SHOWN = 20
+
+
+def shorten(items: Sequence[Any], limit: int = MAX_SHOWN, sep: str = ", ") -> str:
+    """Join the first `limit` items and say how many more there are.
+
+    Example:
+        >>> shorten(list(range(100_000)), 3)
+        '0, 1, 2 and 99,997 more'
+    """
+    shown = sep.join(str(item) for item in items[:limit])
+    rest = len(items) - limit
+    return f"{shown} and {rest:,} more" if rest > 0 else shown
+
+
+def shown_problems(problems: Sequence[str], limit: int = MAX_SHOWN) -> list[str]:
+    """The first `limit` problems, plus one line counting the rest."""
+    if len(problems) <= limit:
+        return list(problems)
+    return [*problems[:limit], f"and {len(problems) - limit:,} more problems"]
 
 
 class SteerpatchError(Exception):
@@ -17,7 +40,7 @@ class SteerpatchError(Exception):
     def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
         self.problems = list(problems)
         if self.problems:
-            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+            message = message + "\n" + "\n".join(f"  - {p}" for p in shown_problems(self.problems))
         super().__init__(message)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,13 @@ def test_demo_runs_end_to_end_and_again(runner, tmp_path, monkeypatch):
     assert len(rows) == 3
     image, true, before, after = rows[0]
     assert before == "star" and after == true
+
+    # the README's excerpt is what the demo prints: every line of it without '...' appears as printed
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    excerpt = re.search(r"What `steerpatch demo` does.*?```text\n(.*?)```", readme, flags=re.S).group(1)
+    printed = first.stdout.splitlines()  # stdout alone: progress bars on stderr share no lines with it
+    stale = [line for line in excerpt.splitlines() if line.strip() and "..." not in line and line not in printed]
+    assert not stale, f"README demo excerpt lines the demo no longer prints: {stale}"
 
     run_dirs = sorted(p for p in out.iterdir() if p.name.startswith("run-"))
     assert (run_dirs[0] / "report" / "report.html").exists()

@@ -9,6 +9,13 @@ pyfunc is rebuilt from them by this module (MLmodel names it as `loader_module`)
     info = mlflow_steerpatch.log_model("water.json", name="patch", report="out/report.json")
     model = mlflow.pyfunc.load_model(info.model_uri)
     probabilities = model.predict(pd.DataFrame({"image": [png_bytes]}))
+
+Loaded from the registry (`models:/NAME/VERSION`, `models:/NAME@ALIAS`), the model is checked
+against what the registry recorded at registration (the version's manifest hash, patch hash and
+fingerprints), not only against its own MANIFEST.json, before anything is built from it. MLflow
+itself imports the `loader_module` the stored MLmodel names before this module runs, and offers no
+hook to check earlier; `load_verified_pyfunc("NAME@ALIAS")` checks everything, MLmodel included,
+before MLflow reads the folder (see the README's Security section).
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from steerpatch.registry.bundle import (
     check_manifest,
 )
 
-__all__ = ["FLAVOR_NAME", "PatchModel", "load_model", "log_model", "save_model"]
+__all__ = ["FLAVOR_NAME", "PatchModel", "load_model", "load_verified_pyfunc", "log_model", "save_model"]
+
+# MLflow writes this file (model name and version) into a folder it downloaded by a models:/ URI
+REGISTERED_MODEL_META = "registered_model_meta"
 
 
 @dataclass
@@ -171,12 +181,45 @@ def log_model(
     )
 
 
+def _check_against_registry(path: Path) -> bool:
+    """Check a folder MLflow downloaded by a models:/ URI against the registry's record of that version.
+
+    Returns:
+        True when it was checked (the folder came from the registry), False for other URIs.
+
+    Raises:
+        IntegrityError: naming the version, the file and what differs.
+    """
+    import mlflow
+    import yaml
+
+    from steerpatch.errors import IntegrityError
+    from steerpatch.registry.integrity import verify_patch_folder
+
+    meta_file = path / REGISTERED_MODEL_META
+    if not meta_file.is_file():
+        return False
+    try:
+        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+        name, version = str(meta["model_name"]), meta["model_version"]
+    except (yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
+        raise IntegrityError(f"steerpatch model '{path}': '{REGISTERED_MODEL_META}' is unreadable") from None
+    if version is None or str(version) in ("", "None"):
+        return False  # a logged model (models:/<model-id>), not a registered version: no record to check against
+    version = str(version)
+    mv = mlflow.MlflowClient().get_model_version(name, version)
+    verify_patch_folder(path, mv, f"{name}@{version}")
+    return True
+
+
 def _load_local(path: Path) -> PatchModel:
     from steerpatch.patch import load_patch
     from steerpatch.sae import load_sae
     from steerpatch.validate.report import load_report
 
-    check_manifest(path, what=f"steerpatch model '{path}'")
+    if not _check_against_registry(path):
+        # not from the registry (runs:/, a local folder): only the model's own manifest can be checked
+        check_manifest(path, what=f"steerpatch model '{path}'")
     classes = json.loads((path / CLASSES_FILE).read_text(encoding="utf-8"))["classes"]
     return PatchModel(
         path=path,
@@ -208,6 +251,38 @@ def load_model(model_uri: str, dst_path: str | None = None) -> PatchModel:
     local = Path(_download_artifact_from_uri(artifact_uri=model_uri, output_path=dst_path))
     _get_flavor_configuration(model_path=str(local), flavor_name=FLAVOR_NAME)
     return _load_local(local)
+
+
+def load_verified_pyfunc(ref: str, tracking_uri: str | None = None) -> Any:
+    """Load a registered patch as a pyfunc, checking everything before MLflow reads the folder.
+
+    `mlflow.pyfunc.load_model("models:/…")` imports the loader the stored MLmodel names before any
+    steerpatch code can run; this fetches the version, checks every file, the manifest and MLmodel
+    against the registry's record (`steerpatch.registry.resolve_patch_ref`), and only then hands the
+    verified local folder to MLflow.
+
+    Args:
+        ref: `NAME@VERSION` or `NAME@ALIAS` (or `models:/NAME/VERSION`, `models:/NAME@ALIAS`).
+        tracking_uri: MLflow tracking URI; default: see `steerpatch.registry.resolve_store`.
+
+    Returns:
+        The `mlflow.pyfunc.PyFuncModel`.
+
+    Raises:
+        IntegrityError: (exit 1) naming the version, the file and what differs.
+
+    Example:
+        >>> model = load_verified_pyfunc("concept-clip.water-shortcut@production")  # doctest: +SKIP
+    """
+    import mlflow.pyfunc
+
+    from steerpatch.registry import resolve_patch_ref
+
+    if ref.startswith("models:/"):
+        rest = ref[len("models:/") :].strip("/")
+        ref = rest if "@" in rest else "@".join(rest.rsplit("/", 1))
+    _, folder = resolve_patch_ref(ref, tracking_uri=tracking_uri)
+    return mlflow.pyfunc.load_model(str(folder))
 
 
 def _load_pyfunc(path: str) -> Any:

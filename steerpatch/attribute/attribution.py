@@ -19,10 +19,11 @@ from steerpatch.attribute.exemplars import (
     exemplar_attributes,
     exemplar_ids,
     exemplar_montage,
+    exemplar_source,
     top_groups,
 )
 from steerpatch.attribute.forward import encode_suffix
-from steerpatch.attribute.heatmap import latent_grid, write_overlay
+from steerpatch.attribute.heatmap import latent_grid, latent_grid_cls, write_overlay
 from steerpatch.attribute.scores import ablation_effects, latent_scores, prefix, resolve_target
 from steerpatch.errors import DatasetError, SAEError, SteerpatchError
 
@@ -159,6 +160,9 @@ def attribute(
         from steerpatch.data import load_dataset
 
         exemplar_data = load_dataset(exemplar_data)
+    if exemplar_data is None and stats is not None:
+        # no folder given: read the exemplars where the statistics were made (or re-render the world)
+        exemplar_data = exemplar_source(stats, getattr(stats, "dataset_root", None))
     out = Path(out_dir) if out_dir is not None else None
     stem = Path(name).stem if name != "<image>" else "image"
     rows = []
@@ -169,7 +173,9 @@ def attribute(
             row.ablated_prediction = classes[predicted]
         if out is not None:
             path = out / f"{stem}-latent{latent}.png"
-            row.heatmap = str(write_overlay(picture, latent_grid(model, sae, hidden, latent), path))
+            grid = latent_grid(model, sae, hidden, latent)
+            cls_value = float(latent_grid_cls(sae, hidden, latent))
+            row.heatmap = str(write_overlay(picture, grid, path, label=f"latent {latent}", cls_value=cls_value))
         if stats is not None:
             row.exemplars = exemplar_ids(stats, latent, n_exemplars)
             row.top_groups = top_groups(stats, latent)

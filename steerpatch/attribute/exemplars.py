@@ -6,6 +6,7 @@ fires far more often than on average ("background=water: 0.97, x3.9") say the sa
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,60 @@ def exemplar_attributes(dataset, ids: list[str], *, max_values: int = 32) -> dic
             if key in grouping:
                 counts.setdefault(key, Counter())[str(value)] += 1
     return {k: dict(c.most_common()) for k, c in sorted(counts.items())}
+
+
+_WORLD_ID = re.compile(r"[a-z]+/(train|val|test)-(\d{5})\.png")
+
+
+class WorldExemplars:
+    """The concept-world items a set of statistics refers to, rendered on demand (no files).
+
+    The statistics shipped with the default SAE were computed on the generated world's `val` split
+    (seed 0, `steerpatch/zoo/concept-clip-sae/README.md`); the world is deterministic, so the same
+    ids render the same images. Duck-types the parts of `ImageDataset` the exemplar code reads.
+    """
+
+    def __init__(self, split: str, n: int, seed: int = 0) -> None:
+        from steerpatch.data import Item
+        from steerpatch.world.sampling import make_sample
+
+        self._samples = {}
+        self.items = []
+        for index in range(n):
+            sample = make_sample(split, seed, index)
+            item_id = f"{sample.shape}/{split}-{index:05d}.png"
+            self._samples[item_id] = sample
+            self.items.append(Item(item_id, Path(item_id), sample.label, sample.attributes()))
+
+    def load_image(self, item: Any) -> Any:
+        """Render one item's image (PIL RGB)."""
+        return self._samples[item.id].render()
+
+
+def exemplar_source(stats: Any, dataset_root: str | None = None) -> Any:
+    """Where the statistics' exemplar images can be read: the recorded folder, else the concept world.
+
+    Args:
+        stats: `LatentStats`.
+        dataset_root: the folder the statistics were computed on, as recorded (may be gone).
+
+    Returns:
+        An `ImageDataset`, a `WorldExemplars`, or None when the images are nowhere to be had.
+    """
+    if dataset_root and Path(dataset_root, "manifest.jsonl").is_file():
+        from steerpatch.data import load_dataset
+
+        return load_dataset(dataset_root)
+    ids = {i for values in stats.top_images.values() for i in values}
+    matches = [_WORLD_ID.fullmatch(i) for i in ids]
+    if not ids or not all(matches):
+        return None
+    splits = {m.group(1) for m in matches if m}
+    if len(splits) != 1:
+        return None
+    n = sum(stats.class_sizes.values()) if getattr(stats, "class_sizes", None) else 0
+    n = max(n, 1 + max(int(m.group(2)) for m in matches if m))
+    return WorldExemplars(splits.pop(), n)
 
 
 def exemplar_montage(dataset, ids: list[str], path: str | Path, *, tile: int = 96) -> Path | None:

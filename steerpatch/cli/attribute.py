@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from steerpatch.errors import SteerpatchError
+
 
 def _table(result) -> str:
     against = result.against or "best other class"
@@ -48,6 +50,13 @@ def attribute(image, target, against, model_spec, sae_path, classes, data, top_n
     Scores are activation x gradient of the logit margin (TARGET minus AGAINST, or minus the best other
     class); the top ones are checked exactly by re-running the model with each latent suppressed.
     """
+    from steerpatch.preflight import check_model_spec
+
+    check_model_spec(model_spec)  # a typo or a missing file is refused before torch is imported
+    if not Path(image).is_file():
+        raise SteerpatchError(f"image '{image}' does not exist or is not a file; check the path")
+    if data and not Path(data).is_dir():
+        raise SteerpatchError(f"--data '{data}' is not a folder; pass the held-out image folder")
     from steerpatch.attribute import attribute as run_attribution
     from steerpatch.models import load_model
     from steerpatch.sae import default_sae_path, load_sae
@@ -70,4 +79,4 @@ def attribute(image, target, against, model_spec, sae_path, classes, data, top_n
         click.echo(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         click.echo(_table(result))
-        click.echo(f"heatmaps in {out_dir}/")
+        click.echo(f"heatmaps and exemplars in {Path(out_dir)}/")

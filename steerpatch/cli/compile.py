@@ -51,6 +51,12 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
     Two or more SOURCEs (same model and block) make one graph with a second input, `patch_index`
     (int64 per row: 0 unpatched, i the i-th SOURCE), parity-checked at every index; --out is required.
     """
+    if Path(source).is_file() or Path(source).suffix == ".json":
+        # a patch file: refuse a bad one, or one that cannot fit its model, before torch is imported
+        from steerpatch.patch import load_patch
+        from steerpatch.preflight import preflight
+
+        preflight(load_patch(source), sae_path=sae_path)
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.compile.export import write_graph
 

@@ -27,11 +27,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("steerpatch.cli.registry:history", "Show a registered patch's versions and alias moves."),
     "diff": ("steerpatch.cli.registry:diff", "Compare two registered patch versions."),
     "verify": ("steerpatch.cli.registry:verify", "Recompute every artifact hash of a registered version."),
+    "audit": ("steerpatch.cli.registry:audit", "Verify every version, graph and alias move of a registered patch."),
     "compile": ("steerpatch.cli.compile:compile_cmd", "Compile a patch into a parity-checked ONNX graph."),
     "serve": ("steerpatch.cli.serve:serve", "Serve a compiled graph with ONNX Runtime over HTTP."),
     "score": ("steerpatch.cli.score:score", "Batch-score a dataset with a compiled graph (local or Spark)."),
     "studio": ("steerpatch.cli.studio:studio", "Open the interactive web workbench."),
 }
+
+
+# documented exit code for an interrupted run (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
 
 
 class SteerpatchGroup(click.Group):
@@ -58,6 +63,10 @@ class SteerpatchGroup(click.Group):
         except SteerpatchError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            # click would turn Ctrl-C into Abort and exit 1, the code of a failed verdict
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=SteerpatchGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from steerpatch.errors import PatchError, SteerpatchError
+from steerpatch.errors import PatchError, SAEError, SteerpatchError, shorten, shown_problems
 
 _EDIT_HELP = (
     "An edit LATENT:OP:VALUE, e.g. 123:scale:0 (ops: scale, clamp, clamp_if_active, add). Repeatable."
@@ -50,7 +50,12 @@ def patch() -> None:
     "--model", "model_spec", default="concept-clip", show_default=True, help="Model spec for load_model."
 )
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the shipped default SAE).")
-@click.option("--edit", "edits", multiple=True, required=True, help=_EDIT_HELP)
+@click.option("--edit", "edits", multiple=True, help=_EDIT_HELP)
+@click.option(
+    "--suppress-selective", "groups", multiple=True, metavar="ATTR=VALUE",
+    help="Also suppress (scale 0) every latent the SAE's statistics find selective for ATTR=VALUE, "
+    "e.g. background=water: an SAE often splits one concept over many latents. Repeatable.",
+)  # fmt: skip
 @click.option("--rationale", required=True, help="Why this patch exists, for reviewers.")
 @click.option("--author", default=None, help="Who made it (default: the current user).")
 @click.option(
@@ -60,10 +65,18 @@ def patch() -> None:
 @click.option("--version", "version", default="1.0.0", show_default=True, help="Semantic version.")
 @click.option("--out", default=None, help="Output file (default: NAME-VERSION.json here).")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
-def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, version, out, force) -> None:
-    """Create a patch bound to a model and an SAE."""
+def new(name, model_spec, sae_path, edits, groups, rationale, author, tokens, block, version, out, force) -> None:
+    """Create a patch bound to a model and an SAE (give --edit, --suppress-selective or both)."""
+    from steerpatch.preflight import check_model_spec
+
+    check_model_spec(model_spec)  # before anything heavy, pydantic included
     from steerpatch.patch import new_patch, parse_edit, parse_tokens
 
+    if not edits and not groups:
+        raise click.UsageError("give at least one --edit LATENT:OP:VALUE or --suppress-selective ATTR=VALUE")
+    for group in groups:
+        if "=" not in group:
+            raise click.BadParameter(f"{group!r} is not ATTR=VALUE, e.g. background=water", param_hint="--suppress-selective")
     parsed = [parse_edit(e) for e in edits]
     scope = parse_tokens(tokens)
     from steerpatch.models import load_model
@@ -71,6 +84,8 @@ def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, ver
 
     loaded = load_model(model_spec)
     sae = load_sae(sae_path or default_sae_path())
+    if groups:
+        parsed += _selective_edits(sae, groups, {e.latent for e in parsed})
     created = new_patch(
         name, loaded, sae, parsed, rationale=rationale, author=author or _default_author(),
         tokens=scope, version=version, block=block,
@@ -79,13 +94,34 @@ def new(name, model_spec, sae_path, edits, rationale, author, tokens, block, ver
     click.echo(f"wrote {created.ref} to {path} (content_hash {created.content_hash})")
 
 
+def _selective_edits(sae: Any, groups: tuple[str, ...], taken: set[int]) -> list[Any]:
+    """Scale-0 edits for every latent selective for one of `groups`, skipping latents already edited."""
+    from steerpatch.attribute import selective_latents
+    from steerpatch.patch import Edit
+    from steerpatch.sae import load_latent_stats
+
+    stats = load_latent_stats(sae.location, sae=sae)
+    out = []
+    for group in groups:
+        added = [latent for latent in selective_latents(stats, group) if latent not in taken]
+        taken.update(added)
+        out += [Edit(latent=latent, op="scale", value=0.0) for latent in added]
+        click.echo(f"{group}: {len(added)} more selective latents suppressed (scale 0)", err=True)
+    return out
+
+
+def _indented(text: str) -> str:
+    # free text may span lines; continuation lines are indented so they cannot pass for fields
+    return text.replace("\n", "\n" + " " * 14)
+
+
 def _summary(p: Any) -> str:
-    tokens = p.tokens if isinstance(p.tokens, str) else ",".join(map(str, p.tokens))
+    tokens = p.tokens if isinstance(p.tokens, str) else shorten(p.tokens, sep=",")
     lines = [
         f"{p.ref}  ({p.content_hash})",
         f"  author      {p.author}, created {p.created_at}",
         f"  parent      {p.parent or '-'}",
-        f"  rationale   {p.rationale}",
+        f"  rationale   {_indented(p.rationale)}",
         f"  model       {p.model.id}  {p.model.fingerprint}",
         f"  sae         {p.sae.architecture} at {p.sae.location or '-'}  {p.sae.fingerprint}",
         f"  hook        block {p.hook.block}, tokens {tokens}" + (f", d_sae {p.d_sae}" if p.d_sae else ""),
@@ -104,7 +140,7 @@ def _summary(p: Any) -> str:
                 + (f"  top scores {scores}" if scores else "")
             )
         if prov.note:
-            lines.append(f"    note: {prov.note}")
+            lines.append(f"    note: {_indented(prov.note)}")
     return "\n".join(lines)
 
 
@@ -119,11 +155,21 @@ def show(file, as_json) -> None:
     click.echo(dumps_patch(loaded).rstrip() if as_json else _summary(loaded))
 
 
-def _check_against_sae(p: Any, sae_path: str) -> None:
-    from steerpatch.sae import load_sae
+def _check_against_sae(p: Any, sae_path: str | None) -> None:
+    from steerpatch.sae import SAE_REGISTRY, load_sae
     from steerpatch.steer import check_binding
 
-    check_binding(p, model_fingerprint=None, sae=load_sae(sae_path))
+    # the format checks the architecture's spelling; only the SAE registry knows which exist
+    if p.sae.architecture not in SAE_REGISTRY:
+        raise PatchError(
+            f"patch {p.ref} is invalid",
+            [
+                f"sae.architecture: {p.sae.architecture!r} is not a registered SAE architecture; "
+                f"use one of {', '.join(sorted(SAE_REGISTRY))}"
+            ],
+        )
+    if sae_path:
+        check_binding(p, model_fingerprint=None, sae=load_sae(sae_path))
 
 
 @patch.command("check")
@@ -143,16 +189,18 @@ def check(files, sae_path, rehash, as_json) -> None:
     for file in files:
         try:
             p = rehash_file(file) if rehash else load_patch(file)
-            if sae_path:
-                _check_against_sae(p, sae_path)
+            _check_against_sae(p, sae_path)
             results.append(
                 {"file": file, "valid": True, "ref": p.ref, "content_hash": p.content_hash, "problems": []}
             )
-        except PatchError as error:
+        except (PatchError, SAEError) as error:
             problems = error.problems or [str(error)]
             results.append(
-                {"file": file, "valid": False, "error": str(error).splitlines()[0], "problems": problems}
-            )
+                {
+                    "file": file, "valid": False, "error": str(error).splitlines()[0],
+                    "problems": shown_problems(problems), "problem_count": len(problems),
+                }
+            )  # fmt: skip
     for result in results:
         if as_json:
             click.echo(json.dumps(result))
@@ -249,14 +297,21 @@ def schema(out) -> None:
     "--allow-fingerprint-mismatch", is_flag=True, help="Apply to a different model or SAE; recorded."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="List every image's top-k before and after.")
 def apply(
-    patch_file, images, model_spec, sae_path, classes, data, top_k, allow_fingerprint_mismatch, as_json
+    patch_file, images, model_spec, sae_path, classes, data, top_k, allow_fingerprint_mismatch, as_json, verbose
 ) -> None:
     """Print top-k zero-shot predictions of IMAGES before and after applying PATCH_FILE."""
     from steerpatch.patch import load_patch
-    from steerpatch.steer.predict import predict_before_after
+    from steerpatch.preflight import preflight
 
     p = load_patch(patch_file)
+    missing = [i for i in images if not Path(i).is_file()]
+    if missing:
+        raise SteerpatchError(f"image(s) {shorten(missing)} do not exist or are not files; check the paths")
+    preflight(p, model_spec=model_spec, sae_path=sae_path, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    from steerpatch.steer.predict import predict_before_after
+
     result = predict_before_after(
         p, [Path(i) for i in images], model_spec=model_spec, sae_path=sae_path, classes=_classes(classes, data),
         top_k=top_k, allow_fingerprint_mismatch=allow_fingerprint_mismatch,
@@ -271,12 +326,24 @@ def apply(
             err=True,
         )
     click.echo(f"{result['patch']} on {result['model']} (block {p.hook.block}, tokens {p.tokens})")
-    for row in result["images"]:
-        fmt = ", ".join
-        before = fmt(f"{c} {q:.3f}" for c, q in row["before"])
-        after = fmt(f"{c} {q:.3f}" for c, q in row["after"])
-        flag = "  (changed)" if row["before"][0][0] != row["after"][0][0] else ""
-        click.echo(f"{row['image']}\n  before: {before}\n  after:  {after}{flag}")
+    rows = result["images"]
+    changed = [row for row in rows if row["before"][0][0] != row["after"][0][0]]
+    if verbose:
+        for row in rows:
+            fmt = ", ".join
+            before = fmt(f"{c} {q:.3f}" for c, q in row["before"])
+            after = fmt(f"{c} {q:.3f}" for c, q in row["after"])
+            flag = "  (changed)" if row in changed else ""
+            click.echo(f"{row['image']}\n  before: {before}\n  after:  {after}{flag}")
+    click.echo(f"top-1 prediction changed on {len(changed)} of {len(rows)} images")
+    shown = changed if verbose else changed[:_SHOWN_CHANGES]
+    for row in shown:
+        click.echo(f"  {row['image']}: {row['before'][0][0]} -> {row['after'][0][0]}")
+    if len(shown) < len(changed):
+        click.echo(f"  and {len(changed) - len(shown):,} more (--verbose lists every image)")
+
+
+_SHOWN_CHANGES = 20  # changed images listed without --verbose
 
 
 def _classes(classes: str | None, data: str | None) -> list[str] | None:

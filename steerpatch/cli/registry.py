@@ -1,4 +1,4 @@
-"""`steerpatch register|promote|history|diff|verify`: the MLflow registry from the command line."""
+"""`steerpatch register|promote|history|diff|verify|audit`: the MLflow registry from the command line."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def register(
     if as_json:
         _echo_json(version.to_dict())
         return
+    done = "already registered (same patch and report)" if version.existing else "registered"
     click.echo(
-        f"registered {version.patch_ref} as {version.name} version {version.version} "
+        f"{done} {version.patch_ref} as {version.name} version {version.version} "
         f"(verdict {version.verdict})\nmodel URI: {version.model_uri}"
     )
 
@@ -57,6 +58,14 @@ def register(
 @click.option(
     "--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML in force."
 )
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False), default=None,
+    help="Dataset the version was validated on; validation is re-run on it (policy [promotion]: production by default).",
+)
+@click.option(
+    "--revalidate/--no-revalidate", default=None,
+    help="Re-run validation on --data and refuse on any difference. Default: as the policy says for ALIAS.",
+)
 @tracking_option
 @json_option
 def promote(
@@ -67,6 +76,8 @@ def promote(
     force: bool,
     reason: str | None,
     policy: str | None,
+    data: str | None,
+    revalidate: bool | None,
     tracking_uri: str | None,
     as_json: bool,
 ) -> None:
@@ -77,10 +88,11 @@ def promote(
     if do_rollback == (version is not None):
         raise click.UsageError("give either VERSION or --rollback (not both)")
     if version is None:
-        move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri)
+        move = rollback(name, alias, reason=reason, force=force, policy=policy, tracking_uri=tracking_uri, data=data)
     else:
         move = promote_version(
-            name, version, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri
+            name, version, alias, force=force, reason=reason, policy=policy, tracking_uri=tracking_uri,
+            data=data, revalidate=revalidate,
         )
     if as_json:
         _echo_json({"name": name, **move.to_dict()})
@@ -88,6 +100,8 @@ def promote(
     origin = f"v{move.from_version}" if move.from_version else "(new)"
     forced = f"  FORCED past {', '.join(move.failed_gates)}" if move.forced else ""
     click.echo(f"{name}: {alias} {origin} -> v{move.to_version}  ({move.why}){forced}")
+    if move.revalidated:
+        click.echo(f"revalidation: {move.revalidated}")
 
 
 @click.command()
@@ -127,13 +141,35 @@ def diff(ref_a: str, ref_b: str, tracking_uri: str | None, as_json: bool) -> Non
 @tracking_option
 @json_option
 def verify(ref: str, tracking_uri: str | None, as_json: bool) -> None:
-    """Recompute every artifact hash of a registered version; exit 1 naming any changed file."""
+    """Check a registered version and its compiled graphs against the registry's record; exit 1 if anything differs."""
     from steerpatch.registry import verify_version
 
     result = verify_version(ref, tracking_uri=tracking_uri)
     if as_json:
         _echo_json(result)
     else:
+        graphs = ", ".join(f"{g['name']}@{g['version']}" for g in result["graphs"])
         click.echo(
             f"{result['name']}@{result['version']}: {result['files']} files match their recorded SHA-256"
+            + (f"; compiled graphs verified: {graphs}" if graphs else "")
         )
+
+
+@click.command()
+@click.argument("name")
+@click.option(
+    "--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML moves are re-checked against."
+)
+@tracking_option
+@json_option
+def audit(name: str, policy: str | None, tracking_uri: str | None, as_json: bool) -> None:
+    """Verify every version, compiled graph and alias move of NAME; exit 1 listing anything that does not."""
+    from steerpatch.registry import audit_model, format_audit
+
+    data = audit_model(name, policy=policy, tracking_uri=tracking_uri)
+    if as_json:
+        _echo_json(data)
+    else:
+        click.echo(format_audit(data))
+    if data["problems"]:
+        raise SystemExit(1)

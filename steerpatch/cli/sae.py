@@ -94,6 +94,9 @@ def train(
     out: Path,
 ) -> None:
     """Cache block activations over --data, train an SAE, save it in SAELens format to OUT, report quality."""
+    from steerpatch.preflight import check_model_spec
+
+    check_model_spec(model_spec)  # a typo is refused before torch is imported
     from steerpatch.data import load_dataset
     from steerpatch.errors import SAEError
     from steerpatch.io import ensure_empty_dir
@@ -150,6 +153,10 @@ def stats(
     sae_path: Path, data_dir: Path, model_spec: str | None, pretrained: str | None, top_k: int, as_json: bool
 ) -> None:
     """Per-latent firing rates (overall, per class, per group), mean activation and top images, saved beside SAE."""
+    from steerpatch.preflight import check_model_spec
+
+    if model_spec:
+        check_model_spec(model_spec)
     from steerpatch.data import load_dataset
     from steerpatch.errors import SAEError
     from steerpatch.models import load_model

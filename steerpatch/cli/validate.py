@@ -52,7 +52,8 @@ def summary(report) -> str:
 
     lines = [
         f"{report.patch}: {report.verdict.upper()}"
-        + (f"  (failed: {', '.join(report.failed_gates)})" if report.failed_gates else ""),
+        + (f"  (failed: {', '.join(report.failed_gates)})" if report.failed_gates else "")
+        + (f"  (not measured: {', '.join(report.unmeasured_gates)})" if report.unmeasured_gates else ""),
         f"  images            {report.n}" + (f" ({report.n_undecodable} undecodable, skipped)" if report.n_undecodable else ""),
         f"  accuracy          {pct(report.accuracy.before)} -> {pct(report.accuracy.after)}",
     ]
@@ -79,7 +80,13 @@ def summary(report) -> str:
     )
     for gate in report.gates:
         value = "n/a" if gate.value is None else f"{gate.value:.4g}"
-        lines.append(f"  gate {gate.name:<28} {value:>8} vs {gate.threshold:<8.4g} {'ok' if gate.passed else 'FAIL'}")
+        state = "not measured" if not gate.measured else "ok" if gate.passed else "FAIL"
+        lines.append(f"  gate {gate.name:<28} {value:>8} vs {gate.threshold:<8.4g} {state}")
+    if report.unmeasured_gates:
+        lines.append(
+            "  not measured      " + ", ".join(report.unmeasured_gates)
+            + " (pass --targets / --same-failure; the policy may refuse promotion without them)"
+        )
     return "\n".join(lines)
 
 
@@ -110,9 +117,17 @@ def validate(
     Exit 0 when the verdict is pass, 1 when it is fail, 2 on bad input.
     """
     from steerpatch.patch import load_patch
+    from steerpatch.preflight import preflight
+
+    # cheap checks first: a bad patch, model name or SAE width is refused before torch is imported
+    patch = load_patch(patch_path)
+    if not Path(data).is_dir():
+        raise SteerpatchError(f"--data '{data}' is not a folder; pass the labelled image folder (DIR/<class>/<image>)")
+    preflight(
+        patch, model_spec=model_spec, sae_path=sae_path, allow_fingerprint_mismatch=allow_fingerprint_mismatch
+    )
     from steerpatch.validate import ActivationCache, load_policy, write_report
 
-    patch = load_patch(patch_path)
     policy = load_policy(policy_path)
     target_set = parse_set(targets, "targets")
     same_set = parse_set(same_failure, "same-failure")

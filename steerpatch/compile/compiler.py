@@ -186,6 +186,7 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
         CompileError: for an SAE architecture the compiler does not support.
     """
     from steerpatch.compile.graph import MODES, EditTable, EncoderGraph, SteeringModule, n_tokens
+    from steerpatch.steer.delta import token_index
 
     head_weights = head.weights if head is not None else None
     logit_scale = float(head.logit_scale) if head is not None else 100.0
@@ -199,6 +200,8 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
             f"SAE architecture {sae.architecture!r} cannot be compiled; supported: {', '.join(MODES)}"
         )
     mode, why = MODES[sae.architecture]
+    # the same check eager steering makes, so compile refuses what validate refuses, with the same words
+    token_index(patch.tokens, n_tokens(visual))
     table = EditTable.from_edits(patch.edits)
     batch_first = bool(getattr(visual.transformer, "batch_first", True))
     steering = SteeringModule(sae, table, patch.tokens, n_tokens(visual), mode, batch_first=batch_first)

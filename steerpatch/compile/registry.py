@@ -2,7 +2,9 @@
 
 A compiled graph is registered as a version of a sibling of its patch's registered model:
 `<model>.<patch>-onnx` beside `<model>.<patch>`. Its tags link it to the patch (ref, hash, registry
-version) and record the compile mode and parity result. The model folder is a plain `mlflow.onnx`
+version) and record the compile mode and parity result, the SHA-256 of `model.onnx` and of the
+folder's own `MANIFEST.json`; `download_graph` checks all of them (and the linked patch version)
+before anything opens the graph, so a swapped or altered graph is never served. The model folder is a plain `mlflow.onnx`
 model with a tensor signature and the graph inline, so `mlflow models serve -m
 models:/<name>@production --env-manager local` serves it without steerpatch.
 
@@ -17,12 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import RegistryError, SteerpatchError
+from steerpatch.errors import IntegrityError, RegistryError, SteerpatchError
+from steerpatch.registry.integrity import GRAPH_FILE, GRAPH_KIND, GRAPH_SUFFIX, GRAPH_TAG, MANIFEST_TAG, TAG
 
-TAG = "steerpatch."
-KIND = "onnx-graph"
-SUFFIX = "-onnx"
-GRAPH_FILE = "model.onnx"
+KIND = GRAPH_KIND
+SUFFIX = GRAPH_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     import onnx
 
     from steerpatch.compile.runtime import execution_providers
-    from steerpatch.registry.register import find_version_by_patch_ref
+    from steerpatch.io import sha256_file
+    from steerpatch.registry.bundle import write_manifest
     from steerpatch.registry.store import (
         client,
         experiment_id,
@@ -127,7 +129,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     name = compiled_name(info.model_id, info.patch_name)
     providers = execution_providers()
     patch_model = name[: -len(SUFFIX)]
-    found = with_retry(lambda: find_version_by_patch_ref(c, patch_model, info.patch_ref), what="find the patch")
+    # linked by content hash, not by ref: a graph belongs to the patch whose bytes it was compiled from
+    found = with_retry(lambda: _patch_version_by_hash(c, patch_model, info.patch_hash), what="find the patch")
     patch_version = None if found is None else str(found)
     tags = _tags(info, patch_version, providers)
     logged_id = version = None
@@ -143,6 +146,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
                 save_as_external_data=False,
                 metadata={"steerpatch": info.model_dump(mode="json")},
             )
+            tags[MANIFEST_TAG] = write_manifest(folder)
+            tags[GRAPH_TAG] = sha256_file(folder / GRAPH_FILE)
             exp = with_retry(lambda: experiment_id(c, store), what="find the steerpatch experiment")
             logged = with_retry(
                 lambda: c.create_logged_model(exp, name=info.patch_name + SUFFIX, model_type="onnx", tags=tags),
@@ -163,6 +168,9 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
                 what="create the model version",
             )
             version = str(mv.version)
+            # what the store now holds must be what was recorded, or the registration is undone
+            with tempfile.TemporaryDirectory(prefix="steerpatch-onnx-check-") as check:
+                _verified_files(c, store, name, version, Path(check))
             if alias:
                 with_retry(lambda: c.set_registered_model_alias(name, alias, version), what=f"set alias {alias}")
         except BaseException as error:
@@ -171,6 +179,16 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
                 raise RegistryError(f"registering the graph of {info.patch_ref} as '{name}' failed: {error}") from error
             raise
     return GraphVersion(name, version, info.patch_ref, info.patch_hash, patch_version, f"{name}@{alias or version}")
+
+
+def _patch_version_by_hash(c: Any, patch_model: str, patch_hash: str | None) -> str | None:
+    if not patch_hash:
+        return None
+    try:
+        found = c.search_model_versions(f"name = '{patch_model}' and tag.`{TAG}patch_hash` = '{patch_hash}'")
+    except Exception:  # noqa: BLE001 - no registered patch model: the graph was compiled from a file
+        return None
+    return max((str(v.version) for v in found), key=int, default=None)
 
 
 def _ensure_model(c: Any, name: str, info: Any) -> bool:
@@ -244,21 +262,70 @@ def resolve_graph(ref: str, *, tracking_uri: str | None = None) -> GraphVersion:
     return GraphVersion(sibling, str(newest.version), tags.get(TAG + "patch_ref", ""), patch_hash, str(mv.version), ref)
 
 
+def _verified_files(c: Any, store: Any, name: str, version: str, dst: Path) -> tuple[Any, Path]:
+    """Download a graph version and check its files against the registry's record; (version, graph file)."""
+    from steerpatch.registry.artifacts import download_version
+    from steerpatch.registry.integrity import verify_graph_folder
+    from steerpatch.registry.store import with_retry
+
+    mv = with_retry(lambda: c.get_model_version(name, version), what=f"read {name}@{version}")
+    what = f"{name}@{version}"
+    if (mv.tags or {}).get(TAG + "kind") != KIND:
+        raise RegistryError(f"{what} is not a compiled graph (no {TAG}kind={KIND} tag)")
+    local = download_version(c, store, name, version, dst)
+    _, path = verify_graph_folder(local, mv, what)
+    return mv, path
+
+
+def _graph_record(path: Path) -> Any:
+    import onnx
+
+    from steerpatch.compile.metadata import GraphInfo
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        return GraphInfo.from_props({p.key: p.value for p in model.metadata_props})
+    except (KeyError, ValueError):
+        return None
+
+
 def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | None = None) -> Path:
-    """Fetch a registered graph's `.onnx` file into folder `dst`.
+    """Fetch a registered graph's `.onnx` file into folder `dst`, checked against the registry's record.
+
+    Checked before the file is returned: MANIFEST.json against its recorded hash and every file
+    against it, MLmodel's loader, `model.onnx` against its recorded hash, the patch hash and model
+    fingerprint inside the graph against the version's tags, and — for a graph compiled from a
+    registered patch version — that version's own files and its recorded patch hash and fingerprints.
+    This runs once per load or reload; requests never pay for it.
 
     Returns:
         The local path of the graph file.
 
     Raises:
-        RegistryError: when the version holds no ONNX graph.
+        IntegrityError: (exit 1) naming the version, the file and what differs.
+        RegistryError: when the version holds no steerpatch graph.
     """
-    from steerpatch.registry.artifacts import download_version
+    from steerpatch.registry.integrity import check_graph_links, verify_model_version
     from steerpatch.registry.store import client, resolve_store
 
     store = resolve_store(tracking_uri)
-    local = download_version(client(store), store, graph.name, graph.version, Path(dst))
-    found = sorted(Path(local).rglob("*.onnx"))
-    if not found:
-        raise RegistryError(f"{graph.name}@{graph.version} holds no .onnx file; it was not registered by steerpatch")
-    return found[0]
+    c = client(store)
+    mv, path = _verified_files(c, store, graph.name, graph.version, Path(dst))
+    what = f"{graph.name}@{graph.version}"
+    tags = mv.tags or {}
+    if graph.patch_hash and graph.patch_hash != tags.get(TAG + "patch_hash"):
+        raise IntegrityError(
+            f"{what}: artifact '{GRAPH_FILE}' is recorded for patch hash {tags.get(TAG + 'patch_hash')!r}, "
+            f"but {graph.via} resolved to patch hash {graph.patch_hash!r}"
+        )
+    info = _graph_record(path)
+    if info is None:
+        raise IntegrityError(f"{what}: artifact '{GRAPH_FILE}' has no steerpatch metadata")
+    for key in ("patch_hash", "model_fingerprint"):
+        found, recorded = getattr(info, key), tags.get(TAG + key)
+        if found != recorded:
+            raise IntegrityError(f"{what}: artifact '{GRAPH_FILE}' has {key} {found!r}, registered as {recorded!r}")
+    patch_version = check_graph_links(c, mv, what)
+    if patch_version is not None:
+        verify_model_version(c, store, patch_version, graphs=False)
+    return path

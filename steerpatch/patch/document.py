@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from steerpatch.errors import PatchError
-from steerpatch.io import atomic_write_text
-from steerpatch.patch.format import FORMAT_VERSION, Patch
+from steerpatch.io import atomic_write_text, refuse_special_file
+from steerpatch.patch.format import FORMAT_VERSION, MAX_D_SAE, Patch
 
 MAX_PATCH_BYTES = 10 * 1024 * 1024
 
@@ -43,7 +43,13 @@ _OWN = {
     "score_key",
     "instance_id",
     "tokens",
+    "control_chars",
+    "text_length",
+    "edit_value",
 }
+# no patch field needs a longer integer (d_sae < 2**27); longer ones are refused while parsing,
+# before Python's int() meets a 5,000-digit number
+MAX_INT_DIGITS = 20
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -80,6 +86,14 @@ def _describe(error: Any) -> str:
         return f"{path}: {_short(given)} is too small; use a value >= {error['ctx']['ge']}"
     if kind == "string_too_short":
         return f"{path}: must not be empty; fill it in"
+    if kind in ("less_than", "less_than_equal"):
+        bound = error["ctx"].get("lt", error["ctx"].get("le"))
+        op = "<" if kind == "less_than" else "<="
+        return f"{path}: {_short(given)} is too large; use a value {op} {bound}"
+    if kind == "too_long":
+        return f"{path}: has {error['ctx'].get('actual_length')} items; use at most {error['ctx']['max_length']}"
+    if kind == "string_pattern_mismatch" and path == "sae.architecture":
+        return f"{path}: {_short(given)} is not an architecture name; use a registered one such as 'standard', 'topk' or 'jumprelu'"
     if kind in _WANTED:
         return f"{path}: {_WANTED[kind]}, got {_short(given)}"
     if kind in _OWN:
@@ -150,6 +164,18 @@ class _Duplicates:
         return out
 
 
+class _LongInteger(ValueError):
+    def __init__(self, digits: int) -> None:
+        super().__init__(digits)
+        self.digits = digits
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _LongInteger(len(text.lstrip("-")))
+    return int(text)
+
+
 def parse_json(text: str, *, source: str = "patch") -> Any:
     """Parse patch JSON strictly: syntax errors with line and column, repeated keys refused.
 
@@ -161,11 +187,19 @@ def parse_json(text: str, *, source: str = "patch") -> Any:
     """
     duplicates = _Duplicates()
     try:
-        data = json.loads(text, object_pairs_hook=duplicates)
+        data = json.loads(text, object_pairs_hook=duplicates, parse_int=_parse_int)
     except json.JSONDecodeError as error:
         raise PatchError(
             f"{source} is not valid JSON",
             [f"line {error.lineno}, column {error.colno}: {error.msg}; fix the JSON syntax there"],
+        ) from None
+    except _LongInteger as error:
+        raise PatchError(
+            f"{source} is invalid",
+            [
+                f"(document): an integer has {error.digits:,} digits; no patch field needs more than "
+                f"{MAX_INT_DIGITS} (latents < {MAX_D_SAE:,})"
+            ],
         ) from None
     except RecursionError:
         raise PatchError(
@@ -202,6 +236,7 @@ def _decode(text: str | bytes, source: str) -> str:
 
 def _read(path: Path) -> tuple[str, str]:
     source = f"patch file '{path}'"
+    refuse_special_file(path, what="patch file", error=PatchError)
     if not path.is_file():
         raise PatchError(f"{source} does not exist or is not a file; check the path")
     size = path.stat().st_size

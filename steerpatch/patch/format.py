@@ -29,7 +29,14 @@ from steerpatch.patch.ops import OPS
 
 FORMAT_VERSION = 1
 MAX_NAME_LENGTH = 128
-_SLUG = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# far beyond any published SAE (34M latents) and any ViT's sequence, yet small enough that every
+# index fits int32 and no number in a patch needs more than 10 digits
+MAX_D_SAE = 1 << 27
+MAX_TOKENS = 1 << 16
+MAX_TEXT_LENGTH = 4096
+# words of letters and digits joined by single '.', '_' or '-': no '..', no trailing '.', so the name
+# is the same file name on every file system and MLflow accepts '<model>.<name>' as a registered model
+_SLUG = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 # semver.org 2.0.0, without leading zeros in numeric identifiers
 _SEMVER = re.compile(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -37,7 +44,9 @@ _SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+# free text (rationale, note) may span lines; nothing else may
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
@@ -49,17 +58,17 @@ def check_name(value: str) -> str:
     """Validate a patch name: a slug of lowercase letters, digits, '-', '_' and '.'."""
     if _CONTROL.search(value):
         raise _error(
-            "patch_name", f"name {value!r} contains control characters; use a slug like 'water-shortcut'"
+            "patch_name", f"name {_clip(value)} contains control characters; use a slug like 'water-shortcut'"
         )
     if "/" in value or "\\" in value:
         raise _error(
-            "patch_name", f"name {value!r} contains a path separator; use a slug like 'water-shortcut'"
+            "patch_name", f"name {_clip(value)} contains a path separator; use a slug like 'water-shortcut'"
         )
     if not value or len(value) > MAX_NAME_LENGTH or not _SLUG.fullmatch(value):
         raise _error(
             "patch_name",
-            f"name {value!r} is not a slug; use 1-{MAX_NAME_LENGTH} lowercase letters, digits, '-', '_' or '.', "
-            "starting with a letter or digit",
+            f"name {_clip(value)} is not a slug; use 1-{MAX_NAME_LENGTH} lowercase letters and digits, words joined "
+            "by single '-', '_' or '.' (no '..', no leading or trailing separator), such as 'water-shortcut'",
         )
     return value
 
@@ -69,7 +78,7 @@ def check_version(value: str) -> str:
     if not _SEMVER.fullmatch(value):
         raise _error(
             "patch_version",
-            f"version {value!r} is not a semantic version; use MAJOR.MINOR.PATCH such as '1.0.0'",
+            f"version {_clip(value)} is not a semantic version; use MAJOR.MINOR.PATCH such as '1.0.0'",
         )
     return value
 
@@ -80,7 +89,7 @@ def check_ref(value: str) -> str:
     if not sep:
         raise _error(
             "patch_ref",
-            f"{value!r} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
+            f"{_clip(value)} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
         )
     check_name(name)
     check_version(version)
@@ -90,7 +99,7 @@ def check_ref(value: str) -> str:
 def check_sha256(value: str) -> str:
     """Validate a lowercase SHA-256 hex digest."""
     if not _SHA256.fullmatch(value):
-        raise _error("sha256", f"{value!r} is not a SHA-256 hex digest; use 64 lowercase hex characters")
+        raise _error("sha256", f"{_clip(value)} is not a SHA-256 hex digest; use 64 lowercase hex characters")
     return value
 
 
@@ -103,7 +112,7 @@ def check_timestamp(value: str) -> str:
     if offset is None or offset.total_seconds() != 0:
         raise _error(
             "timestamp",
-            f"{value!r} is not an ISO 8601 UTC timestamp; use the form '2024-05-01T12:00:00Z'",
+            f"{_clip(value)} is not an ISO 8601 UTC timestamp; use the form '2024-05-01T12:00:00Z'",
         )
     return value
 
@@ -111,8 +120,31 @@ def check_timestamp(value: str) -> str:
 def check_op(value: str) -> str:
     """Validate an operation name against the op registry."""
     if value not in OPS:
-        raise _error("patch_op", f"unknown op {value!r}; use one of: {', '.join(OPS)}")
+        raise _error("patch_op", f"unknown op {_clip(value)}; use one of: {', '.join(OPS)}")
     return value
+
+
+def check_line(value: str) -> str:
+    """Validate one line of text: no control characters (a newline would forge lines in listings)."""
+    if _CONTROL.search(value):
+        raise _error(
+            "control_chars", f"{_clip(value)} contains a control character or line break; remove it"
+        )
+    if len(value) > MAX_TEXT_LENGTH:
+        raise _error("text_length", f"is {len(value)} characters long; keep it under {MAX_TEXT_LENGTH}")
+    return value
+
+
+def check_text(value: str) -> str:
+    """Validate free text (rationale, note): line breaks and tabs allowed, other control characters not."""
+    if _CONTROL_BUT_LINES.search(value):
+        raise _error("control_chars", f"{_clip(value)} contains a control character; remove it")
+    return value
+
+
+def _clip(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def utc_now() -> str:
@@ -126,7 +158,9 @@ Ref = Annotated[str, AfterValidator(check_ref)]
 Sha256 = Annotated[str, AfterValidator(check_sha256)]
 Timestamp = Annotated[str, AfterValidator(check_timestamp)]
 OpName = Annotated[str, AfterValidator(check_op), Field(json_schema_extra={"enum": list(OPS)})]
-LatentIndex = Annotated[int, Field(ge=0)]
+Line = Annotated[str, AfterValidator(check_line)]
+Text = Annotated[str, AfterValidator(check_text)]
+LatentIndex = Annotated[int, Field(ge=0, lt=MAX_D_SAE)]
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
@@ -138,7 +172,14 @@ class Edit(BaseModel):
 
     latent: LatentIndex = Field(description="SAE latent index, 0 <= latent < d_sae")
     op: OpName = Field(description="operation: " + "; ".join(f"{o.name}: {o.summary}" for o in OPS.values()))
-    value: float = Field(description="the op's parameter: a finite number")
+    value: float = Field(description="the op's parameter: a finite number within the op's range")
+
+    @model_validator(mode="after")
+    def _value_in_domain(self) -> Edit:
+        problem = OPS[self.op].check_value(self.value)
+        if problem:
+            raise _error("edit_value", f"value {problem}")
+        return self
 
 
 class ModelRef(BaseModel):
@@ -146,7 +187,7 @@ class ModelRef(BaseModel):
 
     model_config = _STRICT
 
-    id: str = Field(min_length=1, description="how the model was loaded, e.g. 'concept-clip' or 'ViT-B-32'")
+    id: Line = Field(min_length=1, description="how the model was loaded, e.g. 'concept-clip' or 'ViT-B-32'")
     fingerprint: Sha256 = Field(description="SHA-256 of the model weights")
 
 
@@ -155,10 +196,12 @@ class SAERef(BaseModel):
 
     model_config = _STRICT
 
-    location: str = Field(description="path or reference the SAE was loaded from")
+    location: Line = Field(description="path or reference the SAE was loaded from")
     fingerprint: Sha256 = Field(description="SHA-256 of the SAE tensors and config")
     architecture: str = Field(
-        min_length=1, description="SAE architecture, e.g. 'standard', 'topk', 'jumprelu'"
+        min_length=1,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="SAE architecture: a registered one, e.g. 'standard', 'topk', 'jumprelu'",
     )
 
 
@@ -175,18 +218,20 @@ class Instance(BaseModel):
 
     model_config = _STRICT
 
-    id: str | None = Field(default=None, description="dataset item id (path relative to the dataset root)")
+    id: Line | None = Field(default=None, description="dataset item id (path relative to the dataset root)")
     image_sha256: Sha256 | None = Field(default=None, description="SHA-256 of the image file")
-    label: str | None = None
-    predicted: str | None = None
+    label: Line | None = None
+    predicted: Line | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="attribution score per latent index")
 
     @field_validator("scores")
     @classmethod
     def _latent_keys(cls, scores: dict[str, float]) -> dict[str, float]:
-        bad = [k for k in scores if not k.isdecimal()]
+        bad = [k for k in scores if not (k.isascii() and k.isdecimal() and int(k) < MAX_D_SAE)]
         if bad:
-            raise _error("score_key", f"score keys must be latent indices such as '123'; found {bad[0]!r}")
+            raise _error(
+                "score_key", f"score keys must be latent indices such as '123'; found {_clip(bad[0])}"
+            )
         return scores
 
     @model_validator(mode="after")
@@ -202,13 +247,15 @@ class Provenance(BaseModel):
     model_config = _STRICT
 
     instances: list[Instance] = Field(default_factory=list)
-    note: str = ""
+    note: Text = ""
     composed_from: list[Ref] = Field(
         default_factory=list, description="refs of patches this one was composed from"
     )
 
 
-Tokens = Literal["cls", "patches", "all"] | list[Annotated[int, Field(ge=0)]]
+Tokens = Literal["cls", "patches", "all"] | Annotated[
+    list[Annotated[int, Field(ge=0, lt=MAX_TOKENS)]], Field(max_length=MAX_TOKENS)
+]
 
 
 class Patch(BaseModel):
@@ -229,8 +276,8 @@ class Patch(BaseModel):
     format_version: Literal[1] = Field(description="document format; this steerpatch writes 1")
     name: Name
     version: Version
-    rationale: str = Field(description="why this patch exists, for reviewers")
-    author: str
+    rationale: Text = Field(description="why this patch exists, for reviewers")
+    author: Line
     created_at: Timestamp
     parent: Ref | None = Field(description="'name@version' this patch was bumped from, or null")
     model: ModelRef
@@ -238,7 +285,7 @@ class Patch(BaseModel):
     hook: HookRef
     tokens: Tokens = Field(description="'cls' (token 0), 'patches' (tokens 1..), 'all', or token indices")
     d_sae: int | None = Field(
-        default=None, ge=1, description="the SAE's latent count, to check edits offline"
+        default=None, ge=1, le=MAX_D_SAE, description="the SAE's latent count, to check edits offline"
     )
     edits: list[Edit]
     provenance: Provenance = Field(default_factory=Provenance)

@@ -25,6 +25,8 @@ class Op:
         fn: for latent ops, maps (z_i, value) -> z'_i; None for direction ops.
         summary: one line for help texts and the JSON Schema.
         identity: the value for which the op changes nothing (None when no value does for all z).
+        max_abs: the largest |value| a patch may give; beyond it float32 activations overflow or
+            dwarf the residual stream, so no useful edit lies there.
     """
 
     name: str
@@ -32,6 +34,16 @@ class Op:
     fn: OpFn | None
     summary: str
     identity: float | None
+    max_abs: float = 1e4
+
+    def check_value(self, value: float) -> str | None:
+        """Why `value` is outside this op's domain, or None when it is inside."""
+        if not -self.max_abs <= value <= self.max_abs:
+            return (
+                f"{value:g} is out of range for op {self.name!r}; use a finite value in "
+                f"[-{self.max_abs:g}, {self.max_abs:g}]"
+            )
+        return None
 
     def rewrite(self, z: Any, value: float) -> Any:
         """z'_i for a latent op.
@@ -77,7 +89,7 @@ def _clamp_if_active(z: Any, value: float) -> Any:
     return z.masked_fill(z > 0, value)
 
 
-register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0))
+register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0, 1e3))
 register_op(Op("clamp", "latent", _clamp, "z_i <- value on every scoped token", None))
 register_op(Op("clamp_if_active", "latent", _clamp_if_active, "z_i <- value where z_i > 0", None))
 register_op(Op("add", "direction", None, "x <- x + value * W_dec[i] (a steering vector)", 0.0))

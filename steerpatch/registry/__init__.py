@@ -5,11 +5,20 @@ This is the only core package that imports mlflow (inside functions, so importin
     v = register_patch("water.json", "out/report.json")        # -> RegisteredVersion
     promote(v.name, v.version, "production")                    # GateFailed unless the report passes
     history(v.name); diff_versions(f"{v.name}@1", f"{v.name}@2"); verify_version(f"{v.name}@2")
+    audit_model(v.name)["problems"]                             # [] when every version and move verifies
     patch, folder = resolve_patch_ref(f"{v.name}@production")
 """
 
 from steerpatch.registry.artifacts import parse_ref, resolve_patch_ref
-from steerpatch.registry.audit import diff_versions, format_diff, format_history, history, verify_version
+from steerpatch.registry.audit import (
+    audit_model,
+    diff_versions,
+    format_audit,
+    format_diff,
+    format_history,
+    history,
+    verify_version,
+)
 from steerpatch.registry.bundle import FLAVOR_NAME, build_bundle, check_manifest, write_manifest
 from steerpatch.registry.promotion import AliasMove, alias_moves, promote, recheck_report, rollback
 from steerpatch.registry.register import RegisteredVersion, register_patch, registered_name
@@ -20,10 +29,12 @@ __all__ = [
     "AliasMove",
     "RegisteredVersion",
     "alias_moves",
+    "audit_model",
     "build_bundle",
     "check_manifest",
     "default_registry_dir",
     "diff_versions",
+    "format_audit",
     "format_diff",
     "format_history",
     "history",

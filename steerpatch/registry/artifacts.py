@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from steerpatch.errors import RegistryError
-from steerpatch.registry.bundle import PATCH_FILE, check_manifest
+from steerpatch.registry.bundle import PATCH_FILE
+from steerpatch.registry.integrity import MANIFEST_TAG, verify_patch_folder
 from steerpatch.registry.store import Store, client, resolve_store, with_retry
-
-MANIFEST_TAG = "steerpatch.manifest_sha256"
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -112,7 +111,12 @@ def _cache_root() -> Path:
 def resolve_patch_ref(
     ref: str, tracking_uri: str | None = None, *, dst: str | Path | None = None
 ) -> tuple[Any, Path]:
-    """Fetch a registered patch model by reference, check its manifest, and load its patch.
+    """Fetch a registered patch model by reference, check it against the registry's record, load its patch.
+
+    Every file is checked against MANIFEST.json, the manifest against the hash recorded at
+    registration, MLmodel against the flavor steerpatch writes, and the patch and report against the
+    recorded patch hash and fingerprints (see `steerpatch.registry.integrity`), also when the folder
+    comes from the cache.
 
     Downloads go to a content-addressed cache (keyed by the manifest hash) unless `dst` is given,
     and land there atomically, so concurrent callers never see a half-copied folder.
@@ -146,13 +150,13 @@ def resolve_patch_ref(
     if target.is_dir() and any(target.iterdir()):
         if dst is not None:
             raise RegistryError(f"destination '{target}' is not empty; choose a new folder")
-        check_manifest(target, manifest_sha256=manifest_sha, what=what)
+        verify_patch_folder(target, mv, what)
         return load_patch(target / PATCH_FILE), target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
         local = download_version(c, store, name, str(mv.version), tmp)
-        check_manifest(local, manifest_sha256=manifest_sha, what=what)
+        verify_patch_folder(local, mv, what)
         if target.exists():
             target.rmdir()
         os.replace(local, target)

@@ -8,15 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steerpatch.registry.artifacts import (
-    MANIFEST_TAG,
-    download_file,
-    download_version,
-    get_version,
-    parse_ref,
-)
-from steerpatch.registry.bundle import PATCH_FILE, check_manifest
-from steerpatch.registry.promotion import alias_moves
+from steerpatch.registry.artifacts import download_file, get_version, parse_ref
+from steerpatch.registry.bundle import PATCH_FILE
+from steerpatch.registry.promotion import alias_moves, failed_gates_of, verified_evidence
 from steerpatch.registry.register import TAG
 from steerpatch.registry.store import client, resolve_store, with_retry
 
@@ -176,33 +170,125 @@ def format_diff(data: dict[str, Any]) -> str:
 
 
 def verify_version(ref: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Recompute the hash of every stored artifact of a version against its manifest.
+    """Check a registered version, and for a patch version its compiled graphs, against the registry's record.
 
     Args:
-        ref: `NAME@VERSION|NAME@ALIAS`.
+        ref: `NAME@VERSION|NAME@ALIAS` of a patch version or of a compiled graph (`NAME-onnx@…`).
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
 
     Returns:
-        `{"name", "version", "files": <number checked>, "ok": True}`.
+        `{"name", "version", "kind", "files": <number checked>, "graphs": [{"name", "version"}], "ok": True}`.
 
     Raises:
-        IntegrityError: (exit 1) naming each changed, missing or added file.
+        IntegrityError: (exit 1) naming the version, the file and what differs: a file against
+            MANIFEST.json, MANIFEST.json against its recorded hash, MLmodel's loader, the patch and
+            report against the recorded hashes, a graph against its recorded hash and patch version.
     """
-    from steerpatch.errors import IntegrityError
-    from steerpatch.patch import load_patch
+    from steerpatch.registry.integrity import verify_model_version
 
     store = resolve_store(tracking_uri)
     c = client(store)
     name, selector = parse_ref(ref)
-    mv = get_version(c, name, selector)
-    what = f"{name}@{mv.version}"
-    with tempfile.TemporaryDirectory(prefix="steerpatch-verify-") as tmp:
-        local = download_version(c, store, name, str(mv.version), Path(tmp) / "model")
-        n = check_manifest(local, manifest_sha256=(mv.tags or {}).get(MANIFEST_TAG), what=what)
-        recorded = (mv.tags or {}).get(TAG + "patch_hash")
-        patch = load_patch(local / PATCH_FILE)
-        if recorded and patch.content_hash != recorded:
-            raise IntegrityError(
-                f"{what}: artifact '{PATCH_FILE}' has hash {patch.content_hash}, registered as {recorded}"
-            )
-    return {"name": name, "version": str(mv.version), "files": n, "ok": True}
+    return verify_model_version(c, store, get_version(c, name, selector))
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0]
+
+
+def audit_model(name: str, *, policy: str | Path | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Walk the whole history of a registered patch: every version, every graph, every alias move.
+
+    A version is fine when it verifies (files, MLmodel, report hashes, compiled graphs) and its report
+    is consistent; a recorded move is fine when its version exists, verifies and, unless forced,
+    passes the gates re-derived under `policy`; each current alias must be where its last recorded
+    move put it; and one `name@version` must hold one content.
+
+    Args:
+        name: the registered patch model (`<model>.<patch>`).
+        policy: the policy file moves are re-checked against; default `registry/policy.toml`.
+        tracking_uri: MLflow tracking URI; default: see `resolve_store`.
+
+    Returns:
+        `{"name", "versions": [{"version", "kind", "ok", "problem"}], "moves": [...], "problems": [str]}`;
+        `problems` is empty when everything verifies.
+    """
+    from steerpatch.errors import SteerpatchError
+    from steerpatch.registry.integrity import GRAPH_SUFFIX, verify_model_version
+
+    store = resolve_store(tracking_uri)
+    c = client(store)
+    get_version(c, name, "latest")  # a clear error for unknown or empty models
+    model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
+    versions = sorted(
+        with_retry(lambda: c.search_model_versions(f"name = '{name}'"), what=f"list {name}"), key=lambda v: int(v.version)
+    )
+    problems: list[str] = []
+    rows: list[dict[str, Any]] = []
+    failed_by_version: dict[str, list[str] | None] = {}
+    for mv in versions:
+        row: dict[str, Any] = {"version": str(mv.version), "kind": "patch", "ok": True, "problem": None}
+        try:
+            with tempfile.TemporaryDirectory(prefix="steerpatch-audit-") as tmp:
+                _, report, _ = verified_evidence(c, store, mv, Path(tmp))
+            failed_by_version[str(mv.version)] = failed_gates_of(report, policy)[0]
+        except SteerpatchError as error:
+            row.update(ok=False, problem=_first_line(error))
+            problems.append(_first_line(error))
+            failed_by_version[str(mv.version)] = None
+        rows.append(row)
+    try:
+        graphs = with_retry(lambda: c.search_model_versions(f"name = '{name}{GRAPH_SUFFIX}'"), what="list graphs")
+    except Exception:  # noqa: BLE001 - no sibling model: nothing was compiled and registered
+        graphs = []
+    for gv in sorted(graphs, key=lambda v: int(v.version)):
+        row = {"version": f"{gv.name}@{gv.version}", "kind": "graph", "ok": True, "problem": None}
+        try:
+            verify_model_version(c, store, gv, graphs=False)
+        except SteerpatchError as error:
+            row.update(ok=False, problem=_first_line(error))
+            problems.append(_first_line(error))
+        rows.append(row)
+    contents: dict[str, set[str]] = {}
+    for mv in versions:
+        tags = mv.tags or {}
+        contents.setdefault(tags.get(TAG + "patch_ref", "?"), set()).add(tags.get(TAG + "patch_hash", "?"))
+    problems.extend(
+        f"{name}: {ref} is registered with {len(hashes)} different contents; one name@version must hold one content"
+        for ref, hashes in sorted(contents.items()) if len(hashes) > 1
+    )
+    moves = []
+    last: dict[str, str] = {}
+    for move in alias_moves(c, name):
+        entry = {**move.to_dict(), "ok": True, "problem": None}
+        failed = failed_by_version.get(move.to_version, ["(version does not exist)"])
+        if failed is None:
+            entry["problem"] = f"{name}@{move.to_version} (alias {move.alias}) does not verify"
+        elif failed and not move.forced:
+            entry["problem"] = (f"{name}: alias {move.alias} moved to v{move.to_version} at {move.when} unforced, "
+                                f"but it fails {', '.join(failed)}")
+        if entry["problem"]:
+            entry["ok"] = False
+            problems.append(entry["problem"])
+        last[move.alias] = move.to_version
+        moves.append(entry)
+    for alias, version in sorted((model.aliases or {}).items()):
+        if last.get(alias) != str(version):
+            problems.append(f"{name}: alias {alias} points at v{version} but no recorded move put it there "
+                            "(moved outside steerpatch)")
+    return {"name": name, "versions": rows, "moves": moves, "problems": problems}
+
+
+def format_audit(data: dict[str, Any]) -> str:
+    """A readable rendering of `audit_model()`."""
+    lines = [f"{data['name']}: " + ("everything verifies" if not data["problems"] else f"{len(data['problems'])} problem(s)")]
+    for row in data["versions"]:
+        label = row["version"] if row["kind"] == "graph" else f"v{row['version']}"
+        lines.append(f"  {row['kind']:5} {label}: " + ("ok" if row["ok"] else row["problem"]))
+    for move in data["moves"]:
+        origin = f"v{move['from']}" if move["from"] else "(new)"
+        state = "ok" if move["ok"] else move["problem"]
+        lines.append(f"  move  {move['when']} {move['alias']}: {origin} -> v{move['to']}" +
+                     (" FORCED" if move["forced"] else "") + f": {state}")
+    lines.extend(f"  PROBLEM {p}" for p in data["problems"] if not any(p in str(r.get("problem")) for r in data["versions"] + data["moves"]))
+    return "\n".join(lines)

@@ -88,6 +88,23 @@ def check_report_matches(patch: Any, report: dict[str, Any], *, report_path: str
         )
 
 
+def check_report_consistent(patch: Any, report: Any, *, report_path: str | Path = "report") -> None:
+    """Refuse a report whose numbers do not follow from its own counts, or that names another patch.
+
+    Raises:
+        IntegrityError: (exit 1) listing every contradiction (see `steerpatch.registry.evidence`).
+    """
+    from steerpatch.registry.evidence import consistency_problems
+
+    problems = consistency_problems(report, patch)
+    if problems:
+        raise IntegrityError(
+            f"report '{report_path}' for {patch.ref} contradicts itself ({problems[0]}); it was edited "
+            "after `steerpatch validate` wrote it: re-run validation",
+            problems[1:],
+        )
+
+
 def classes_from_report(report: dict[str, Any]) -> list[str] | None:
     """The class names a report measured, when it records them."""
     if isinstance(report.get("classes"), list) and report["classes"]:
@@ -214,6 +231,7 @@ def build_bundle(
     report_obj = load_report(report_path)
     report = report_dict(report_obj)
     check_report_matches(patch, report, report_path=report_path)
+    check_report_consistent(patch, report_obj, report_path=report_path)
     classes = classes or classes_from_report(report)
     if not classes:
         raise RegistryError(

@@ -1,8 +1,11 @@
 """Gated alias moves (promotion, rollback) and their audit trail.
 
-An alias moves to a version only when that version's recorded validation report passes the policy
-in force *now* (the report is re-checked, so tightening the policy also guards old versions), unless
-the move is forced with a reason. Every move is recorded as its own registered-model tag
+An alias moves to a version only when that version verifies against the registry's record (its
+files, its MLmodel, its report's hashes, its compiled graphs: `steerpatch.registry.integrity`), its
+report is consistent with its own counts, and the gates *re-derived from those counts* pass the
+policy in force *now* (the report's own gate values and verdict are never read, and tightening the
+policy also guards old versions), unless the move is forced with a reason. Forcing bypasses gates,
+never integrity. Every move is recorded as its own registered-model tag
 `steerpatch.alias_move.<ns-timestamp>.<nonce>` holding one JSON record (who, when, why, from, to),
 written before the alias itself moves and removed again if that fails — one tag per move keeps each
 record atomic and within MLflow's tag size limit however long the history grows.
@@ -20,9 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import GateFailed, RegistryError
-from steerpatch.registry.artifacts import download_file, get_version
-from steerpatch.registry.bundle import REPORT_JSON
+from steerpatch.errors import GateFailed, IntegrityError, RegistryError
+from steerpatch.registry.artifacts import download_version, get_version
 from steerpatch.registry.register import TAG, current_user
 from steerpatch.registry.store import Store, client, resolve_store, store_lock, with_retry
 
@@ -43,6 +45,8 @@ class AliasMove:
         kind: "promote" or "rollback".
         failed_gates: the gates that failed under the policy in force (non-empty only when forced).
         policy: the policy file the gates were checked against.
+        revalidated: what re-running validation at the move found, or why it was not re-run
+            (None when the policy does not ask for it for this alias).
     """
 
     alias: str
@@ -55,6 +59,7 @@ class AliasMove:
     kind: str = "promote"
     failed_gates: tuple[str, ...] = ()
     policy: str | None = None
+    revalidated: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -76,24 +81,35 @@ class AliasMove:
             kind=data.get("kind", "promote"),
             failed_gates=tuple(data.get("failed_gates") or ()),
             policy=data.get("policy"),
+            revalidated=data.get("revalidated"),
         )
 
 
 def measured_values(report: Any) -> dict[str, float | None]:
-    """The value each known gate measures, read from a recorded report.
+    """The value each known gate measures, re-derived from a recorded report's raw counts.
 
-    Values the report recorded for its gates come first; gates that were switched off when it was
-    written are derived from the report's fields, so a gate switched on later still bites.
+    The report's own `gates` values are never used: a gate switched on later, or a value edited in
+    the file, is measured from the counts all the same (see `steerpatch.registry.evidence`).
     """
-    from steerpatch.validate.report import measurements
+    from steerpatch.registry.evidence import rederived_values
 
-    values = measurements(report)
-    values.update({g.name: g.value for g in report.gates})
-    return values
+    return rederived_values(report)
+
+
+def check_consistent(report: Any, what: str, patch: Any = None) -> None:
+    """Refuse a report whose numbers contradict its counts (exit 1), naming the first contradiction."""
+    from steerpatch.registry.evidence import consistency_problems
+
+    problems = consistency_problems(report, patch)
+    if problems:
+        raise IntegrityError(
+            f"{what}: artifact 'report.json' contradicts itself ({problems[0]}); it was edited after validation",
+            problems[1:],
+        )
 
 
 def recheck_report(
-    report_path: str | Path, policy_path: str | Path | None = None
+    report_path: str | Path, policy_path: str | Path | None = None, alias: str | None = None
 ) -> tuple[list[str], str | None]:
     """Re-evaluate a recorded report against the policy in force.
 
@@ -103,14 +119,51 @@ def recheck_report(
 
     Returns:
         `(failed_gates, policy_source)`: an empty list when every gate passes.
+
+    Raises:
+        IntegrityError: when the report's numbers contradict its own counts.
     """
+    from steerpatch.validate.report import load_report
+
+    report = load_report(report_path)
+    check_consistent(report, f"report '{report_path}'")
+    return failed_gates_of(report, policy_path, alias)
+
+
+def failed_gates_of(
+    report: Any, policy_path: str | Path | None, alias: str | None = None
+) -> tuple[list[str], str | None]:
     from steerpatch.validate.policy import load_policy
-    from steerpatch.validate.report import evaluate_gates, load_report
+    from steerpatch.validate.report import evaluate_gates
 
     policy = load_policy(policy_path)
-    report = load_report(report_path)
-    results = evaluate_gates(measured_values(report), policy)
-    return [r.name for r in results if not r.passed], policy.source
+    results = evaluate_gates(measured_values(report), policy, alias=alias)
+    return [r.name + ("" if r.measured else " (not measured)") for r in results if not r.passed], policy.source
+
+
+def verified_evidence(c: Any, store: Store, mv: Any, workdir: Path) -> tuple[Any, Any, Path]:
+    """Verify a patch version and its compiled graphs; return its (patch, report, verified local folder).
+
+    The report is also checked for consistency with its own counts and with the patch.
+
+    Raises:
+        IntegrityError: (exit 1) at the first file or number that does not match the record.
+        RegistryError: when the version is a compiled graph rather than a patch.
+    """
+    from steerpatch.registry.integrity import graphs_of, is_graph, verify_model_version, verify_patch_folder
+
+    what = f"{mv.name}@{mv.version}"
+    if is_graph(mv):
+        raise RegistryError(
+            f"{what} is a compiled graph; promote the patch version it was compiled from "
+            f"(`steerpatch promote {(mv.tags or {}).get(TAG + 'patch_model', 'NAME')} VERSION`)"
+        )
+    local = download_version(c, store, mv.name, str(mv.version), Path(workdir) / "model")
+    _, patch, report = verify_patch_folder(local, mv, what)
+    for graph in graphs_of(c, mv.name, (mv.tags or {}).get(TAG + "patch_hash")):
+        verify_model_version(c, store, graph, graphs=False)
+    check_consistent(report, what, patch)
+    return patch, report, local
 
 
 def alias_moves(c: Any, name: str) -> list[AliasMove]:
@@ -163,6 +216,8 @@ def promote(
     policy: str | Path | None = None,
     tracking_uri: str | None = None,
     kind: str = "promote",
+    data: str | Path | None = None,
+    revalidate: bool | None = None,
 ) -> AliasMove:
     """Point `alias` of registered model `name` at `version`, if its validation passes the policy in force.
 
@@ -175,12 +230,19 @@ def promote(
         policy: the policy file; default `registry/policy.toml`.
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
         kind: "promote" or "rollback", recorded with the move.
+        data: the dataset folder the version was validated on; validation is re-run on it when
+            `revalidate` says so, and the fresh per-image results must equal the report's.
+        revalidate: re-run validation; None follows the policy's `[promotion] revalidate_aliases`
+            (default: for `production`). Without `data` the re-run is skipped and the move says so.
 
     Returns:
         The recorded `AliasMove`.
 
     Raises:
-        GateFailed: (exit 1) naming the failed gates, when not forced.
+        IntegrityError: (exit 1) when the version does not verify against the registry's record or its
+            report contradicts its counts; `force` does not bypass this. Nothing is moved.
+        GateFailed: (exit 1) naming the failed gates (re-derived from the report's counts), when not forced.
+        IntegrityError: (exit 1) also when a re-run of validation gives other results than the report.
         RegistryError: for an unknown model/version, a bad alias, or `force` without a reason.
 
     Example:
@@ -195,16 +257,27 @@ def promote(
         raise RegistryError('--force needs --reason "…" saying why the gates are bypassed; it is recorded')
     store = resolve_store(tracking_uri)
     c = client(store)
+    from steerpatch.validate.policy import load_policy
+
     mv = get_version(c, name, version)
+    if revalidate is None:
+        revalidate = alias in load_policy(policy).promotion.revalidate_aliases
     with tempfile.TemporaryDirectory(prefix="steerpatch-promote-") as tmp:
-        report = download_file(c, store, name, str(mv.version), REPORT_JSON, Path(tmp))
-        failed, policy_source = recheck_report(report, policy)
-    if failed and not force:
-        raise GateFailed(
-            f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
-            'Fix the patch and register a new version, or use --force --reason "…"',
-            [f"failed gate: {gate}" for gate in failed],
-        )
+        patch, report, local = verified_evidence(c, store, mv, Path(tmp))
+        failed, policy_source = failed_gates_of(report, policy, alias=alias)
+        if failed and not force:
+            raise GateFailed(
+                f"{name} version {version} fails the policy in force ({policy_source}); not promoted to '{alias}'. "
+                'Fix the patch and register a new version, or use --force --reason "…"',
+                [f"failed gate: {gate}" for gate in failed],
+            )
+        revalidated = None
+        if revalidate and data is None:
+            revalidated = f"not re-run: no dataset given (promote --data DIR re-runs validation for '{alias}')"
+        elif revalidate and data is not None:
+            from steerpatch.registry.revalidate import revalidate as rerun
+
+            revalidated = rerun(patch, local / "sae", report, data, what=f"{name}@{mv.version}")
     why = reason.strip() if reason else ("gates passed" if kind == "promote" else "rollback; gates passed")
     move = _move_alias(
         c,
@@ -218,6 +291,7 @@ def promote(
             "kind": kind,
             "failed_gates": tuple(failed),
             "policy": policy_source,
+            "revalidated": revalidated,
         },
     )
     if force and reason:
@@ -234,6 +308,7 @@ def rollback(
     force: bool = False,
     policy: str | Path | None = None,
     tracking_uri: str | None = None,
+    data: str | Path | None = None,
 ) -> AliasMove:
     """Move `alias` back to the version it pointed at before its last move.
 
@@ -265,4 +340,5 @@ def rollback(
         policy=policy,
         tracking_uri=tracking_uri,
         kind="rollback",
+        data=data,
     )

@@ -55,8 +55,9 @@ class RegisteredVersion:
     patch_ref: str
     patch_hash: str
     verdict: str
+    existing: bool = False  # True when this exact content was already registered (nothing new was created)
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -86,7 +87,7 @@ def _metric(report: dict[str, Any], *path: str) -> Any:
 
 
 def version_tags(
-    patch: Any, report: dict[str, Any], *, manifest_sha256: str, logged_model_id: str
+    patch: Any, report: dict[str, Any], *, manifest_sha256: str, logged_model_id: str, report_sha256: str | None = None
 ) -> dict[str, str]:
     """The tags a registered version carries (all prefixed `steerpatch.`)."""
     tags: dict[str, Any] = {
@@ -109,6 +110,7 @@ def version_tags(
         "author": patch.author,
         "parent": patch.parent or "",
         "manifest_sha256": manifest_sha256,
+        "report_sha256": report_sha256,
         "logged_model_id": logged_model_id,
         "registered_by": current_user(),
     }
@@ -122,6 +124,39 @@ def find_version_by_patch_ref(c: Any, name: str, ref: str) -> str | None:
         what=f"search the versions of {name}",
     )
     return max((v.version for v in versions), key=int, default=None)
+
+
+def existing_registration(c: Any, name: str, patch: Any, report_sha256: str) -> str | None:
+    """Enforce one content per `name@version`: the version already holding this exact content, or None.
+
+    The same patch bytes with the same report registered again return the existing version instead
+    of failing or duplicating it, so a registration retried after a dropped connection is harmless.
+
+    Raises:
+        RegistryError: (exit 2) when the patch's `name@version` is registered with other content
+            (patch or report); the fix is a new version number.
+    """
+    from steerpatch.registry.integrity import REPORT_TAG
+
+    versions = with_retry(
+        lambda: c.search_model_versions(f"name = '{name}' and tag.`{TAG}patch_ref` = '{patch.ref}'"),
+        what=f"search the versions of {name}",
+    )
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = mv.tags or {}
+        if tags.get(TAG + "patch_hash") != patch.content_hash:
+            raise RegistryError(
+                f"{patch.ref} is already registered as {name} version {mv.version} with content hash "
+                f"{tags.get(TAG + 'patch_hash')}, this patch.json has {patch.content_hash}; one name@version "
+                f"holds one content: give it a new version with `steerpatch patch bump`"
+            )
+        if tags.get(REPORT_TAG) != report_sha256:
+            raise RegistryError(
+                f"{patch.ref} is already registered as {name} version {mv.version} with another report.json "
+                f"(sha256 {tags.get(REPORT_TAG)}); a version's validation does not change: "
+                f"give the patch a new version with `steerpatch patch bump`"
+            )
+    return max((str(v.version) for v in versions), key=int, default=None)
 
 
 def ensure_registered_model(c: Any, name: str, *, tags: dict[str, str], description: str) -> bool:
@@ -154,6 +189,18 @@ def _ensure_registered_model(c: Any, name: str, patch: Any) -> bool:
     )
 
 
+def _model_exists(c: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(name)
+        return True
+    except MlflowException as error:
+        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code):
+            return False
+        raise
+
+
 def _cleanup(c: Any, name: str, created_model: bool, logged_model_id: str | None) -> None:
     """Undo a failed registration: its version(s), a registered model it created, its logged model.
 
@@ -184,13 +231,15 @@ def _cleanup(c: Any, name: str, created_model: bool, logged_model_id: str | None
             with_retry(step, what="clean up a failed registration")
 
 
-def _check_stored(c: Any, store: Store, name: str, version: str, manifest_sha256: str) -> None:
-    """Download what the store now holds for the version and check it against the manifest."""
+def _check_stored(c: Any, store: Store, name: str, version: str) -> None:
+    """Download what the store now holds for the version and check it against the registry's record."""
     from steerpatch.registry.artifacts import download_version
+    from steerpatch.registry.integrity import verify_patch_folder
 
+    mv = with_retry(lambda: c.get_model_version(name, version), what=f"read {name}@{version}")
     with tempfile.TemporaryDirectory(prefix="steerpatch-check-") as tmp:
         local = download_version(c, store, name, version, Path(tmp))
-        bundle_mod.check_manifest(local, manifest_sha256=manifest_sha256, what=f"{name}@{version}")
+        verify_patch_folder(local, mv, f"{name}@{version}")
 
 
 def register_patch(
@@ -214,8 +263,10 @@ def register_patch(
         The new `RegisteredVersion`.
 
     Raises:
-        RegistryError: if the report belongs to another patch, or the store refuses the registration
+        RegistryError: if the report belongs to another patch, the patch's name@version is already
+            registered with other content (bump the version), or the store refuses the registration
             (nothing is left behind).
+        IntegrityError: if the report's numbers do not follow from its own counts.
         PatchError, SAEError: for an invalid patch or a missing SAE.
 
     Example:
@@ -234,7 +285,20 @@ def register_patch(
         logged_model_id: str | None = None
         created_model = False
         version: str | None = None
+        from steerpatch.io import sha256_file
+
+        report_sha256 = sha256_file(built.path / bundle_mod.REPORT_JSON)
         with store_lock(store):
+            existing = None
+            if with_retry(lambda: _model_exists(c, name), what=f"read {name}"):
+                existing = existing_registration(c, name, patch, report_sha256)
+            if existing is not None:
+                return RegisteredVersion(
+                    name=name, version=existing, model_uri=f"models:/{name}/{existing}",
+                    logged_model_id=str(c.get_model_version(name, existing).tags.get(TAG + "logged_model_id", "")),
+                    patch_ref=patch.ref, patch_hash=patch.content_hash, verdict=str(report.get("verdict")),
+                    existing=True,
+                )
             try:
                 exp = with_retry(lambda: experiment_id(c, store), what="find the steerpatch experiment")
                 logged = with_retry(
@@ -248,7 +312,8 @@ def register_patch(
                     lambda: c.log_model_artifacts(logged.model_id, str(built.path)), what="upload the model"
                 )
                 tags = version_tags(
-                    patch, report, manifest_sha256=built.manifest_sha256, logged_model_id=logged.model_id
+                    patch, report, manifest_sha256=built.manifest_sha256, logged_model_id=logged.model_id,
+                    report_sha256=report_sha256,
                 )
                 with_retry(
                     lambda: c.set_logged_model_tags(logged.model_id, tags), what="tag the logged model"
@@ -275,7 +340,7 @@ def register_patch(
                         what="create the model version",
                     )
                 version = str(mv.version)
-                _check_stored(c, store, name, version, built.manifest_sha256)
+                _check_stored(c, store, name, version)
             except BaseException as error:
                 _cleanup(c, name, created_model, logged_model_id)
                 if isinstance(error, Exception) and not isinstance(error, SteerpatchError):

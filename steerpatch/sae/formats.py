@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from steerpatch.errors import SAEError
-from steerpatch.io import atomic_dir
+from steerpatch.io import atomic_dir, refuse_special_file
 from steerpatch.sae.config import check_token_scope, config_from_saelens
 from steerpatch.sae.module import SAE
 from steerpatch.sae.prisma import is_prisma_folder, load_prisma
@@ -75,6 +75,7 @@ def load_sae(
         >>> sae.encode(x).shape  # doctest: +SKIP
     """
     path = Path(path)
+    refuse_special_file(path, what="SAE path", entries=True, error=SAEError)
     if not path.exists():
         raise SAEError(
             f"SAE path '{path}' does not exist; give a SAELens folder, a saev sae.pt or a .safetensors file"

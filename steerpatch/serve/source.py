@@ -2,8 +2,11 @@
 
 A `GraphSource` holds the current ONNX Runtime session. For `NAME@ALIAS` a background thread asks the
 registry every few seconds which graph the alias points at; when it moved, the new graph is
-downloaded, opened, and swapped in under a lock, so requests always see one whole graph. A failed
-reload keeps the old graph serving and is reported by `/health`.
+downloaded, checked against the registry's record (`steerpatch.compile.registry.download_graph`:
+manifest, graph hash, patch hash, model fingerprint, the patch version it came from), opened, and
+swapped in under a lock, so requests always see one whole verified graph. Verification happens only
+here, at load and reload: requests never pay for it. A failed or refused reload keeps the previous
+good graph serving and is reported by `/health`.
 """
 
 from __future__ import annotations
@@ -153,8 +156,10 @@ class GraphSource:
                 return False
             loaded = self._fetch(graph)
         except Exception as error:  # noqa: BLE001 - keep serving the old graph whatever went wrong
-            self.last_error = str(error).splitlines()[0][:300]
-            log.warning("reload of %s failed, still serving the previous graph: %s", self.source, self.last_error)
+            message = str(error).splitlines()[0][:300]
+            if message != self.last_error:  # a refused version is retried every poll; say so once
+                log.warning("reload of %s failed, still serving the previous graph: %s", self.source, message)
+            self.last_error = message
             return False
         with self._lock:
             old, self._current = self._current, loaded

@@ -10,7 +10,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from steerpatch.errors import PatchError
+from steerpatch.errors import PatchError, shorten
 from steerpatch.patch.format import Patch, utc_now
 
 log = logging.getLogger("steerpatch.steer")
@@ -91,10 +91,22 @@ def check_binding(
             f"the SAE reads width d_in={sae.d_in} but block {patch.hook.block} of this model has width {width}; "
             "use the SAE trained for this model and block"
         )
+    # with an override the SAE is knowingly another one; otherwise what the patch records must be this SAE
+    strict = not allow_fingerprint_mismatch
+    if strict and patch.d_sae is not None and patch.d_sae != sae.d_sae:
+        problems.append(
+            f"d_sae: the patch records {patch.d_sae} latents but this SAE has {sae.d_sae}; "
+            "use the SAE it was made for"
+        )
+    if strict and patch.sae.architecture != sae.architecture:
+        problems.append(
+            f"sae.architecture: the patch records {patch.sae.architecture!r} but this SAE is "
+            f"{sae.architecture!r}; use the SAE it was made for"
+        )
     bad = [e.latent for e in patch.edits if e.latent >= sae.d_sae]
     if bad:
         problems.append(
-            f"latent(s) {bad} are out of range for this SAE (d_sae={sae.d_sae}); use 0..{sae.d_sae - 1}"
+            f"latent(s) [{shorten(bad)}] are out of range for this SAE (d_sae={sae.d_sae}); use 0..{sae.d_sae - 1}"
         )
     if problems:
         raise PatchError(f"patch {patch.ref} cannot be applied", problems)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from steerpatch.errors import PatchError
+from steerpatch.errors import PatchError, shorten
 from steerpatch.patch.format import Edit, Patch
 from steerpatch.patch.ops import get_op
 from steerpatch.sae.registry import SAE_REGISTRY
@@ -54,7 +54,8 @@ def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]
     bad = [t for t in tokens if t >= n_tokens]
     if bad:
         raise PatchError(
-            f"patch token indices {bad} are past the last token ({n_tokens - 1}) of this model; fix 'tokens'"
+            f"patch token indices [{shorten(bad)}] are past the last token ({n_tokens - 1}) of this model; "
+            "fix 'tokens'"
         )
     return list(tokens)
 

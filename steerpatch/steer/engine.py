@@ -107,8 +107,20 @@ def load_patch_sae(patch: Patch) -> Any:
         sae = load_sae(default)
         if sae.fingerprint == patch.sae.fingerprint:
             return sae
+        mismatch = (
+            f"the shipped default SAE has fingerprint {sae.fingerprint}, not the patch's {patch.sae.fingerprint}"
+        )
+        if location and default.as_posix().endswith(Path(location).as_posix()):
+            # the patch names the shipped SAE: what is wrong is the fingerprint, not the path
+            raise PatchError(
+                f"patch {patch.ref}: SAE fingerprint mismatch: it names the shipped SAE '{location}' but {mismatch}; "
+                "use the SAE it was made for (--sae PATH)"
+            )
+    else:
+        mismatch = ""
     where = f"'{location}' does not exist" if location else "records no SAE location"
-    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH)")
+    also = f" ({mismatch}: an SAE fingerprint mismatch)" if mismatch else ""
+    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH){also}")
 
 
 def _check_devices(tower: Any, saes: list[Any]) -> None:

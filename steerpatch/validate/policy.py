@@ -60,6 +60,25 @@ class DosePolicy(BaseModel):
         return sorted(set(value))
 
 
+class UnmeasuredPolicy(BaseModel):
+    """What a gate that could not be measured (no --targets given, say) means for promotion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # aliases that an unmeasured active gate blocks; a policy file without [unmeasured] blocks none,
+    # the shipped registry/policy.toml blocks "production"
+    blocks: list[str] = Field(default_factory=list)
+
+
+class PromotionPolicy(BaseModel):
+    """What promotion does beyond re-deriving the gates from a report's counts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # moving one of these aliases re-runs validation when the dataset is given, and refuses on any difference
+    revalidate_aliases: list[str] = Field(default_factory=lambda: ["production"])
+
+
 class Policy(BaseModel):
     """A whole policy file.
 
@@ -74,6 +93,8 @@ class Policy(BaseModel):
     gates: Gates = Field(default_factory=Gates)
     data: DataPolicy = Field(default_factory=DataPolicy)
     dose_response: DosePolicy = Field(default_factory=DosePolicy)
+    unmeasured: UnmeasuredPolicy = Field(default_factory=UnmeasuredPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     source: str | None = None  # the file it was read from; filled in by load_policy
 
 

@@ -93,6 +93,7 @@ class GateResult(_Strict):
     threshold: float
     value: float | None  # None: nothing to measure (no targets given, say); the gate then holds
     passed: bool
+    measured: bool = True  # False when value is None: reported as "not measured"
 
 
 class Hashes(_Strict):
@@ -141,6 +142,10 @@ class ValidationReport(_Strict):
     policy: dict[str, Any]  # source file and the gates in force
     overrides: list[dict[str, str]] = Field(default_factory=list)  # fingerprint mismatches allowed explicitly
     duration_s: float
+    unmeasured_gates: list[str] = Field(default_factory=list)  # active gates with nothing to measure
+    # sha256 of the per-image outcomes (see `results_digest`); lets a re-run be compared exactly.
+    # None in reports written before it existed.
+    results_digest: str | None = None
 
 
 def _before_after(results: ImageResults) -> BeforeAfter:
@@ -195,9 +200,32 @@ def _dose_point(strength: float, results: ImageResults) -> DosePoint:
     )
 
 
+def results_digest(results: ImageResults) -> str:
+    """SHA-256 of the per-image outcomes: (id, label, prediction before, prediction after), by id.
+
+    Two runs of the same patch on the same data give the same digest exactly, whatever order the
+    images were scored in; probabilities and cosines are left out because they move in the last
+    float bits between machines.
+
+    Example:
+        >>> len(results_digest(results))  # doctest: +SKIP
+        64
+    """
+    import hashlib
+
+    rows = sorted(
+        (str(i), str(results.classes[int(label)]), int(before), int(after))
+        for i, label, before, after in zip(
+            results.ids, results.labels, results.pred_before, results.pred_after, strict=True
+        )
+    )
+    payload = json.dumps({"classes": list(results.classes), "rows": rows}, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def _gate(name: str, threshold: float, value: float | None, upper: bool) -> GateResult:
     if value is None:
-        return GateResult(name=name, threshold=threshold, value=None, passed=True)
+        return GateResult(name=name, threshold=threshold, value=None, passed=True, measured=False)
     passed = value <= threshold + _TOL if upper else value >= threshold - _TOL
     return GateResult(name=name, threshold=threshold, value=value, passed=passed)
 
@@ -225,20 +253,27 @@ def measurements(report: ValidationReport) -> dict[str, float | None]:
     }
 
 
-def evaluate_gates(values: dict[str, float | None], policy: Policy) -> list[GateResult]:
+def evaluate_gates(
+    values: dict[str, float | None], policy: Policy, alias: str | None = None
+) -> list[GateResult]:
     """Compare measured values with the policy's active gates.
 
     Args:
         values: gate name -> measured value (None when not measurable), as `measurements` returns.
         policy: the policy in force.
+        alias: the alias a promotion would move; an unmeasured gate fails when the policy's
+            `[unmeasured] blocks` names it (None: judging a run, where unmeasured gates hold).
 
     Returns:
         One result per active gate, in policy order.
     """
-    return [
+    gates = [
         _gate(name, threshold, values.get(name), upper=name.startswith("max_"))
         for name, threshold in policy.gates.active().items()
     ]
+    if alias is not None and alias in policy.unmeasured.blocks:
+        gates = [g if g.measured else g.model_copy(update={"passed": False}) for g in gates]
+    return gates
 
 
 def judge(report: ValidationReport, policy: Policy) -> ValidationReport:
@@ -265,6 +300,7 @@ def judge(report: ValidationReport, policy: Policy) -> ValidationReport:
         "failed_gates": failed,
         "verdict": "fail" if failed else "pass",
         "policy": {"source": policy.source, "gates": policy.gates.active()},
+        "unmeasured_gates": [g.name for g in gates if not g.measured],
     })
 
 
@@ -367,6 +403,7 @@ def build_report(
         policy={},
         overrides=list(overrides),
         duration_s=duration_s,
+        results_digest=results_digest(results),
     )
     return judge(unjudged, policy)
 

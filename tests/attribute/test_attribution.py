@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from steerpatch.attribute import attribute, encode_prefix, latent_grid
-from steerpatch.attribute.heatmap import OVERLAY_SIZE
+from steerpatch.attribute.heatmap import OVERLAY_SIZE, SCALE_HEIGHT
 from steerpatch.attribute.scores import margin
 from steerpatch.cli.main import cli
 from steerpatch.errors import SteerpatchError
@@ -70,7 +70,7 @@ def test_heatmap_overlays_follow_the_latent_over_patch_tokens(result, concept_mo
 
     row = result.latents[0]
     with Image.open(row.heatmap) as heat:
-        assert heat.size == (OVERLAY_SIZE, OVERLAY_SIZE) and heat.mode == "RGB"
+        assert heat.size == (OVERLAY_SIZE, OVERLAY_SIZE + SCALE_HEIGHT) and heat.mode == "RGB"
     pixels = preprocess_batch(concept_model, [Image.open(image_path).convert("RGB")])
     with torch.no_grad():
         hidden = encode_prefix(concept_model.model, pixels, 2)

@@ -191,12 +191,20 @@ def test_schema(runner, tmp_path):
 
 def test_apply_prints_before_and_after(runner, made, images):
     args = ["patch", "apply", str(made), *map(str, images), "--classes", "red,blue,green", "--top-k", "2"]
-    result = runner.invoke(cli, args)
+    result = runner.invoke(cli, [*args, "--verbose"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.startswith("drop-3@1.0.0 on ViT-B-32 (block 8, tokens patches)")
     assert out.count("  before: ") == 2 and out.count("  after:  ") == 2
     assert out.splitlines()[1] == str(images[0])
+    rows = json.loads(runner.invoke(cli, [*args, "--json"]).stdout)["images"]
+    changed = [r["image"] for r in rows if r["before"][0][0] != r["after"][0][0]]
+    assert f"top-1 prediction changed on {len(changed)} of 2 images" in out
+    # without --verbose: the header, the summary and one line per changed image only
+    short = runner.invoke(cli, args).stdout.splitlines()
+    assert short[1] == f"top-1 prediction changed on {len(changed)} of 2 images"
+    assert [line.split(":")[0].strip() for line in short[2:]] == changed
+    assert "before:" not in "\n".join(short)
 
 
 def test_apply_refuses_another_sae_unless_overridden(runner, made, images, sae_dirs):

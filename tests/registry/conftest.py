@@ -148,6 +148,22 @@ def store_uri(tmp_path, monkeypatch, _initialised_db) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory, _initialised_db):
+    """`(uri, workspace)`: one registered version promoted to production, for tests that damage and repair it."""
+    from steerpatch.registry import promote, register_patch
+
+    root = tmp_path_factory.mktemp("shared")
+    (root / "store").mkdir()
+    shutil.copyfile(_initialised_db, root / "store" / "mlflow.db")
+    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+    workspace = Workspace(root / "work")
+    good = workspace.candidate()
+    register_patch(good.patch, good.report, tracking_uri=uri)
+    promote("concept-clip.water-shortcut", 1, "production", policy=workspace.policy, tracking_uri=uri)
+    return uri, workspace
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

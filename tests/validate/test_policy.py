@@ -17,8 +17,11 @@ def test_repo_policy_is_the_default_and_matches_the_packaged_copy():
 
 
 def test_policy_model_defaults_equal_the_shipped_file():
-    shipped = load_policy(PACKAGED_POLICY).model_dump(exclude={"source"})
-    assert shipped == Policy().model_dump(exclude={"source"})
+    shipped = load_policy(PACKAGED_POLICY).model_dump(exclude={"source", "unmeasured"})
+    assert shipped == Policy().model_dump(exclude={"source", "unmeasured"})
+    # a policy file that says nothing about unmeasured gates blocks nothing; the shipped one blocks production
+    assert Policy().unmeasured.blocks == []
+    assert load_policy(PACKAGED_POLICY).unmeasured.blocks == ["production"]
 
 
 def test_negative_threshold_switches_a_gate_off(tmp_path):
