@@ -51,19 +51,20 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
     Two or more SOURCEs (same model and block) make one graph with a second input, `patch_index`
     (int64 per row: 0 unpatched, i the i-th SOURCE), parity-checked at every index; --out is required.
     """
-    if Path(source).is_file() or Path(source).suffix == ".json":
-        # a patch file: refuse a bad one, or one that cannot fit its model, before torch is imported
-        from steerpatch.patch import load_patch
-        from steerpatch.preflight import preflight
-
-        preflight(load_patch(source), sae_path=sae_path)
-    from steerpatch.compile import compile_patch, register_graph
-    from steerpatch.compile.export import write_graph
-
     if len(sources) > 1 and out is None:
         raise click.UsageError(f"{len(sources)} patches make one multi-patch graph: name it with --out FILE.onnx")
     if len(sources) > 1 and register:
         raise click.UsageError("--register takes one patch; register the patches' single graphs, not a multi-patch graph")
+    for each in sources:
+        if Path(each).is_file() or Path(each).suffix == ".json":
+            # a patch file: refuse a bad one, or one that cannot fit its model, before torch is imported
+            from steerpatch.patch import load_patch
+            from steerpatch.preflight import preflight
+
+            preflight(load_patch(each), sae_path=sae_path)
+    from steerpatch.compile import compile_patch, register_graph
+    from steerpatch.compile.export import write_graph
+
     source = sources[0] if len(sources) == 1 else list(sources)
     sae = None
     if sae_path is not None:

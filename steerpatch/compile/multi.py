@@ -67,6 +67,7 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
         SteeringModule,
         n_tokens,
     )
+    from steerpatch.steer.delta import token_index
 
     visual = loaded.model.visual
     batch_first = bool(getattr(visual.transformer, "batch_first", True))
@@ -75,6 +76,7 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
         if sae.architecture not in MODES:
             raise CompileError(f"SAE architecture {sae.architecture!r} cannot be compiled; supported: {', '.join(MODES)}")
         mode = MODES[sae.architecture][0]
+        token_index(patch.tokens, n_tokens(visual))  # the check eager steering makes, with its words
         table = EditTable.from_edits(patch.edits)
         modules.append(SteeringModule(sae, table, patch.tokens, n_tokens(visual), mode, batch_first=batch_first))
         modes.append(mode)
