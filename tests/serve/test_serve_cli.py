@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from steerpatch.cli.main import cli
 from steerpatch.serve import bind_socket, free_port
@@ -71,3 +72,42 @@ def test_serve_refuses_a_file_that_is_not_a_steerpatch_graph(runner, tmp_path):
     result = runner.invoke(cli, ["serve", str(bad), "--port", "0"])
     assert result.exit_code == 2
     assert "is not a loadable ONNX graph" in result.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--alias", "production", "--canary", "production=1.5"],
+     "Error: --canary 'production=1.5': fraction 1.5 is outside 0-1; e.g. --canary production=0.1"),
+    (["--alias", "production", "--canary", "candidate"],
+     "Error: --canary 'candidate' is not ALIAS=FRACTION; e.g. --canary candidate=0.1"),
+    (["--canary", "candidate=0.1"],
+     "Error: --default-alias, --canary and --shadow choose among --alias labels; add --alias LABEL ..."),
+    (["--alias", "production={graph}", "--shadow", "staging"],
+     "Error: --shadow 'staging' is not a served alias; served: production (add it with --alias staging)"),
+    (["--alias", "production={graph}", "--alias", "candidate={graph}", "--canary", "production=0.5"],
+     "Error: --canary 'production' is the default alias; pick another served alias (production, candidate)"),
+])
+def test_bad_routing_options_are_one_line_and_exit_2(runner, graph, extra, message):
+    args = [a.replace("{graph}", str(graph[1])) for a in extra]
+    result = runner.invoke(cli, ["serve", "tiny", "--port", "0", *args])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [message]
+
+
+def test_serve_several_aliases_in_a_subprocess(graph, candidate):
+    port = free_port()
+    process, lines = _start("tiny", port, "--alias", f"production={graph[1]}", "--alias", f"candidate={candidate[1]}",
+                            "--shadow", "candidate", "--batch-wait-ms", "1")
+    try:
+        text = "".join(lines)
+        assert "serving served-fix@1.0.0 as production (default)" in text and "as candidate (" in text
+        assert "shadow: candidate runs beside production" in text and "GET /metrics, /v2" in text
+        url = f"http://127.0.0.1:{port}"
+        answer = httpx.post(f"{url}/predict", json={"tensor": [[[0.0] * 64] * 64] * 3},
+                            headers={"X-Steerpatch-Alias": "candidate"}, timeout=30).json()
+        assert answer["patch_hash"] == candidate[0].content_hash
+        assert httpx.get(f"{url}/v2/health/ready", timeout=30).status_code == 200
+        assert 'steerpatch_requests_total{alias="candidate",route="predict",status="200"} 1.0' in httpx.get(
+            f"{url}/metrics", timeout=30).text
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
