@@ -41,7 +41,12 @@ def _alias_of(source: str) -> str | None:
 @click.option("--register", is_flag=True, help="Log the graph with mlflow.onnx and register it as a sibling model.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: the local registry store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples, register, tracking_uri, as_json) -> None:
+@click.option("--optimize", is_flag=True,
+              help="Run ONNX Runtime's transformer optimiser (fusions); kept only where parity still holds.")
+@click.option("--int8", is_flag=True,
+              help="int8 dynamic quantisation, gated on top-1 agreement >= 99.5%% with the fp32 graph (exit 1 below).")
+def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples, register, tracking_uri, as_json,
+                optimize, int8) -> None:
     """Compile a patch into an ONNX graph of the steered image encoder.
 
     SOURCE is a patch file or a registered patch NAME@ALIAS / NAME@VERSION. The graph is checked in
@@ -81,6 +86,8 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
         samples=samples,
         tracking_uri=tracking_uri,
         log=lambda line: click.echo(line, err=True),
+        optimize=optimize,
+        int8=int8,
     )
     info = result.info
     result.path = write_graph(result.data, Path(out) if out else Path(f"{info.patch_name}-{info.patch_version}.onnx"))
@@ -97,6 +104,10 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
         f"on {info.parity_samples} inputs ({info.parity_inputs})"
     )
     click.echo(f"outputs: {', '.join(info.outputs)}" + (f"; classes: {', '.join(info.classes)}" if info.classes else ""))
+    if info.fusions is not None:
+        click.echo("optimised: " + (", ".join(f"{op} {n}" for op, n in sorted(info.fusions.items())) or "no fusions"))
+    if info.int8_top1_agreement is not None:
+        click.echo(f"int8: top-1 agreement with fp32 {info.int8_top1_agreement:.2%}")
     for entry in info.patches or []:
         click.echo(f"patch_index {entry.index}: {entry.patch_ref} ({entry.patch_hash[:12]}, {entry.mode}, "
                    f"parity {entry.parity_max_abs_diff:.3g})")

@@ -67,6 +67,8 @@ class CompileResult:
             "model_fingerprint": info.model_fingerprint,
             "opset": info.opset,
             "registered": self.registered,
+            "fusions": info.fusions,
+            "int8_top1_agreement": info.int8_top1_agreement,
             "patches": [entry.model_dump(mode="json") for entry in info.patches] if info.patches else None,
         }
 
@@ -257,6 +259,8 @@ def compile_patch(
     providers: list[str] | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = True,
+    optimize: bool = False,
+    int8: bool = False,
 ) -> CompileResult:
     """Compile a patch into an ONNX graph of the steered image encoder, gated on parity.
 
@@ -276,6 +280,9 @@ def compile_patch(
         providers: ONNX Runtime providers for the gate; default: best installed.
         log: called with a line per step (the CLI prints them to stderr).
         progress: show progress bars on stderr for the parity runs.
+        optimize: run ONNX Runtime's transformer optimiser; kept only where parity still holds.
+        int8: int8 dynamic quantisation, kept only with top-1 agreement >= 99.5% with the fp32 graph
+            on the gate's inputs (`GateFailed`, exit 1, otherwise). Never on by default.
 
     Returns:
         A `CompileResult`; its `info` is also stored in the graph's metadata.
@@ -302,6 +309,8 @@ def compile_patch(
         else:
             from steerpatch.compile.multi import compile_patches
 
+            if optimize or int8:
+                raise CompileError("--optimize and --int8 take one patch; compile a multi-patch graph without them")
             return compile_patches(patch, model=model, saes=sae, head=head, classes=classes, out=out, data=data,
                                    tolerance=tolerance, samples=samples, tracking_uri=tracking_uri,
                                    providers=providers, log=log, progress=progress)
@@ -332,8 +341,9 @@ def compile_patch(
     session = create_session(serialize(proto), providers)
     pixels, source = parity_inputs(model, dataset, samples)
     say(f"parity gate: ONNX Runtime vs torch steered model on {len(pixels)} inputs ({source})")
+    reference = torch_reference(model, patch, sae, zero_shot, pixels, progress=progress)
     parity = compare(
-        torch_reference(model, patch, sae, zero_shot, pixels, progress=progress),
+        reference,
         onnx_outputs(session, pixels, progress=progress),
         tolerance=tolerance,
         inputs=source,
@@ -347,6 +357,13 @@ def compile_patch(
             f"(worst output {worst!r}) exceeds the tolerance {tolerance:g} on {parity.samples} inputs; "
             "nothing was written; raise --tolerance only if that difference is acceptable"
         )
+    refined = None
+    if optimize or int8:
+        from steerpatch.compile.optimize import refine
+
+        refined = refine(proto, parity, reference, pixels, model, optimize=optimize, int8=int8, providers=providers,
+                         say=say)
+        proto, parity = refined.proto, refined.parity
     import steerpatch
 
     info = GraphInfo(
@@ -376,6 +393,8 @@ def compile_patch(
         opset=OPSET,
         preprocessing=preprocessing_of(model),
         steerpatch_version=steerpatch.__version__,
+        fusions=refined.fused if refined else None,
+        int8_top1_agreement=refined.int8_top1_agreement if refined else None,
     )
     data_bytes = serialize(set_metadata(proto, info.to_props()))
     path = write_graph(data_bytes, out) if out is not None else None

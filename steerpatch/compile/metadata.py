@@ -88,6 +88,10 @@ class GraphInfo(BaseModel):
     steerpatch_version: str
     # multi-patch graphs only: the patches in `patch_index` order (index 0 is the unpatched model)
     patches: list[PatchEntry] | None = None
+    # `--optimize`: the transformer optimiser's fusions (None: not optimised, or not kept)
+    fusions: dict[str, int] | None = None
+    # `--int8`: top-1 agreement of the int8 graph with the fp32 one on the gate's inputs (None: fp32)
+    int8_top1_agreement: float | None = None
 
     @property
     def patch_count(self) -> int:
