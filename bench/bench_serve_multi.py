@@ -109,7 +109,7 @@ def m4(loaded, sae, patch, workdir: Path, rounds: int) -> dict:
 
     plain = compile_patch(patch, model=loaded, sae=sae, progress=False)
     optimized = compile_patch(patch, model=loaded, sae=sae, optimize=True, progress=False)
-    int8 = quantize_graph(optimized.data)
+    int8 = quantize_graph(plain.data)  # the quantiser cannot read the optimiser's fused ops
     size = loaded.image_size
     one = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)
     sessions = {"plain": create_session(plain.data), "optimized": create_session(optimized.data),
@@ -123,12 +123,12 @@ def m4(loaded, sae, patch, workdir: Path, rounds: int) -> dict:
     fns = {"torch": eager, **{name: (lambda s=s: s.run(None, {"pixels": one})) for name, s in sessions.items()}}
     medians, per_round = alternating_blocks(fns, rounds=rounds, block=4)
     pixels, source = parity_inputs(loaded, None, 256)
-    agreement = top1_agreement(onnx_outputs(sessions["optimized"], pixels), onnx_outputs(sessions["int8"], pixels))
+    agreement = top1_agreement(onnx_outputs(sessions["plain"], pixels), onnx_outputs(sessions["int8"], pixels))
     return {
         "ms": {name: round(1000 * value, 3) for name, value in medians.items()},
         "torch_over_optimized": round(paired_ratio(per_round, "torch", "optimized")[0], 3),
         "unoptimized_over_optimized": round(paired_ratio(per_round, "plain", "optimized")[0], 3),
-        "fp32_over_int8": round(paired_ratio(per_round, "optimized", "int8")[0], 3),
+        "fp32_over_int8": round(paired_ratio(per_round, "plain", "int8")[0], 3),
         "fusions": optimized.info.fusions,
         "int8_top1_agreement": round(agreement, 4), "agreement_inputs": f"{len(pixels)} {source}",
     }

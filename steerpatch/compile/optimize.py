@@ -51,7 +51,10 @@ def optimize_graph(proto: Any, num_heads: int, hidden_size: int) -> Optimized:
     # the optimiser logs a warning for every pattern it does not find; they are not ours to act on
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     try:
-        model = optimize_model(proto, model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
+        # the optimiser rewrites the proto it is given; the caller's unfused graph must stay as it was
+        unfused = type(proto)()
+        unfused.CopyFrom(proto)
+        model = optimize_model(unfused, model_type="vit", num_heads=num_heads, hidden_size=hidden_size, opt_level=0)
     except Exception as error:  # noqa: BLE001 - the optimiser raises many types
         raise CompileError(f"ONNX Runtime's transformer optimiser failed on the graph: {error}") from error
     fused = {op: int(n) for op, n in (model.get_fused_operator_statistics() or {}).items() if n}
@@ -133,7 +136,12 @@ def refine(proto: Any, parity: Any, reference: dict[str, np.ndarray], pixels: An
         else:
             say(f"optimised graph fails parity ({checked.max_abs_diff:.3g} > {parity.tolerance:g}); kept the unoptimised graph")
     if int8:
-        data = serialize(result.proto)
+        # the quantiser cannot read the optimiser's com.microsoft ops: it quantises the unfused graph,
+        # and the int8 graph is that one (ORT's own session-level fusions still apply when it loads)
+        if result.fused is not None:
+            say("int8: quantising the unfused graph (the quantiser cannot read the optimiser's fused ops)")
+            result.fused = None
+        data = serialize(proto)
         fp32 = onnx_outputs(create_session(data, providers), pixels)
         quantized = quantize_graph(data)
         agreement = top1_agreement(fp32, onnx_outputs(create_session(quantized, providers), pixels))
@@ -144,5 +152,5 @@ def refine(proto: Any, parity: Any, reference: dict[str, np.ndarray], pixels: An
                 f"int8 gate failed: top-1 agreement with the fp32 graph is {agreement:.2%} on {len(pixels)} inputs, "
                 f"below {MIN_INT8_AGREEMENT:.1%}; nothing was written; ship the fp32 graph (drop --int8)"
             )
-        result.proto, result.int8_top1_agreement = onnx.load_from_string(quantized), agreement
+        result.proto, result.parity, result.int8_top1_agreement = onnx.load_from_string(quantized), parity, agreement
     return result

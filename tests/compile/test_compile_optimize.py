@@ -50,7 +50,8 @@ def test_int8_is_gated_on_top1_agreement_and_writes_nothing_below_it(tiny, saes,
     patch = make_patch(tiny, saes["standard"])
     out = workdir / "int8.onnx"
     with pytest.raises(GateFailed) as caught:
-        compile_patch(patch, model=tiny, sae=saes["standard"], classes=CLASSES, out=out, int8=True, progress=False)
+        compile_patch(patch, model=tiny, sae=saes["standard"], classes=CLASSES, out=out, int8=True, optimize=True,
+                      progress=False)
     assert caught.value.exit_code == 1 and not out.exists()
     quantized = quantize_graph(compiled[1].data)
     ops = Counter(node.op_type for node in onnx.load_from_string(quantized).graph.node)
