@@ -318,18 +318,20 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _decode_batch(dataset: ImageDataset, items: list[Item], transform: Callable, on_undecodable: str) -> ImageBatch:
+def _decode_batch(load: Callable[[Any], Any], items: list, transform: Callable, on_undecodable: str) -> ImageBatch:
     import torch
 
     kept, pixels, bad = [], [], []
     for item in items:
         try:
-            image = dataset.load_image(item)
+            image = load(item)
         except DatasetError as error:
             if on_undecodable == "fail":
                 raise
-            bad.append((item.id, str(error)))
+            bad.append((getattr(item, "id", str(item)), str(error)))
             continue
+        if image.mode != "RGB":
+            image = image.convert("RGB")
         pixels.append(transform(image))
         del image  # the decoded image dies here; only its transformed tensor lives on
         kept.append(item)
@@ -337,10 +339,10 @@ def _decode_batch(dataset: ImageDataset, items: list[Item], transform: Callable,
 
 
 def iter_image_batches(
-    dataset: ImageDataset,
+    dataset: ImageDataset | Callable[[Any], Any],
     transform: Callable[[Any], Any],
     *,
-    items: Iterable[Item] | None = None,
+    items: Iterable[Any] | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     on_undecodable: str = "skip",
@@ -353,9 +355,9 @@ def iter_image_batches(
     transformed pixels wait: memory does not grow with the dataset.
 
     Args:
-        dataset: the `ImageDataset` to read.
-        transform: PIL image -> tensor (a model's preprocess).
-        items: the items to read (default: all of them).
+        dataset: the `ImageDataset` to read, or a function key -> PIL image (then `items` are its keys).
+        transform: RGB PIL image -> tensor (a model's preprocess).
+        items: the items (or keys) to read; default: all items of the dataset.
         batch_size: items per batch.
         workers: decoding threads; 0 decodes in the calling thread; None uses `default_workers()`.
         on_undecodable: "skip" reports unreadable images in `ImageBatch.undecodable`; "fail" raises.
@@ -373,18 +375,19 @@ def iter_image_batches(
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    chosen = list(dataset.items if items is None else items)
+    load = dataset.load_image if isinstance(dataset, ImageDataset) else dataset
+    chosen = list(dataset.items if items is None and isinstance(dataset, ImageDataset) else items or [])
     chunks = (chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size))
     workers = default_workers() if workers is None else workers
     if workers <= 0:
         for chunk in chunks:
-            yield _decode_batch(dataset, chunk, transform, on_undecodable)
+            yield _decode_batch(load, chunk, transform, on_undecodable)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-decode")
     pending: deque = deque()
     try:
         for chunk in chunks:
-            pending.append(pool.submit(_decode_batch, dataset, chunk, transform, on_undecodable))
+            pending.append(pool.submit(_decode_batch, load, chunk, transform, on_undecodable))
             if len(pending) > workers:
                 yield pending.popleft().result()
         while pending:

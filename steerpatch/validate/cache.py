@@ -37,7 +37,6 @@ from steerpatch.validate.shards import (
     ShardedActivations,
     check_cache_dir,
     load_checked,
-    read_checked,
     row_batches,
     shard_rows,
     write_shard,
@@ -323,8 +322,9 @@ class ActivationCache:
             return read
         if entry.in_memory:
             return entry
+        n, tokens, width = (int(v) for v in entry.hidden.shape)
         return CachedActivations(
-            ids=entry.ids, hidden=ShardedActivations(final, shards, tuple(entry.hidden.shape)),
+            ids=entry.ids, hidden=ShardedActivations(final, shards, (n, tokens, width)),
             features=entry.features, undecodable=entry.undecodable,
         )
 
