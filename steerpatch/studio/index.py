@@ -30,7 +30,8 @@ class DatasetIndex:
         labels: true class index per item, (N,).
         probs: clean class probabilities per item, (N, C).
         embeddings: L2-normalized image embeddings, (N, E).
-        prefixes: residual stream after `block` per item, (N, T, D).
+        prefixes: residual stream after `block` per item, (N, T, D): a tensor, or the cache's
+            `ShardedActivations` on disk when the dataset's activations exceed its memory budget.
         group_by: the manifest attribute that names an item's group, or None.
     """
 

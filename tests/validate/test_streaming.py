@@ -145,3 +145,26 @@ def test_validator_keeps_the_memo_beside_the_cache_and_rehash_ignores_it(tmp_pat
     assert len(memo) == 40
     forced = Validator(concept_model, concept_sae, small_world, cache=cache, progress=False, rehash=True)
     assert forced.fingerprint(forced.dataset) == fingerprint == load_dataset(small_world).fingerprint()
+
+
+def test_per_image_results_cost_the_same_whatever_the_image_size(tmp_path, concept_model, concept_sae,
+                                                                suppress_patch, small_world):
+    from PIL import Image
+
+    from steerpatch.validate import Validator
+
+    big = tmp_path / "big"
+    shutil.copytree(small_world, big)
+    for path in big.glob("*/*.png"):
+        with Image.open(path) as image:
+            image.resize((256, 192)).save(path, format="PNG")  # 12x the pixels, same names
+
+    def footprint(root):
+        validator = Validator(concept_model, concept_sae, root, progress=False, batch_size=8)
+        results = validator._score(suppress_patch, validator.dataset,
+                                   validator.activations(validator.dataset, suppress_patch.hook.block))
+        arrays = [v for v in vars(results).values() if hasattr(v, "nbytes")]
+        assert all(a.shape[0] == 40 for a in arrays)
+        return sum(a.nbytes for a in arrays)
+
+    assert footprint(big) == footprint(small_world)
