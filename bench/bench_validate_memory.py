@@ -14,8 +14,9 @@ saved as JPEG (about what a phone photo costs to decode), with the world's manif
 
 Run (full sizes, about half an hour on 2 cores):
     .venv/bin/python bench/bench_validate_memory.py --n 10000 --n-small 1000 --n-vit 5000
-Quick check:
+Quick check, or one part at a time:
     .venv/bin/python bench/bench_validate_memory.py --n 400 --n-small 40 --n-vit 64
+    .venv/bin/python bench/bench_validate_memory.py --only vit --n-vit 5000
 
 Goals: RSS ratio <= 1.1 and <= 2 GB at --n; throughput ratio >= 0.85; disk / memory candidate <= 1.2.
 """
@@ -161,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed candidates and forwards (median)")
     parser.add_argument("--workdir", default=None, help="where to put the photos (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--only", choices=("concept-clip", "vit"), default=None, help="run one part only")
     args = parser.parse_args(argv)
     for name in ("n", "n_small", "batch_size", "n_forward", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not args.n_small <= args.n or args.n_vit > args.n:
+    if args.only != "vit" and (not args.n_small <= args.n or args.n_vit > args.n):
         parser.error("--n-small and --n-vit must not exceed --n")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: its folder does not exist; create it first")
@@ -178,22 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-validate-memory-") as tmp:
         work = Path(tmp)
         start = time.perf_counter()
-        rows = make_photos(work / "photos", args.n, max(1, os.cpu_count() or 1))
+        n_photos = args.n_vit if args.only == "vit" else args.n
+        rows = make_photos(work / "photos", n_photos, max(1, os.cpu_count() or 1))
         small = subset(work / "photos", rows[: args.n_small], work / "small")
-        print(f"generated {args.n} JPEG photos {PHOTO[0]}x{PHOTO[1]} in {time.perf_counter() - start:.0f} s")
+        print(f"generated {n_photos} JPEG photos {PHOTO[0]}x{PHOTO[1]} in {time.perf_counter() - start:.0f} s")
 
         patch = "registry/patches/water-shortcut.json"
         rss = {}
-        for label, root in (("small", small), ("large", work / "photos")):
+        for label, root in (("small", small), ("large", work / "photos")) if args.only != "vit" else ():
             cache = work / f"cache-{label}"
             argv = [*steerpatch, "validate", patch, "--data", str(root), "--group-by", "shortcut", "--quiet",
                     "--cache-dir", str(cache), "--cache-memory", args.cache_memory, "--json"]
             rss[label] = measure_child(argv)
             print(f"concept-clip validate {label:>5}: peak RSS {rss[label][0]:7.0f} MB in {rss[label][1]:.0f} s")
-        ratio = rss["large"][0] / rss["small"][0]
-        results["concept_clip_rss_mb"] = {"small": rss["small"][0], "large": rss["large"][0], "ratio": ratio}
-        print(f"peak RSS {args.n} / {args.n_small} photos: {ratio:.3f} (goal <= 1.1); "
-              f"{rss['large'][0] / 1024:.2f} GB at {args.n} (goal <= 2)")
+        if rss:
+            ratio = rss["large"][0] / rss["small"][0]
+            results["concept_clip_rss_mb"] = {"small": rss["small"][0], "large": rss["large"][0], "ratio": ratio}
+            print(f"peak RSS {args.n} / {args.n_small} photos: {ratio:.3f} (goal <= 1.1); "
+                  f"{rss['large'][0] / 1024:.2f} GB at {args.n} (goal <= 2)")
 
         from steerpatch.data import load_dataset
         from steerpatch.models import load_model
@@ -209,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"bench-{k}", loaded, sae, [(e.latent, "scale", 0.1 * k) for e in shipped.edits], rationale="bench",
                 author="bench", tokens=shipped.tokens)
 
-        concept = timings(loaded, sae, load_dataset(small), concept_patch, budget_dir=work / "t-concept",
+        concept = {} if args.only == "vit" else timings(loaded, sae, load_dataset(small), concept_patch, budget_dir=work / "t-concept",
                           batch_size=args.batch_size, n_forward=min(args.n_forward, args.n_small),
                           repeats=args.repeats, group_by="shortcut")
-        results["concept_clip"] = concept
-        _print("concept-clip", args.n_small, concept)
+        if concept:
+            results["concept_clip"] = concept
+            _print("concept-clip", args.n_small, concept)
 
-        if args.n_vit:
+        if args.n_vit and args.only != "concept-clip":
             from steerpatch.patch import save_patch
             from steerpatch.sae import save_sae
 
