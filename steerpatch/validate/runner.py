@@ -133,6 +133,8 @@ class Validator:
         cache: ActivationCache | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        rehash: bool = False,
+        workers: int | None = None,
     ) -> None:
         from steerpatch.models import build_zero_shot_head
 
@@ -151,11 +153,14 @@ class Validator:
         self.cache = cache if cache is not None else ActivationCache()
         self.batch_size = batch_size
         self.progress = progress
+        self.rehash = rehash  # read every file for the fingerprint, ignoring the memo beside the cache
+        self.workers = workers
 
     def fingerprint(self, dataset) -> str:
-        """The dataset's fingerprint, computed once per dataset object."""
+        """The dataset's fingerprint, computed once per dataset object (file hashes memoised beside the cache)."""
         if id(dataset) not in self._fingerprints:
-            self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint())
+            hashes = self.cache.file_hashes(rehash=self.rehash)
+            self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint(hashes=hashes))
         return self._fingerprints[id(dataset)][1]
 
     def activations(self, dataset, block: int) -> CachedActivations:
@@ -168,7 +173,7 @@ class Validator:
         cached = self.cache.get(
             self.model, dataset, block, batch_size=self.batch_size,
             on_undecodable=data_policy.on_undecodable, progress=self.progress,
-            dataset_fingerprint=self.fingerprint(dataset),
+            dataset_fingerprint=self.fingerprint(dataset), workers=self.workers,
         )
         bad = len(cached.undecodable)
         if bad and bad / len(dataset) > data_policy.max_undecodable_rate:
@@ -320,6 +325,8 @@ def validate_patch(
     cache: ActivationCache | None = None,
     dose: bool = True,
     allow_fingerprint_mismatch: bool = False,
+    rehash: bool = False,
+    workers: int | None = None,
 ) -> ValidationReport:
     """Validate a patch on a labelled held-out dataset and judge it against the policy's gates.
 
@@ -337,6 +344,8 @@ def validate_patch(
         cache: an `ActivationCache` to share between calls; None makes a fresh one.
         dose: measure the dose-response curve.
         allow_fingerprint_mismatch: validate a patch made for other weights anyway (recorded).
+        rehash: read every image file for the dataset fingerprint, ignoring the memo beside the cache.
+        workers: image decoding threads (None: one per core, at most four).
 
     Returns:
         The `ValidationReport`; `report.verdict` is "pass" or "fail".
@@ -352,7 +361,8 @@ def validate_patch(
     """
     patch, model, sae = resolve_patch_inputs(patch, model, sae)
     validator = Validator(
-        model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress
+        model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress,
+        rehash=rehash, workers=workers,
     )
     return validator.validate(
         patch, targets=targets, same_failure=same_failure, dose=dose,
