@@ -256,6 +256,9 @@ class Validator:
         target_set = self._resolve_set(targets, "target")
         same_set = self._resolve_set(same_failure, "same-failure")
         cached = self.activations(self.dataset, patch.hook.block)
+        from steerpatch.validate.blast import estimate_blast  # made before the full evaluation below
+
+        estimate = estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
         results = self._score(patch, self.dataset, cached, grouped=True)
         groups = results.groups
         blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
@@ -264,7 +267,7 @@ class Validator:
             s: (results if s == 1.0 else self._score(patch, self.dataset, cached, strength=s, grouped=True))
             for s in strengths
         }
-        return build_report(
+        report = build_report(
             results,
             patch_ref=patch.ref,
             hashes={
@@ -282,6 +285,18 @@ class Validator:
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
+        return self._with_baselines(report, patch, cached, results, estimate)
+
+    def _with_baselines(self, report, patch, cached, results, estimate):
+        """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
+        from steerpatch.validate.baselines import ceiling_baseline, floor_baseline, with_baselines
+
+        floor = ceiling = None
+        if results.groups is not None:
+            floor = floor_baseline(self.model.model, self.head, self.sae, patch, cached, labels=results.labels,
+                                   groups=results.groups, batch_size=self.batch_size)
+            ceiling = ceiling_baseline(cached.features, results.labels, results.groups, self.head)
+        return with_baselines(report, floor=floor, ceiling=ceiling, blast=estimate)
 
 
 def resolve_patch_inputs(patch, model=None, sae=None):
