@@ -30,6 +30,9 @@ def floor_baseline(model, head, sae, patch, cached, *, labels, groups, draws: in
                    batch_size: int = 64) -> dict[str, Any] | None:
     """The patch's ops on as many random latents, averaged over `draws` draws.
 
+    The draws depend on the seed and the number of edits only, so two patches with the same ops and
+    values share their floor (see `floor_key`).
+
     Args:
         model: the open_clip CLIP.
         head: the `ZeroShotHead`.
@@ -49,9 +52,10 @@ def floor_baseline(model, head, sae, patch, cached, *, labels, groups, draws: in
 
     if not patch.edits:
         return None
+    # drawn from every latent (the patch's own included, by chance): the floor then depends only on the
+    # edits' ops and values, so a validator scores it once per edit signature
     rng = np.random.default_rng(seed)
-    own = {e.latent for e in patch.edits}
-    pool = np.asarray([i for i in range(sae.d_sae) if i not in own])
+    pool = np.arange(sae.d_sae)
     worst, acc = [], []
     group_arr = np.asarray([str(g) for g in groups], dtype=object)
     for _ in range(draws):
@@ -68,6 +72,11 @@ def floor_baseline(model, head, sae, patch, cached, *, labels, groups, draws: in
         "draws": draws,
         "worst_group_draws": worst,
     }
+
+
+def floor_key(patch) -> tuple:
+    """What the floor of a patch depends on: block, token scope and the ops and values of its edits, in order."""
+    return (patch.hook.block, str(patch.tokens), tuple((e.op, float(e.value)) for e in patch.edits))
 
 
 def ceiling_baseline(features: torch.Tensor, labels: np.ndarray, groups, head, *, seed: int = 0,
@@ -139,6 +148,39 @@ def ceiling_baseline(features: torch.Tensor, labels: np.ndarray, groups, head, *
         "n_eval": int(len(eval_rows)),
         "method": "dfr-balanced-refit/1",
     }
+
+
+def compute_baselines(memo: dict, dataset_key: str, model, head, sae, patch, cached, results, *,
+                      batch_size: int = 64) -> tuple[dict | None, dict | None]:
+    """The floor and ceiling for a patch's report, reusing `memo` across patches validated on the same data.
+
+    Both depend on the data, and the floor on the edits' ops and values, not on which latents a patch
+    edits; validating many candidates therefore pays for them once.
+
+    Args:
+        memo: a dict the caller keeps between calls.
+        dataset_key: the dataset's fingerprint.
+        model: the open_clip CLIP.
+        head: the `ZeroShotHead`.
+        sae: the SAE.
+        patch: the patch.
+        cached: `CachedActivations` of the dataset at the hook.
+        results: the patch's `ImageResults` (labels and groups); no baselines when ungrouped.
+        batch_size: images per pass.
+
+    Returns:
+        (floor, ceiling), each None when not measurable.
+    """
+    if results.groups is None:
+        return None, None
+    key = (dataset_key, floor_key(patch))
+    if key not in memo:
+        memo[key] = floor_baseline(model, head, sae, patch, cached, labels=results.labels, groups=results.groups,
+                                   batch_size=batch_size)
+    ceiling_key = (dataset_key, "ceiling")
+    if ceiling_key not in memo:
+        memo[ceiling_key] = ceiling_baseline(cached.features, results.labels, results.groups, head)
+    return memo[key], memo[ceiling_key]
 
 
 def gap_closed(before: float | None, after: float | None, ceiling: float | None) -> float | None:

@@ -128,7 +128,7 @@ def estimate_blast(
         sae: the patch's SAE.
         patch: the patch.
         cached: `CachedActivations` at the patch's hook.
-        sample: images run through the suffix (default: a sixth of the data, at least 128).
+        sample: images run through the suffix (default: a sixth of the data, at least 64).
         seed: seed of the random draws.
         batch_size: images per pass.
 
@@ -150,7 +150,7 @@ def estimate_blast(
         for s in range(0, n, batch_size)
     ])
     touched = np.flatnonzero(norms > 0)
-    budget = min(len(touched), sample if sample is not None else max(128, n // 6))
+    budget = min(len(touched), sample if sample is not None else max(64, n // 6))
     order = touched[np.argsort(-(norms[touched] / margins[touched]), kind="stable")]
     strata = [part for part in np.array_split(order, min(_STRATA, max(len(order), 1))) if len(part)]
     rng = np.random.default_rng(seed)

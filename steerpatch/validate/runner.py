@@ -151,6 +151,7 @@ class Validator:
         self.cache = cache if cache is not None else ActivationCache()
         self.batch_size = batch_size
         self.progress = progress
+        self._baselines: dict = {}  # floor and ceiling per (dataset, edit signature); see validate/baselines.py
 
     def fingerprint(self, dataset) -> str:
         """The dataset's fingerprint, computed once per dataset object."""
@@ -289,13 +290,12 @@ class Validator:
 
     def _with_baselines(self, report, patch, cached, results, estimate):
         """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
-        from steerpatch.validate.baselines import ceiling_baseline, floor_baseline, with_baselines
+        from steerpatch.validate.baselines import compute_baselines, with_baselines
 
-        floor = ceiling = None
-        if results.groups is not None:
-            floor = floor_baseline(self.model.model, self.head, self.sae, patch, cached, labels=results.labels,
-                                   groups=results.groups, batch_size=self.batch_size)
-            ceiling = ceiling_baseline(cached.features, results.labels, results.groups, self.head)
+        floor, ceiling = compute_baselines(
+            self._baselines, self.fingerprint(self.dataset), self.model.model, self.head, self.sae, patch, cached,
+            results, batch_size=self.batch_size,
+        )
         return with_baselines(report, floor=floor, ceiling=ceiling, blast=estimate)
 
 
