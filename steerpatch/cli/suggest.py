@@ -18,7 +18,7 @@ import click
               help="Unlabelled pool of images (its labels and manifest are never read).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="New folder for the candidate patches, search trace and fix-vs-ripple plot.")
-@click.option("--budget", default=33, show_default=True, type=click.IntRange(1, 10000),
+@click.option("--budget", default=49, show_default=True, type=click.IntRange(1, 10000),
               help="Candidates to evaluate in the search.")
 @click.option("--keep", default=5, show_default=True, type=click.IntRange(1, 100), help="Candidates to write.")
 @click.option("--max-ripple", default=0.02, show_default=True, type=click.FloatRange(0.0, 1.0),

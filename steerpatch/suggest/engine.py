@@ -72,7 +72,8 @@ def suggest(
     pool: str | Path,
     *,
     classes: Sequence[str] | None = None,
-    budget: int = 33,
+    budget: int = 49,
+    refine_budget: int = 16,
     keep: int = 5,
     neighbours: int | None = None,
     sample: int = 600,
@@ -90,7 +91,9 @@ def suggest(
         label: their correct class.
         pool: a folder of unlabelled images (labels and manifest are never read).
         classes: class names for the zero-shot head; None reads them from the SAE's statistics.
-        budget: candidate evaluations in the sweep.
+        budget: candidate evaluations in all (the grid sweep, then `refine_budget` greedy moves).
+        refine_budget: evaluations of the greedy refinement around the sweep's best (when the budget
+            leaves the sweep at least as many).
         keep: candidates re-measured on the whole pool and returned.
         neighbours: look-alike neighbourhood size; None = 5% of the pool (at least 8).
         sample: images of the rest of the pool in the search sample (all images a wrong class is given are in it).
@@ -113,7 +116,7 @@ def suggest(
     from steerpatch.models import build_zero_shot_head
     from steerpatch.suggest.neighbours import find_lookalikes, image_codes, relative_attribution
     from steerpatch.suggest.pool import check_label, load_pool, load_targets, resolve_classes
-    from steerpatch.suggest.search import objective, propose_latents, rank, sweep
+    from steerpatch.suggest.search import distinct, objective, propose_latents, rank, refine, sweep
     from steerpatch.validate.cache import ActivationCache
     from steerpatch.validate.candidate import score_patch
 
@@ -208,9 +211,16 @@ def suggest(
         _say(progress, f"[{step[0]}/{budget}] {len(candidate.latents):3d} latents x {candidate.value:<4g} "
              f"fixed {o['targets_fixed']:.0%}  failure moved {o['failure_moved']:.1%}  ripple {o['ripple']:.1%}")
 
-    trace = sweep(order, lambda c: measure(c, search_set, zeros, weights, in_sample_l), budget=budget, on_step=report)
+    def on_sample(c: Candidate) -> dict[str, float]:
+        return measure(c, search_set, zeros, weights, in_sample_l)
+
+    sweep_budget = budget - refine_budget if budget > 2 * refine_budget else budget
+    trace = sweep(order, on_sample, budget=sweep_budget, on_step=report)
+    if budget > sweep_budget:
+        trace += refine(rank(trace, max_ripple)[0], order, on_sample, budget=budget - sweep_budget,
+                        max_ripple=max_ripple, on_step=report)
     t_sweep = time.perf_counter()
-    best = rank(trace, max_ripple)[:keep]
+    best = distinct(rank(trace, max_ripple))[:keep]
     _say(progress, f"re-measuring the best {len(best)} on all {n} pool images")
     final = []
     for c in best:

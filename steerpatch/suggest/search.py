@@ -126,6 +126,19 @@ def rank(candidates: list[Candidate], max_ripple: float) -> list[Candidate]:
     return sorted(candidates, key=key)
 
 
+def distinct(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates without repeats: the same edits, or the same measured effect (keeping the first)."""
+    seen: set = set()
+    out = []
+    for c in candidates:
+        effect = tuple(round(c.objective.get(k, 0.0), 9) for k in sorted(c.objective))
+        if c.key() in seen or effect in seen:
+            continue
+        seen.update({c.key(), effect})
+        out.append(c)
+    return out
+
+
 def sweep(
     order: list[int], evaluate: Callable[[Candidate], dict[str, float]], *, budget: int,
     sizes=SIZES, doses=DOSES, on_step: Callable[[Candidate], Any] | None = None,
@@ -153,4 +166,50 @@ def sweep(
             out.append(candidate)
             if on_step is not None:
                 on_step(candidate)
+    return out
+
+
+def refine(
+    best: Candidate, order: list[int], evaluate: Callable[[Candidate], dict[str, float]], *, budget: int,
+    max_ripple: float, on_step: Callable[[Candidate], Any] | None = None,
+) -> list[Candidate]:
+    """Greedy local search around the best sweep candidate: add the next proposed latents, drop weak ones.
+
+    A move is kept when the candidate still fixes every misclassified image, stays within the ripple
+    budget, and scores higher. Additions are tried in proposal order just past the sweep's cut;
+    removals from the end of the included list (the least selective latents first).
+
+    Returns:
+        Every candidate evaluated, in order (the improved ones among them).
+    """
+    out: list[Candidate] = []
+    current = best
+
+    def better(c: Candidate) -> bool:
+        o, p = c.objective, current.objective
+        return o["targets_fixed"] >= 1.0 and o["ripple"] <= max_ripple and o["score"] > p["score"]
+
+    moves = []
+    for latent in order[len(best.latents):]:
+        moves.append(("add", latent))
+    for latent in reversed(best.latents):
+        moves.append(("drop", latent))
+    adds = [m for m in moves if m[0] == "add"][: budget // 2]
+    drops = [m for m in moves if m[0] == "drop"]
+    for kind, latent in adds + drops:
+        if len(out) >= budget:
+            break
+        if kind == "add":
+            latents = [*current.latents, latent]
+        elif latent in current.latents and len(current.latents) > 1:
+            latents = [i for i in current.latents if i != latent]
+        else:
+            continue
+        trial = Candidate(latents=latents, op=current.op, value=current.value)
+        trial.objective = evaluate(trial)
+        out.append(trial)
+        if on_step is not None:
+            on_step(trial)
+        if better(trial):
+            current = trial
     return out
