@@ -47,7 +47,9 @@ def plot_fix_vs_ripple(found: Suggestion, path: Path) -> Path:
     for rank, c in enumerate(found.candidates, 1):
         x, y = 100 * c.objective["ripple"], 100 * c.objective["failure_moved"]
         ax.scatter([x], [y], s=60, color="#1f77b4", zorder=3)
-        ax.annotate(f"#{rank}: {len(c.latents)}x{c.value:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        if rank == 1:  # the others usually sit on top of it; their numbers are in suggest.json
+            ax.annotate(f"best: {len(c.latents)} latents x {c.value:g}", (x, y), textcoords="offset points",
+                        xytext=(6, -12), fontsize=8)
     budget = 100 * float(found.inputs.get("max_ripple", 0.0))
     ax.axvline(budget, color="red", linestyle=":", label=f"ripple budget {budget:g}%")
     ax.set_xlabel("ripple: other images whose prediction changed (%)")
