@@ -114,3 +114,19 @@ def test_identity_edits_touch_nothing(validator, cached, concept_model, concept_
     identity = new_patch("same", concept_model, concept_sae, [(3, "scale", 1.0)], rationale="t", author="t")
     out = estimate_blast(validator.model.model, validator.head, concept_sae, identity, cached)
     assert out["predicted"] == out["touched"] == 0.0 and out["sample"] == 0
+
+
+def test_validate_json_carries_the_new_keys(runner, patch_file, small_world):
+    import json
+
+    from steerpatch.cli.main import cli
+
+    result = runner.invoke(cli, ["validate", patch_file, "--data", str(small_world), "--group-by", "shortcut",
+                                 "--json", "--no-dose", "--quiet"])
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads(result.stdout)
+    assert doc["baselines"]["floor"]["draws"] == 3 and doc["baselines"]["floor"]["worst_group"] is not None
+    assert doc["baselines"]["ceiling"]["worst_group"] is not None
+    assert "gap_closed" in doc
+    assert doc["blast_radius"]["observed"] == doc["blast_radius_observed"]
+    assert 0.0 <= doc["blast_radius"]["predicted"] <= doc["blast_radius"]["touched"]
