@@ -20,6 +20,8 @@ import click
               help="New folder for the candidate patches, search trace and fix-vs-ripple plot.")
 @click.option("--budget", default=49, show_default=True, type=click.IntRange(1, 10000),
               help="Candidates to evaluate in the search.")
+@click.option("--refine", "refine_budget", default=16, show_default=True, type=click.IntRange(0, 10000),
+              help="Of the budget, evaluations for the greedy refinement after the grid sweep (0: sweep only).")
 @click.option("--keep", default=5, show_default=True, type=click.IntRange(1, 100), help="Candidates to write.")
 @click.option("--max-ripple", default=0.02, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Largest share of other pool images whose prediction a top candidate may change.")
@@ -31,7 +33,7 @@ import click
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the pool's hook activations here.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"candidates": [...]} as JSON, best first.')
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def suggest(images, label, pool, out_dir, budget, keep, max_ripple, neighbours, model_spec, sae_path, classes,
+def suggest(images, label, pool, out_dir, budget, refine_budget, keep, max_ripple, neighbours, model_spec, sae_path, classes,
             cache_dir, as_json, quiet) -> None:
     """Search for patches that fix IMAGES (truly --label), their look-alikes in the pool, and little else.
 
@@ -54,7 +56,7 @@ def suggest(images, label, pool, out_dir, budget, keep, max_ripple, neighbours, 
         click.echo(text, err=True)
 
     found = run_suggest(
-        loaded, sae, list(images), label, pool, classes=class_list, budget=budget, keep=keep,
+        loaded, sae, list(images), label, pool, classes=class_list, budget=budget, refine_budget=refine_budget, keep=keep,
         neighbours=neighbours, max_ripple=max_ripple, cache_dir=cache_dir, progress=None if quiet else say,
     )
     doc = write_suggestion(found, out)

@@ -120,8 +120,10 @@ def suggest(
     from steerpatch.validate.cache import ActivationCache
     from steerpatch.validate.candidate import score_patch
 
-    if budget < 1 or keep < 1:
-        raise SteerpatchError(f"--budget {budget} must be at least 1; give the number of candidates to evaluate")
+    if budget < 1 or keep < 1 or refine_budget < 0:
+        raise SteerpatchError(
+            f"--budget {budget}, --keep {keep} and --refine {refine_budget} must be at least 1, 1 and 0"
+        )
     started = time.perf_counter()
     hook = sae.require_hook()
     block, tokens = hook.block, hook.tokens
