@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     sae = load_sae(default_sae_path())
     with tempfile.TemporaryDirectory() as tmp:
         world, pool = Path(tmp) / "world", Path(tmp) / "pool"
-        write_world(world, split="test", n=240, seed=0)
-        write_world(pool, split="test", n=args.n, seed=1)
+        write_world(world, split="test", n=240, seed=0, progress=False)
+        write_world(pool, split="test", n=args.n, seed=1, progress=False)
         data = load_dataset(world)
         head = build_zero_shot_head(loaded, data.classes)
         items = [i for i in data.items if i.attributes.get("shortcut") == "conflicting"]

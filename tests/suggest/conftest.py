@@ -11,7 +11,7 @@ def small_pool(tmp_path_factory):
     from steerpatch.world import write_world
 
     root = tmp_path_factory.mktemp("pool") / "pool"
-    write_world(root, split="test", n=240, seed=5)
+    write_world(root, split="test", n=240, seed=5, progress=False)
     return root
 
 
