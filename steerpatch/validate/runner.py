@@ -259,7 +259,11 @@ class Validator:
         cached = self.activations(self.dataset, patch.hook.block)
         from steerpatch.validate.blast import estimate_blast  # made before the full evaluation below
 
-        estimate = estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
+        local = isinstance(cached, CachedActivations)  # an engine that scores elsewhere (Spark) has no activations here
+        estimate = (
+            estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
+            if local else None
+        )
         results = self._score(patch, self.dataset, cached, grouped=True)
         groups = results.groups
         blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
@@ -286,7 +290,7 @@ class Validator:
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
-        return self._with_baselines(report, patch, cached, results, estimate)
+        return self._with_baselines(report, patch, cached, results, estimate) if local else report
 
     def _with_baselines(self, report, patch, cached, results, estimate):
         """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
