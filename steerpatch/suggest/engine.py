@@ -113,6 +113,7 @@ def suggest(
         >>> found = suggest(loaded, sae, ["w/circle/test-00012.png"], "circle", "pool/")  # doctest: +SKIP
         >>> found.candidates[0].objective["failure_moved"]  # doctest: +SKIP
     """
+    from steerpatch.attribute.forward import encode_suffix
     from steerpatch.models import build_zero_shot_head
     from steerpatch.suggest.neighbours import find_lookalikes, image_codes, relative_attribution
     from steerpatch.suggest.pool import check_label, load_pool, load_targets, resolve_classes
@@ -134,9 +135,9 @@ def suggest(
     head = build_zero_shot_head(loaded, classes)
 
     target_hidden = _prefix(loaded, pictures, block)
-    from steerpatch.attribute.forward import encode_suffix
-
-    target_logits = head.logits(encode_suffix(loaded.model, target_hidden, block))
+    with torch.no_grad():
+        target_features = encode_suffix(loaded.model, target_hidden, block)
+    target_logits = head.logits(target_features)
     target_pred = target_logits.argmax(-1).numpy()
     already = [str(p) for p, q in zip(images, target_pred, strict=True) if q == right]
     if already:
@@ -158,6 +159,11 @@ def suggest(
     n = len(cached.ids)
     k = neighbours if neighbours is not None else max(8, round(0.05 * n))
     hood = find_lookalikes(pool_codes, target_codes, pred0, wrong, k)
+    if not len(hood.lookalikes):
+        raise SteerpatchError(
+            f"no image of pool '{pool}' is given {', '.join(classes[w] for w in sorted(wrong))} like the image(s); "
+            "pass a pool where this mistake recurs (a larger or more varied one)"
+        )
     _say(progress, f"look-alikes: {len(hood.lookalikes)} pool images given {', '.join(classes[w] for w in sorted(wrong))} "
          f"and nearest in SAE-code space ({int(np.isin(pred0, sorted(wrong)).sum())} given it in all)")
 
@@ -190,7 +196,7 @@ def suggest(
     from steerpatch.validate.cache import CachedActivations
 
     target_set = CachedActivations(
-        ids=[str(p) for p in images], hidden=target_hidden, features=encode_suffix(loaded.model, target_hidden, block),
+        ids=[str(p) for p in images], hidden=target_hidden, features=target_features,
         undecodable=[],
     )
     target_labels = np.full(len(pictures), right)

@@ -79,3 +79,20 @@ def test_a_non_empty_out_folder_is_refused_before_any_work(runner, tmp_path, mis
 def test_a_missing_image_is_refused(runner, tmp_path, small_pool, missing):
     line = _bad(runner, tmp_path, [str(tmp_path / missing), "--label", "circle", "--data", str(small_pool)])
     assert "does not exist" in line
+
+
+def test_a_pool_where_the_mistake_never_recurs_is_refused(runner, tmp_path, mistake, small_pool, concept_model):
+    from steerpatch.data import load_dataset
+    from steerpatch.models import build_zero_shot_head, classify_images
+
+    data = load_dataset(small_pool)
+    head = build_zero_shot_head(concept_model, data.classes)
+    items = data.items[:60]
+    predicted = classify_images(concept_model, [data.load_image(i) for i in items], head, progress=False)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for item, p in zip(items, predicted, strict=True):
+        if p != mistake[2]:
+            shutil.copy(item.path, flat / item.path.name)
+    line = _bad(runner, tmp_path, [str(mistake[0]), "--label", mistake[1], "--data", str(flat)])
+    assert "is given star like the image" in line
