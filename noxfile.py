@@ -45,5 +45,6 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark in bench/, each printing its measured ratios."""
-    for script in ("bench/bench_validate.py", "bench/bench_validate_memory.py", "bench/bench_serve.py", "bench/bench_studio.py", "bench/bench_spark.py"):
+    for script in ("bench/bench_validate.py", "bench/bench_validate_memory.py", "bench/bench_serve.py",
+                   "bench/bench_studio.py", "bench/bench_spark.py", "bench/bench_suggest.py"):
         session.run(sys.executable, script, *session.posargs, external=True)

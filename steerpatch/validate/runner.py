@@ -155,6 +155,7 @@ class Validator:
         self.progress = progress
         self.rehash = rehash  # read every file for the fingerprint, ignoring the memo beside the cache
         self.workers = workers
+        self._baselines: dict = {}  # floor and ceiling per (dataset, edit signature); see validate/baselines.py
 
     def fingerprint(self, dataset) -> str:
         """The dataset's fingerprint, computed once per dataset object (file hashes memoised beside the cache)."""
@@ -261,6 +262,13 @@ class Validator:
         target_set = self._resolve_set(targets, "target")
         same_set = self._resolve_set(same_failure, "same-failure")
         cached = self.activations(self.dataset, patch.hook.block)
+        from steerpatch.validate.blast import estimate_blast  # made before the full evaluation below
+
+        local = isinstance(cached, CachedActivations)  # an engine that scores elsewhere (Spark) has no activations here
+        estimate = (
+            estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
+            if local else None
+        )
         results = self._score(patch, self.dataset, cached, grouped=True)
         groups = results.groups
         blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
@@ -269,7 +277,7 @@ class Validator:
             s: (results if s == 1.0 else self._score(patch, self.dataset, cached, strength=s, grouped=True))
             for s in strengths
         }
-        return build_report(
+        report = build_report(
             results,
             patch_ref=patch.ref,
             hashes={
@@ -287,6 +295,17 @@ class Validator:
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
+        return self._with_baselines(report, patch, cached, results, estimate) if local else report
+
+    def _with_baselines(self, report, patch, cached, results, estimate):
+        """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
+        from steerpatch.validate.baselines import compute_baselines, with_baselines
+
+        floor, ceiling = compute_baselines(
+            self._baselines, self.fingerprint(self.dataset), self.model.model, self.head, self.sae, patch, cached,
+            results, batch_size=self.batch_size,
+        )
+        return with_baselines(report, floor=floor, ceiling=ceiling, blast=estimate)
 
 
 def resolve_patch_inputs(patch, model=None, sae=None):
