@@ -54,15 +54,17 @@ def test_bad_input_exits_2_with_one_line(runner, tmp_path, patch_file, small_wor
         (["validate", patch_file, "--data", str(small_world), "--targets", "a.png", "--targets", "shortcut=none"],
          "--targets"),
         (["validate", patch_file, "--data", str(small_world), "--policy", _policy(tmp_path, "[gates]\nbogus = 1\n")],
-         "policy.toml"),
+         "gates.bogus"),
     ]
     for args, value in cases:
         result = runner.invoke(cli, [*args, "--quiet"])
         assert result.exit_code == 2, (args, result.output)
         assert result.stdout == "", (args, result.output)
+        # one line; a document's problems follow it, one "  - " line each
         lines = result.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), (args, result.stderr)
-        assert value in lines[0], (args, result.stderr)
+        assert lines[0].startswith("Error: "), (args, result.stderr)
+        assert all(line.startswith("  - ") for line in lines[1:]), (args, result.stderr)
+        assert value in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.output
 
 
