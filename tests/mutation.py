@@ -99,27 +99,38 @@ def _meta(work: Path, target: Target) -> dict[str, int | None]:
     return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
 
 
-def _diff(work: Path, mutant: str) -> str:
-    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", mutant], cwd=work, capture_output=True, text=True)
-    lines = [line for line in shown.stdout.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
-    return " | ".join(line.strip() for line in lines)
+def _diff(work: Path, target: Target, mutant: str) -> str:
+    """The mutant's changed lines, `-old | +new`, read in-process (a `mutmut show` per mutant is slow)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        diff = get_diff_for_mutant(mutant, path=target.module)
+    finally:
+        os.chdir(here)
+    lines = [line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    return " | ".join(line[0] + line[1:].strip() for line in lines)
 
 
-def run_one(name: str, max_children: int) -> tuple[int, int, list[str]]:
-    """Mutate one module; returns (killed, mutants, one line per mutant not killed)."""
+def run_one(name: str, max_children: int, *, rerun: bool = True) -> tuple[int, int, list[str]]:
+    """Mutate one module (or, with rerun=False, read its last run); returns (killed, mutants, survivor lines)."""
     target = TARGETS[name]
-    work = _prepare(name, target)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
-    print(f"== {name}: {target.module} against {', '.join(target.tests)}", flush=True)
+    work = SCRATCH / name
     log = work / "mutmut.log"
-    with log.open("w") as out:
-        done = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
+    print(f"== {name}: {target.module} against {', '.join(target.tests)}", flush=True)
+    returncode = 0
+    if rerun:
+        work = _prepare(name, target)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
+        with log.open("w") as out:
+            returncode = subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+            ).returncode
     codes = _meta(work, target)
-    if done.returncode != 0 or not codes:
-        print(f"   mutmut failed (exit {done.returncode}); see {log}", flush=True)
+    if returncode != 0 or not codes:
+        print(f"   mutmut failed (exit {returncode}) or never ran; see {log}", flush=True)
         return 0, 0, []
     from mutmut.stats import status_by_exit_code
 
@@ -127,7 +138,7 @@ def run_one(name: str, max_children: int) -> tuple[int, int, list[str]]:
     killed = sum(1 for s in status.values() if s in ("killed", "timeout", "caught by type check"))
     # a mutant no test reaches, or one whose run crashed, is not killed: it counts against the score
     alive = sorted(k for k, s in status.items() if s not in ("killed", "timeout", "caught by type check"))
-    lines = [f"   {k} [{status[k]}]: {_diff(work, k)}" for k in alive]
+    lines = [f"   {k} [{status[k]}]: {_diff(work, target, k)}" for k in alive]
     return killed, len(codes), lines
 
 
@@ -136,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help=f"short names ({', '.join(TARGETS)}); default: all")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests, then stop")
     parser.add_argument("--max-children", type=int, default=2, help="parallel test processes (default 2)")
+    parser.add_argument("--last", action="store_true", help="print the last run's scores and survivors, run nothing")
     args = parser.parse_args(argv)
     if args.list:
         for name, target in TARGETS.items():
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown module {unknown[0]!r}; choose from {', '.join(TARGETS)}")
     rows = []
     for name in args.modules or list(TARGETS):
-        killed, total, lines = run_one(name, args.max_children)
+        killed, total, lines = run_one(name, args.max_children, rerun=not args.last)
         score = 100.0 * killed / total if total else 0.0
         rows.append((name, killed, total, score))
         print(f"   score {score:5.1f}%  killed {killed}/{total}", flush=True)
