@@ -10,7 +10,13 @@ import pytest
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import IntegrityError
-from steerpatch.registry import check_manifest, register_patch, resolve_patch_ref, resolve_store, write_manifest
+from steerpatch.registry import (
+    check_manifest,
+    register_patch,
+    resolve_patch_ref,
+    resolve_store,
+    write_manifest,
+)
 from steerpatch.registry.store import client
 
 NAME = "concept-clip.water-shortcut"
