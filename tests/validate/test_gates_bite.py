@@ -81,3 +81,24 @@ def test_an_unmeasurable_gate_holds():
     report = build_report(results, patch_ref="p@1", hashes=HASHES, policy=_policy(min_target_fix_rate=1.0))
     (gate,) = report.gates
     assert (gate.value, gate.passed) == (None, True)
+
+
+def test_the_packaged_policy_is_the_fallback_outside_a_checkout(tmp_path, monkeypatch):
+    from steerpatch.validate import policy as policy_module
+
+    assert policy_module.default_policy_path() == policy_module.REPO_POLICY
+    monkeypatch.setattr(policy_module, "REPO_POLICY", tmp_path / "registry" / "policy.toml")
+    assert policy_module.default_policy_path() == policy_module.PACKAGED_POLICY
+    assert policy_module.load_policy().source == str(policy_module.PACKAGED_POLICY)
+
+
+def test_a_bad_policy_lists_each_problem_by_its_dotted_key(tmp_path):
+    from steerpatch.errors import SteerpatchError
+    from steerpatch.validate.policy import load_policy
+
+    path = tmp_path / "p.toml"
+    path.write_text("[gates]\nmax_right_to_wrong_rat = 0.1\n[data]\nmax_undecodable_rate = 2\n")
+    with pytest.raises(SteerpatchError) as info:
+        load_policy(path)
+    assert str(info.value).splitlines()[0] == f"policy file '{path}' has 2 problem(s); fix them"
+    assert [p.split(":")[0] for p in info.value.problems] == ["gates.max_right_to_wrong_rat", "data.max_undecodable_rate"]
