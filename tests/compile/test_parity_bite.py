@@ -154,7 +154,34 @@ def test_torch_reference_is_the_plain_and_the_steered_model(concept_model):
     np.testing.assert_allclose(steered["probs"], torch.softmax(head.logits(embedding), -1).numpy(), atol=1e-6)
 
 
-def test_onnx_outputs_run_every_output_over_every_chunk(tmp_path):
+def test_zero_size_outputs_compare_as_equal():
+    empty = {"embedding": np.zeros((4, 0), np.float32)}
+    result = compare(empty, {"embedding": np.zeros((4, 0), np.float32)}, tolerance=0.0, inputs="x")
+    assert result.max_abs_diff == 0.0 and result.passed
+
+
+def _bar(text: str, what: str, batches: int) -> None:
+    """A tqdm bar for `what` that counted `batches` batches and was cleared when done (leave=False)."""
+    assert text.startswith(f"\r{what}:   0%") and f"| 0/{batches} [" in text and "batch/s]" in text, text
+    assert text.endswith("\r") and text.split("\r")[-2].strip() == "", repr(text[-40:])  # the line is wiped
+
+
+def test_progress_bars_only_when_asked(concept_model, tmp_path, capsys):
+    pixels = torch.randn(17, 3, concept_model.image_size, concept_model.image_size,
+                         generator=torch.Generator().manual_seed(1))
+    torch_reference(concept_model, None, None, None, pixels)
+    assert capsys.readouterr().err == ""
+    torch_reference(concept_model, None, None, None, pixels, progress=True)
+    _bar(capsys.readouterr().err, "parity: torch", 2)
+    session = _identity_session(tmp_path)
+    onnx_outputs(session, pixels[:, :, :2, :2].contiguous())
+    assert capsys.readouterr().err == ""
+    onnx_outputs(session, pixels[:, :, :2, :2].contiguous(), progress=True)
+    _bar(capsys.readouterr().err, "parity: onnxruntime", 2)
+
+
+def _identity_session(tmp_path):
+    """A real ONNX Runtime session: pixels -> same (Identity) and double (pixels + pixels)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -169,7 +196,11 @@ def test_onnx_outputs_run_every_output_over_every_chunk(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "g.onnx")
-    session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_outputs_run_every_output_over_every_chunk(tmp_path):
+    session = _identity_session(tmp_path)
     pixels = torch.arange(35 * 12, dtype=torch.float64).reshape(35, 3, 2, 2)  # three chunks: 16, 16, 3
     out = onnx_outputs(session, pixels)
     assert list(out) == ["same", "double"]
