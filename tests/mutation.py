@@ -51,7 +51,8 @@ TARGETS: dict[str, Target] = {
         "steerpatch/validate/policy.py", ("tests/validate/test_policy.py", "tests/validate/test_gates_bite.py")
     ),
     "report": Target(
-        "steerpatch/validate/report.py", ("tests/validate/test_report.py", "tests/validate/test_report_bite.py")
+        "steerpatch/validate/report.py",
+        ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py"),
     ),
     "bundle": Target(
         "steerpatch/registry/bundle.py", ("tests/registry/test_register.py", "tests/registry/test_manifest_bite.py")

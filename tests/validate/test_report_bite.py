@@ -84,3 +84,23 @@ def test_an_invalid_report_lists_each_problem_by_its_dotted_key(tmp_path):
         load_report(tmp_path)
     assert str(info.value).splitlines()[0] == f"report '{json_path}' is not a valid validation report"
     assert [p.split(":")[0] for p in info.value.problems] == ["accuracy.n", "flips.extra"]
+
+
+def test_flip_rates_are_shares_of_all_images():
+    # 5 images: 1 right->wrong, 2 wrong->right
+    report = build_report(_results([0, 1, 2, 0, 1], [0, 1, 0, 1, 1], [0, 2, 2, 0, 1]), patch_ref="p@1.0.0",
+                          hashes=HASHES, policy=Policy())
+    assert (report.flips.right_to_wrong_rate, report.flips.wrong_to_right_rate) == (0.2, 0.4)
+    single = build_report(_results([0], [0], [1]), patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    assert (single.flips.right_to_wrong, single.flips.right_to_wrong_rate) == (1, 1.0)
+
+
+def test_an_empty_result_set_has_nothing_to_measure():
+    report = build_report(_results([], [], []), patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    assert report.n == 0 and report.accuracy.before is None and report.accuracy.after is None
+    assert all(v.before is None for v in report.per_class.values())
+    assert {g.name: g.value for g in report.gates} == {
+        "max_right_to_wrong_rate": 0.0, "max_class_accuracy_drop": None, "max_accuracy_drop": None,
+        "min_target_fix_rate": None, "min_generalisation_fix_rate": None, "min_cos_mean": 1.0,
+    }
+    assert report.verdict == "pass"
