@@ -121,3 +121,12 @@ def test_edited_columns_of_a_bfloat16_stream(saes, hidden):
     z = latent_activations(sae, x, [3, 7])
     assert z.dtype == sae.W_enc.dtype
     torch.testing.assert_close(z, sae.encode(x.float())[..., [3, 7]])
+
+
+def test_edited_columns_of_a_bfloat16_stream_without_b_dec_subtraction(hidden):
+    # without the b_dec subtraction nothing else promotes x: the cast to the SAE's dtype must
+    sae = random_sae("standard", apply_b_dec_to_input=False, seed=2)
+    x = hidden.to(torch.bfloat16)
+    z = latent_activations(sae, x, [3, 7])
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, sae.encode(x.float())[..., [3, 7]])
