@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = ROOT / ".mutation"
+EXPLAINED = ROOT / "tests" / "MUTANTS.md"
 # what the tests read besides the package: the repository policy and shipped patches, the plugin
 COPY = ("steerpatch", "tests", "registry", "plugins")
 
@@ -114,6 +115,20 @@ def _diff(work: Path, target: Target, mutant: str) -> str:
     return " | ".join(line[0] + line[1:].strip() for line in lines)
 
 
+def explained(module: str) -> set[str]:
+    """Mutant names (`x_fn__mutmut_N`) explained under the module's heading in tests/MUTANTS.md."""
+    import re
+
+    names: set[str] = set()
+    section = None
+    for line in EXPLAINED.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif section == module:
+            names.update(re.findall(r"x\w*?__mutmut_\d+", line))
+    return names
+
+
 def run_one(name: str, max_children: int, *, rerun: bool = True) -> tuple[int, int, list[str]]:
     """Mutate one module (or, with rerun=False, read its last run); returns (killed, mutants, survivor lines)."""
     target = TARGETS[name]
@@ -139,7 +154,12 @@ def run_one(name: str, max_children: int, *, rerun: bool = True) -> tuple[int, i
     killed = sum(1 for s in status.values() if s in ("killed", "timeout", "caught by type check"))
     # a mutant no test reaches, or one whose run crashed, is not killed: it counts against the score
     alive = sorted(k for k, s in status.items() if s not in ("killed", "timeout", "caught by type check"))
-    lines = [f"   {k} [{status[k]}]: {_diff(work, target, k)}" for k in alive]
+    known = explained(target.module)
+    short = {k: k.rsplit(".", 1)[-1] for k in alive}
+    lines = [
+        f"   {'explained ' if short[k] in known else 'UNEXPLAINED'} {k} [{status[k]}]: {_diff(work, target, k)}"
+        for k in alive
+    ]
     return killed, len(codes), lines
 
 
@@ -160,14 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.modules or list(TARGETS):
         killed, total, lines = run_one(name, args.max_children, rerun=not args.last)
+        n_explained = sum(1 for line in lines if line.startswith("   explained"))
         score = 100.0 * killed / total if total else 0.0
-        rows.append((name, killed, total, score))
-        print(f"   score {score:5.1f}%  killed {killed}/{total}", flush=True)
+        # the score once the survivors explained as equivalent or harmless leave the denominator
+        net = 100.0 * killed / (total - n_explained) if total > n_explained else 0.0
+        rows.append((name, killed, total, score, n_explained, len(lines) - n_explained, net))
+        print(f"   score {score:5.1f}%  killed {killed}/{total}  explained {n_explained}  "
+              f"unexplained {len(lines) - n_explained}  score without explained {net:5.1f}%", flush=True)
         for line in lines:
             print(line, flush=True)
-    print("\nmodule      score  killed/mutants")
-    for name, killed, total, score in rows:
-        print(f"{name:10} {score:5.1f}%  {killed:6}/{total}")
+    print("\nmodule      score  killed/mutants  explained  unexplained  without explained")
+    for name, killed, total, score, n_explained, unexplained, net in rows:
+        print(f"{name:10} {score:5.1f}%  {killed:6}/{total:<7}  {n_explained:9}  {unexplained:11}  {net:16.1f}%")
     return 0
 
 
