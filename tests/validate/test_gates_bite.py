@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,22 @@ def test_a_bad_policy_lists_each_problem_by_its_dotted_key(tmp_path):
         load_policy(path)
     assert str(info.value).splitlines()[0] == f"policy file '{path}' has 2 problem(s); fix them"
     assert [p.split(":")[0] for p in info.value.problems] == ["gates.max_right_to_wrong_rat", "data.max_undecodable_rate"]
+
+
+def test_a_policy_is_read_as_utf8_under_any_locale(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "p.toml"
+    path.write_text("# seuil réglé à la main — 0.5\n[gates]\nmin_cos_mean = 0.5\n", encoding="utf-8")
+    # an ASCII locale without Python's UTF-8 coercion: only an explicit encoding reads the file
+    import steerpatch
+
+    # the child imports the same steerpatch this process runs (a mutation-testing copy included)
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0",
+               PYTHONPATH=str(Path(steerpatch.__file__).parents[1]))
+    code = f"from steerpatch.validate.policy import load_policy; print(load_policy({str(path)!r}).gates.min_cos_mean)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0.5"

@@ -104,3 +104,22 @@ def test_an_empty_result_set_has_nothing_to_measure():
         "min_target_fix_rate": None, "min_generalisation_fix_rate": None, "min_cos_mean": 1.0,
     }
     assert report.verdict == "pass"
+
+
+def test_a_report_is_read_as_utf8_under_any_locale(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import steerpatch
+
+    report = build_report(_results([0, 1], [0, 1], [0, 1]), patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    json_path, _ = write_report(report.model_copy(update={"engine": "lokal — é"}), tmp_path)
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0",
+               PYTHONPATH=str(Path(steerpatch.__file__).parents[1]))
+    code = (f"import sys; from steerpatch.validate import load_report; "
+            f"sys.stdout.buffer.write(load_report({str(json_path)!r}).engine.encode('utf-8'))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode("utf-8") == "lokal — é"
