@@ -122,4 +122,7 @@ def test_a_policy_is_read_as_utf8_under_any_locale(tmp_path):
     code = f"from steerpatch.validate.policy import load_policy; print(load_policy({str(path)!r}).gates.min_cos_mean)"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "0.5"
+    # in-process too: the same value (and mutation testing sees that this test exercises load_policy)
+    from steerpatch.validate.policy import load_policy
+
+    assert done.stdout.strip() == str(load_policy(path).gates.min_cos_mean) == "0.5"
