@@ -91,9 +91,23 @@ def summary(report) -> str:
     lines.append(
         f"  drift             cos mean {report.drift.cos_mean:.4f}, p5 {report.drift.cos_p5:.4f}, KL {report.kl_mean:.4g}"
     )
-    lines.append(
-        f"  blast radius      predicted {pct(blast.fraction) if blast else '-'}, observed {pct(report.blast_radius_observed)}"
-    )
+    estimate = report.blast_radius
+    if estimate is not None:  # the sample-based estimate made before the run; the stats bound is an upper bound
+        lines.append(
+            f"  blast radius      predicted {pct(estimate.predicted)} [{pct(estimate.low)}, {pct(estimate.high)}] "
+            f"from {estimate.sample} images, observed {pct(report.blast_radius_observed)}"
+        )
+    else:
+        lines.append(
+            f"  blast radius      predicted {pct(blast.fraction) if blast else '-'}, "
+            f"observed {pct(report.blast_radius_observed)}"
+        )
+    if report.baselines is not None and report.baselines.floor and report.baselines.ceiling:
+        gap = "-" if report.gap_closed is None else f"{report.gap_closed:.2f}"
+        lines.append(
+            f"  baselines         worst group: random latents {pct(report.baselines.floor.worst_group)}, "
+            f"last-layer re-fit with group labels {pct(report.baselines.ceiling.worst_group)}; gap closed {gap}"
+        )
     for gate in report.gates:
         value = "n/a" if gate.value is None else f"{gate.value:.4g}"
         state = "not measured" if not gate.measured else "ok" if gate.passed else "FAIL"
