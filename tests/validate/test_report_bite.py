@@ -124,3 +124,41 @@ def test_a_report_is_read_as_utf8_under_any_locale(tmp_path):
     assert done.returncode == 0, done.stderr.decode()
     # in-process too (and mutation testing sees that this test exercises load_report)
     assert done.stdout.decode("utf-8") == load_report(json_path).engine == "lokal — é"
+
+
+def test_per_class_groups_defaults_and_pass_through_fields():
+    # circle: 2 images, both right; square: 1 image, right -> wrong; star: 1 image, wrong -> right
+    results = _results([0, 0, 1, 2], [0, 0, 1, 0], [0, 0, 2, 2], cos=[1.0, 0.9, 0.5, 0.2])
+    blast = {"fraction": 0.5, "by_class": {}, "by_group": {}, "latents": {"3": 0.5}, "source": "dataset"}
+    report = build_report(results, patch_ref="p@1.0.0", hashes=HASHES, policy=Policy(), group_by="shape",
+                          blast_predicted=blast, overrides=[{"field": "model"}])
+    assert {c: (v.before, v.after, v.n) for c, v in report.per_class.items()} == {
+        "circle": (1.0, 1.0, 2), "square": (1.0, 0.0, 1), "star": (0.0, 1.0, 1)}
+    assert report.engine == "local" and report.duration_s == 0.0 and report.group_by == "shape"
+    assert report.blast_radius_predicted.fraction == 0.5 and report.overrides == [{"field": "model"}]
+    assert report.drift.cos_p5 == pytest.approx(float(np.percentile([1.0, 0.9, 0.5, 0.2], 5)), abs=0)
+    assert report.drift.cos_p5 != pytest.approx(float(np.percentile([1.0, 0.9, 0.5, 0.2], 6)))
+
+
+def test_the_worst_group_is_the_lowest_accuracy_not_the_first_name():
+    results = _results([0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 0])
+    results.groups = ["a", "a", "b", "b"]
+    report = build_report(results, patch_ref="p@1.0.0", hashes=HASHES, policy=Policy(), group_by="g")
+    assert (report.worst_group.name, report.worst_group.after) == ("b", 0.5)
+
+
+def test_same_failure_without_targets_and_its_gate():
+    results = _results([0, 1], [0, 1], [0, 1])
+    same = _results([0, 0, 0], [1, 1, 1], [0, 1, 1])
+    policy = Policy.model_validate({"gates": {"min_generalisation_fix_rate": 0.5}})
+    report = build_report(results, patch_ref="p@1.0.0", hashes=HASHES, policy=policy, same_failure=same)
+    assert report.generalisation_fix_rate == pytest.approx(1 / 3)
+    gate = {g.name: g for g in report.gates}["min_generalisation_fix_rate"]
+    assert (gate.value, gate.passed) == (pytest.approx(1 / 3), False)
+    assert "min_generalisation_fix_rate" in report.failed_gates
+
+
+def test_an_empty_result_set_has_neutral_drift():
+    report = build_report(_results([], [], []), patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    assert (report.kl_mean, report.blast_radius_observed) == (0.0, 0.0)
+    assert (report.drift.cos_mean, report.drift.cos_min) == (1.0, 1.0)
