@@ -5,6 +5,7 @@
     nox -s typecheck   # mypy on the package
     nox -s demo        # the main job on the embedded default
     nox -s bench       # benchmarks, printed as ratios measured side by side
+    nox -s mutation    # mutmut over the core modules, each against its own tests (slow; not in CI)
 """
 
 from __future__ import annotations
@@ -45,5 +46,15 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark in bench/, each printing its measured ratios."""
-    for script in ("bench/bench_validate.py", "bench/bench_serve.py", "bench/bench_studio.py", "bench/bench_spark.py"):
+    for script in ("bench/bench_validate.py", "bench/bench_validate_memory.py", "bench/bench_serve.py",
+                   "bench/bench_studio.py", "bench/bench_spark.py", "bench/bench_suggest.py"):
         session.run(sys.executable, script, *session.posargs, external=True)
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the core modules, each against its own tests: score per module and survivors.
+
+    `nox -s mutation -- policy parity` runs some modules; `nox -s mutation -- --list` names them.
+    """
+    session.run(sys.executable, "tests/mutation.py", *session.posargs, external=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from steerpatch.errors import DatasetError
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FILE_HASHES = "file-hashes.json"  # the fingerprint memo's name beside a cache
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,20 @@ class ImageDataset:
                 "or remove its manifest row"
             ) from error
 
-    def fingerprint(self) -> str:
-        """SHA-256 over the sorted (id, label, file SHA-256) of every item."""
+    def fingerprint(self, *, hashes: FileHashes | None = None) -> str:
+        """SHA-256 over the sorted (id, label, file SHA-256) of every item.
+
+        Args:
+            hashes: a `FileHashes` memo: files whose (path, size, mtime) it knows are not read again.
+        """
         from steerpatch.io import sha256_file
 
         digest = hashlib.sha256()
         for item in sorted(self.items, key=lambda it: it.id):
-            digest.update(f"{item.id}\t{item.label}\t{sha256_file(item.path)}\n".encode())
+            sha = hashes.sha256(item.path) if hashes is not None else sha256_file(item.path)
+            digest.update(f"{item.id}\t{item.label}\t{sha}\n".encode())
+        if hashes is not None:
+            hashes.save()
         return digest.hexdigest()
 
     def filter(self, **attrs: Any) -> ImageDataset:
@@ -223,3 +234,165 @@ def load_dataset(root: str | Path, *, verify: bool = False) -> ImageDataset:
         for item in items:
             dataset.load_image(item)
     return dataset
+
+
+class FileHashes:
+    """SHA-256 of files remembered by (path, size, mtime), so a dataset's unchanged files are read once.
+
+    A file whose size and modification time (nanoseconds) are as recorded is trusted to hold the same
+    bytes, as make and rsync trust them; `rehash=True` reads every file again and rewrites the memo.
+    The memo is a JSON file (usually `file-hashes.json` beside an activation cache); one that is
+    unreadable or malformed is ignored, since it is only a shortcut.
+
+    Example:
+        >>> hashes = FileHashes("cache/file-hashes.json")  # doctest: +SKIP
+        >>> load_dataset("world/test").fingerprint(hashes=hashes)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path | None = None, *, rehash: bool = False) -> None:
+        self.path = Path(path) if path is not None else None
+        self.rehash = rehash
+        self._known: dict[str, list] = {} if rehash or self.path is None else self._load()
+        self._dirty = rehash
+        self.hashed = 0  # files read (not taken from the memo); tests and benchmarks read it
+
+    def _load(self) -> dict[str, list]:
+        assert self.path is not None
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        files = data.get("files") if isinstance(data, dict) and data.get("format") == 1 else None
+        if not isinstance(files, dict):
+            return {}
+        return {
+            key: row for key, row in files.items()
+            if isinstance(row, list) and len(row) == 3 and all(type(v) is int for v in row[:2])
+            and isinstance(row[2], str) and _SHA256.fullmatch(row[2])
+        }
+
+    def sha256(self, path: str | Path) -> str:
+        """The file's SHA-256, read from the memo when its size and mtime are unchanged."""
+        from steerpatch.io import sha256_file
+
+        key = os.path.abspath(path)
+        before = os.stat(key)
+        known = self._known.get(key)
+        if known is not None and known[0] == before.st_size and known[1] == before.st_mtime_ns:
+            return known[2]
+        sha = sha256_file(key)
+        self.hashed += 1
+        after = os.stat(key)
+        if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):  # not written meanwhile
+            self._known[key] = [after.st_size, after.st_mtime_ns, sha]
+            self._dirty = True
+        return sha
+
+    def save(self) -> None:
+        """Write the memo atomically (nothing when there is no file or nothing new)."""
+        from steerpatch.io import atomic_write_text
+
+        if self.path is None or not self._dirty:
+            return
+        atomic_write_text(self.path, json.dumps({"format": 1, "files": self._known}))
+        self._dirty = False
+
+
+@dataclass
+class ImageBatch:
+    """One batch of a streamed dataset.
+
+    Attributes:
+        items: the items that decoded, in dataset order.
+        pixels: their transformed images stacked, (len(items), ...), or None when none decoded.
+        undecodable: (id, reason) of the batch's items that could not be read.
+    """
+
+    items: list[Item]
+    pixels: Any
+    undecodable: list[tuple[str, str]]
+
+
+def default_workers() -> int:
+    """Decoding threads when none are asked for: the cores, at most four."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _decode_batch(load: Callable[[Any], Any], items: list, transform: Callable, on_undecodable: str) -> ImageBatch:
+    import torch
+
+    kept, pixels, bad = [], [], []
+    for item in items:
+        try:
+            image = load(item)
+        except DatasetError as error:
+            if on_undecodable == "fail":
+                raise
+            bad.append((getattr(item, "id", str(item)), str(error)))
+            continue
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        pixels.append(transform(image))
+        del image  # the decoded image dies here; only its transformed tensor lives on
+        kept.append(item)
+    return ImageBatch(kept, torch.stack(pixels) if pixels else None, bad)
+
+
+def iter_image_batches(
+    dataset: ImageDataset | Callable[[Any], Any],
+    transform: Callable[[Any], Any],
+    *,
+    items: Iterable[Any] | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    on_undecodable: str = "skip",
+) -> Iterator[ImageBatch]:
+    """Decode, transform and stack a dataset's images batch by batch, in dataset order.
+
+    Batches are decoded by `workers` threads (PIL releases the GIL while decoding and resizing) while
+    the caller works on the previous one. A decoded image lives only between its decode and its
+    `transform`, so at most `workers` are alive at once, and at most `workers + 1` batches of
+    transformed pixels wait: memory does not grow with the dataset.
+
+    Args:
+        dataset: the `ImageDataset` to read, or a function key -> PIL image (then `items` are its keys).
+        transform: RGB PIL image -> tensor (a model's preprocess).
+        items: the items (or keys) to read; default: all items of the dataset.
+        batch_size: items per batch.
+        workers: decoding threads; 0 decodes in the calling thread; None uses `default_workers()`.
+        on_undecodable: "skip" reports unreadable images in `ImageBatch.undecodable`; "fail" raises.
+
+    Yields:
+        `ImageBatch` per `batch_size` items (fewer pixels where images did not decode).
+
+    Raises:
+        DatasetError: the first unreadable image, in dataset order, under `on_undecodable="fail"`.
+
+    Example:
+        >>> for batch in iter_image_batches(data, loaded.preprocess, batch_size=64):  # doctest: +SKIP
+        ...     features = loaded.model.encode_image(batch.pixels)
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    load = dataset.load_image if isinstance(dataset, ImageDataset) else dataset
+    chosen = list(dataset.items if items is None and isinstance(dataset, ImageDataset) else items or [])
+    chunks = (chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size))
+    workers = default_workers() if workers is None else workers
+    if workers <= 0:
+        for chunk in chunks:
+            yield _decode_batch(load, chunk, transform, on_undecodable)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-decode")
+    pending: deque = deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_decode_batch, load, chunk, transform, on_undecodable))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,6 +1,7 @@
 """`steerpatch demo`: the whole job on the embedded default, end to end, through the same calls as the CLI.
 
-find a shortcut mistake -> attribute -> patch -> validate -> register -> promote -> compile -> serve.
+find a shortcut mistake -> attribute -> suggest a patch from it and an unlabelled pool -> validate ->
+register -> promote -> compile -> serve.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 PATCH_NAME = "water-shortcut"
 SHORTCUT_GROUP = "background=water"
+POOL_SIZE = 1200  # images in the unlabelled pool `suggest` searches over
 
 
 def _step(number: int, title: str) -> None:
@@ -32,6 +34,16 @@ def _world(out: Path) -> Path:
     if not (world / "manifest.jsonl").exists():
         write_world(world, split="test", seed=0)
     return world
+
+
+def _pool(out: Path) -> Path:
+    """An unlabelled pool for `suggest`: another seed of the world, whose labels the search never reads."""
+    from steerpatch.world import write_world
+
+    pool = out / "pool-seed1"
+    if not (pool / "manifest.jsonl").exists():
+        write_world(pool, split="test", n=POOL_SIZE, seed=1)
+    return pool
 
 
 def _pick_instance(loaded, dataset, classes):
@@ -93,22 +105,23 @@ def _png_b64(image) -> str:
 def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     """Run the whole workflow on the embedded default model and SAE, end to end.
 
-    Finds a misclassified shortcut image, attributes it to SAE latents, patches the shortcut latent,
-    validates the patch for ripple effects, registers and promotes it in MLflow, compiles it to a
+    Finds a misclassified shortcut image, attributes it to SAE latents, lets `suggest` find a patch
+    from that one image and an unlabelled pool, validates the patch for ripple effects, registers and promotes it in MLflow, compiles it to a
     parity-checked ONNX graph and serves it with ONNX Runtime on loopback.
     """
     import httpx
 
-    from steerpatch.attribute import attribute, selective_latents
+    from steerpatch.attribute import attribute
     from steerpatch.cli.validate import summary
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.data import load_dataset
     from steerpatch.errors import GateFailed
     from steerpatch.models import build_zero_shot_head, classify_images, load_model
-    from steerpatch.patch import Edit, Instance, Provenance, new_patch, save_patch
+    from steerpatch.patch import new_patch, save_patch
     from steerpatch.registry import promote, register_patch, resolve_store
-    from steerpatch.sae import default_sae_path, load_latent_stats, load_sae
+    from steerpatch.sae import default_sae_path, load_sae
     from steerpatch.serve import ServerThread, create_app
+    from steerpatch.suggest import suggest
     from steerpatch.validate import validate_patch, write_report
 
     started = time.monotonic()
@@ -145,25 +158,25 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     _say(f"heatmaps: {run / 'attribution'}")
     _say(f"chosen latent {chosen.latent}" + (" (its exemplars are water backgrounds)" if is_water else ""))
 
-    _step(4, "Write the patch: suppress the water concept")
-    stats = load_latent_stats(default_sae_path(), sae=sae)
-    latents = selective_latents(stats, SHORTCUT_GROUP) if is_water else [chosen.latent]
-    if chosen.latent not in latents:
-        latents.insert(0, chosen.latent)
-    _say(f"latent {chosen.latent} and {len(latents) - 1} other latents fire selectively on {SHORTCUT_GROUP}; "
-         "all are suppressed (scale 0)")
+    _step(4, "Suggest the patch from this one image and an unlabelled pool")
+    pool = _pool(out_dir)
+    # the grid sweep alone: the greedy refinement moves more failures but, on this weak model, also
+    # more true stars on water, which the class-drop gate of the default policy refuses
+    found = suggest(loaded, sae, [item.path], item.label, pool, classes=classes, budget=33, refine_budget=0)
+    best = found.candidates[0]
+    o = best.objective
+    _say(f"pool {pool} ({found.inputs['pool_images']} images, labels unread); "
+         f"{int(found.timings['evaluations'])} candidates in {found.timings['total_s']:.0f} s")
+    _say(f"best: suppress {len(best.latents)} latents (scale {best.value:g}); image fixed, "
+         f"{100 * o['failure_moved']:.1f}% of pool images called {predicted} move off it, ripple {100 * o['ripple']:.2f}%")
     version, parent = _next_version(tracking_uri, loaded.name)
-    provenance = Provenance(
-        instances=[Instance(id=item.id, label=item.label, predicted=predicted,
-                            scores={str(e.latent): e.score for e in attribution.latents})],
-        note="picked by `steerpatch demo` from the held-out concept world",
-    )
     patch = new_patch(
-        PATCH_NAME, loaded, sae, [Edit(latent=latent, op="scale", value=0.0) for latent in latents],
-        rationale=(f"Suppress the water concept: latent {chosen.latent}, the top driver of this mistake, and the "
-                   f"{len(latents) - 1} other latents selective for {SHORTCUT_GROUP}."),
+        PATCH_NAME, loaded, sae, best.edits,
+        rationale=(f"Suppress the {len(best.latents)} latents that fire selectively on look-alikes of "
+                   f"{item.id} (predicted {predicted}, truly {item.label}) in an unlabelled pool; "
+                   f"found by `steerpatch suggest`, top attributed latent {chosen.latent}."),
         author=os.environ.get("STEERPATCH_USER", "steerpatch-demo"), tokens=hook.tokens,
-        provenance=provenance, version=version, parent=parent,
+        provenance=found.patches[0].provenance, version=version, parent=parent,
     )
     patch_path = save_patch(patch, run / f"{PATCH_NAME}-{version}.json")
     _say(f"{patch.ref}  hash {patch.content_hash[:12]}  -> {patch_path}")
@@ -174,6 +187,15 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     report_json, report_html = write_report(report, run / "report")
     for line in summary(report).splitlines():
         _say(line)
+    floor = report.baselines.floor if report.baselines else None
+    ceiling = report.baselines.ceiling if report.baselines else None
+    if floor and ceiling and floor.worst_group is not None and ceiling.worst_group is not None:
+        gap = "-" if report.gap_closed is None else f"{report.gap_closed:.2f}"
+        _say(f"  baselines         worst group: random latents {100 * floor.worst_group:.1f}%, "
+             f"last-layer re-fit with group labels {100 * ceiling.worst_group:.1f}%; gap closed {gap}")
+    if report.blast_radius is not None:
+        _say(f"  blast estimate    {100 * report.blast_radius.predicted:.1f}% predicted from "
+             f"{report.blast_radius.sample} images before the run, {100 * report.blast_radius.observed:.1f}% observed")
     _say(f"report: {report_html}")
 
     _step(6, "Register in MLflow and promote to production")

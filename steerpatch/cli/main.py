@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "zoo": ("steerpatch.cli.zoo:zoo", "Train and evaluate the embedded default model."),
     "sae": ("steerpatch.cli.sae:sae", "Train, inspect and profile sparse autoencoders."),
     "attribute": ("steerpatch.cli.attribute:attribute", "Rank the SAE latents that drive one prediction."),
+    "suggest": ("steerpatch.cli.suggest:suggest", "Turn a wrong prediction into candidate patches that generalise."),
     "patch": ("steerpatch.cli.patch:patch", "Create, check, compare, compose and apply patches."),
     "validate": ("steerpatch.cli.validate:validate", "Measure a patch's fixes and ripple effects; gate it."),
     "register": ("steerpatch.cli.registry:register", "Log and register a validated patch in MLflow."),

@@ -15,6 +15,22 @@ from steerpatch.errors import SteerpatchError
 ENGINES = ("local", "spark")
 
 
+class ByteSize(click.ParamType):
+    """A size such as 512MiB, 2GB or 0, as bytes."""
+
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from steerpatch.validate.cache import parse_size
+
+        try:
+            return parse_size(str(value))
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 def parse_set(values: tuple[str, ...], what: str):
     """Turn --targets/--same-failure values into what `validate_patch` takes.
 
@@ -75,9 +91,23 @@ def summary(report) -> str:
     lines.append(
         f"  drift             cos mean {report.drift.cos_mean:.4f}, p5 {report.drift.cos_p5:.4f}, KL {report.kl_mean:.4g}"
     )
-    lines.append(
-        f"  blast radius      predicted {pct(blast.fraction) if blast else '-'}, observed {pct(report.blast_radius_observed)}"
-    )
+    estimate = report.blast_radius
+    if estimate is not None:  # the sample-based estimate made before the run; the stats bound is an upper bound
+        lines.append(
+            f"  blast radius      predicted {pct(estimate.predicted)} [{pct(estimate.low)}, {pct(estimate.high)}] "
+            f"from {estimate.sample} images, observed {pct(report.blast_radius_observed)}"
+        )
+    else:
+        lines.append(
+            f"  blast radius      predicted {pct(blast.fraction) if blast else '-'}, "
+            f"observed {pct(report.blast_radius_observed)}"
+        )
+    if report.baselines is not None and report.baselines.floor and report.baselines.ceiling:
+        gap = "-" if report.gap_closed is None else f"{report.gap_closed:.2f}"
+        lines.append(
+            f"  baselines         worst group: random latents {pct(report.baselines.floor.worst_group)}, "
+            f"last-layer re-fit with group labels {pct(report.baselines.ceiling.worst_group)}; gap closed {gap}"
+        )
     for gate in report.gates:
         value = "n/a" if gate.value is None else f"{gate.value:.4g}"
         state = "not measured" if not gate.measured else "ok" if gate.passed else "FAIL"
@@ -104,6 +134,9 @@ def summary(report) -> str:
 @click.option("--spark-master", default=None, help="Spark master URL for --engine spark.")
 @click.option("--no-dose", is_flag=True, help="Skip the dose-response curve.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep hook activations here between runs.")
+@click.option("--cache-memory", default="1GiB", show_default=True, type=ByteSize(),
+              help="Hook activations held in memory; beyond it they spill to --cache-dir (or a temporary folder).")
+@click.option("--rehash", is_flag=True, help="Re-read every image for the dataset fingerprint (ignore the file-hash memo).")
 @click.option("--allow-fingerprint-mismatch", is_flag=True, help="Validate a patch made for other weights (recorded).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write report.json and report.html here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -111,6 +144,7 @@ def summary(report) -> str:
 def validate(
     patch_path, data, targets, same_failure, group_by, policy_path, classes, sae_path, model_spec, engine,
     spark_master, no_dose, cache_dir, allow_fingerprint_mismatch, out_dir, as_json, quiet,
+    cache_memory=1 << 30, rehash=False,
 ) -> None:
     """Validate PATCH on held-out data: fixes, flips, drift, blast radius, dose-response; gate it by policy.
 
@@ -128,6 +162,8 @@ def validate(
     )
     from steerpatch.validate import ActivationCache, load_policy, write_report
 
+    # an unwritable or full cache folder is refused before any model or image work
+    cache = ActivationCache(cache_dir, memory_budget=cache_memory) if engine == "local" else None
     policy = load_policy(policy_path)
     target_set = parse_set(targets, "targets")
     same_set = parse_set(same_failure, "same-failure")
@@ -152,7 +188,7 @@ def validate(
             raise SteerpatchError(f"--spark-master {spark_master} needs --engine spark; add it or drop the master")
         from steerpatch.validate import validate_patch
 
-        report = validate_patch(patch, dataset, cache=ActivationCache(cache_dir) if cache_dir else None, **common)
+        report = validate_patch(patch, dataset, cache=cache, rehash=rehash, **common)
     if out_dir:
         json_path, html_path = write_report(report, out_dir)
     if as_json:

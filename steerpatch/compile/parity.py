@@ -157,4 +157,5 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
         # a NaN anywhere is a failure, never a silently ignored element
         per_output[name] = float("inf") if not np.isfinite(diff).all() else float(diff.max(initial=0.0))
     n = len(next(iter(reference.values())))
-    return ParityResult(max(per_output.values()), per_output, n, inputs, tolerance)
+    # np.max, not max(): max() over [0.0, nan] is 0.0, so a NaN in any but the first output would pass
+    return ParityResult(float(np.max(list(per_output.values()))), per_output, n, inputs, tolerance)

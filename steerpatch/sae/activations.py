@@ -97,6 +97,7 @@ def cache_activations(
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "caching activations",
+    workers: int | None = None,
 ) -> torch.Tensor:
     """Run images through the vision tower up to `block` and keep the tokens in scope.
 
@@ -109,6 +110,7 @@ def cache_activations(
         batch_size: images per forward pass.
         progress: show a progress bar on stderr.
         desc: the progress bar's label.
+        workers: image decoding threads, overlapping the forward pass (None: one per core, at most four).
 
     Returns:
         float32 tensor (n_images, tokens_in_scope, width).
@@ -118,7 +120,7 @@ def cache_activations(
     """
     from tqdm import tqdm
 
-    from steerpatch.models import preprocess_batch
+    from steerpatch.data import iter_image_batches
 
     sl = token_slice(tokens)
     if n_images <= 0:
@@ -126,10 +128,13 @@ def cache_activations(
     check_block(loaded.model, block)
     chunks: list[torch.Tensor] = []
     with tqdm(total=n_images, desc=desc, unit="img", disable=not progress) as bar:
-        for idx in iter_batches(n_images, batch_size):
-            pixels = preprocess_batch(loaded, [load_image(i) for i in idx])
-            chunks.append(run_to_block(loaded.model, pixels, block)[:, sl, :].float().cpu())
-            bar.update(len(idx))
+        batches = iter_image_batches(
+            load_image, loaded.preprocess, items=range(n_images), batch_size=batch_size, workers=workers,
+            on_undecodable="fail",
+        )
+        for batch in batches:  # images are decoded in threads and dropped once preprocessed
+            chunks.append(run_to_block(loaded.model, batch.pixels, block)[:, sl, :].float().cpu())
+            bar.update(len(batch.items))
     return torch.cat(chunks)
 
 

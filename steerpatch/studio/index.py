@@ -9,13 +9,16 @@ later skips the prefix, and an edit re-runs only the blocks after the hook.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from steerpatch.data import ImageDataset
 from steerpatch.models import LoadedModel, ZeroShotHead
 from steerpatch.validate import ActivationCache
+
+if TYPE_CHECKING:
+    from steerpatch.validate.shards import ShardedActivations
 
 CORRECTNESS = ("all", "wrong", "right")
 
@@ -30,7 +33,8 @@ class DatasetIndex:
         labels: true class index per item, (N,).
         probs: clean class probabilities per item, (N, C).
         embeddings: L2-normalized image embeddings, (N, E).
-        prefixes: residual stream after `block` per item, (N, T, D).
+        prefixes: residual stream after `block` per item, (N, T, D): a tensor, or the cache's
+            `ShardedActivations` on disk when the dataset's activations exceed its memory budget.
         group_by: the manifest attribute that names an item's group, or None.
     """
 
@@ -39,7 +43,7 @@ class DatasetIndex:
     labels: torch.Tensor
     probs: torch.Tensor
     embeddings: torch.Tensor
-    prefixes: torch.Tensor
+    prefixes: torch.Tensor | ShardedActivations
     group_by: str | None
 
     @property

@@ -3,11 +3,25 @@
 Validating a candidate patch only needs the residual stream at the hook and the blocks after it; the
 blocks before the hook do not depend on the patch. Caching their output makes each further candidate
 cost a fraction of a full forward pass (see bench/bench_validate.py).
+
+Memory stays bounded at any dataset size (see bench/bench_validate_memory.py): images are streamed
+(decoded in parallel threads, preprocessed and dropped batch by batch), and activations beyond the
+cache's memory budget are written as checksummed shards (`shards.py`) to the cache folder, or to a
+temporary spill folder, and read back one shard at a time.
+
+On disk an entry is a folder `<key>/` holding `index.json` (ids, undecodable images, shard checksums),
+`features.safetensors` and `hidden-NNNNN.safetensors` shards. It is written under a temporary name and
+renamed into place, so other processes see a whole entry or none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +31,23 @@ from tqdm import tqdm
 
 from steerpatch.attribute.forward import encode_prefix, encode_suffix
 from steerpatch.errors import DatasetError
+from steerpatch.validate.shards import (
+    CorruptShard,
+    Shard,
+    ShardedActivations,
+    check_cache_dir,
+    load_checked,
+    row_batches,
+    shard_rows,
+    write_shard,
+)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+DEFAULT_MEMORY = 1 << 30  # bytes of activations held in memory before spilling to disk
+INDEX = "index.json"
+FEATURES = "features.safetensors"
+
+__all__ = ["ActivationCache", "CachedActivations", "cache_key", "check_cache_dir", "compute_activations", "row_batches"]
 
 
 @dataclass
@@ -27,15 +56,26 @@ class CachedActivations:
 
     Attributes:
         ids: ids of the images that decoded, in dataset order.
-        hidden: residual stream after the hook block, (N, tokens, width), float32.
+        hidden: residual stream after the hook block, (N, tokens, width), float32: a tensor, or a
+            `ShardedActivations` on disk when it did not fit the memory budget (read it with `row_batches`).
         features: unpatched image embeddings, (N, embed_dim).
         undecodable: (id, reason) for every image that could not be read.
     """
 
     ids: list[str]
-    hidden: torch.Tensor
+    hidden: torch.Tensor | ShardedActivations
     features: torch.Tensor
     undecodable: list[tuple[str, str]]
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.hidden, torch.Tensor)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes this entry holds in memory (spilled activations count nothing)."""
+        hidden = self.hidden.numel() * self.hidden.element_size() if isinstance(self.hidden, torch.Tensor) else 0
+        return hidden + self.features.numel() * self.features.element_size()
 
 
 def cache_key(model_fingerprint: str, dataset_fingerprint: str, block: int) -> str:
@@ -44,7 +84,7 @@ def cache_key(model_fingerprint: str, dataset_fingerprint: str, block: int) -> s
 
 
 def read_images(dataset, *, on_undecodable: str = "skip", progress: bool = True, desc: str = "reading"):
-    """Decode every image of a dataset, collecting the ones that cannot be read.
+    """Decode every image of a small dataset into memory (benchmarks use it; validation streams instead).
 
     Args:
         dataset: an `ImageDataset`.
@@ -71,23 +111,71 @@ def read_images(dataset, *, on_undecodable: str = "skip", progress: bool = True,
     return items, images, bad
 
 
+def parse_size(text: str) -> int:
+    """Bytes from a size such as `512MiB`, `2GB`, `1.5G` or `0`.
+
+    Raises:
+        ValueError: naming the text and the accepted forms.
+    """
+    units = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+             "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+    value = text.strip().lower()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number):].strip()
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in units or amount < 0:
+        raise ValueError(f"size {text!r} is not a size; write a number with an optional unit, like 512MiB, 2GB or 0")
+    return int(amount * units[unit])
+
+
 class ActivationCache:
     """Hook activations keyed by (model fingerprint, dataset fingerprint, block).
 
-    Entries live in memory (the most recent `max_entries`) and, when `directory` is given, also as
-    safetensors files there, so a later process validating against the same data skips the prefix too.
+    Entries live in memory (the most recent `max_entries`, within `memory_budget` bytes) and, when
+    `directory` is given, also as checksummed shard folders there, so a later process validating against
+    the same data skips the prefix too. An entry larger than the budget stays on disk and is read a shard
+    at a time; without `directory` it spills to a temporary folder under `spill_dir` (default: the
+    system's temporary folder), removed when the entry is dropped.
+
+    Args:
+        directory: where entries persist between processes (checked writable now), or None.
+        memory_budget: bytes of activations kept in memory.
+        max_entries: entries kept in memory at most.
+        spill_dir: parent of temporary spill folders when there is no `directory`.
+
+    Raises:
+        OutputError: `directory` cannot be written or is on a full disk.
 
     Example:
-        >>> cache = ActivationCache()  # doctest: +SKIP
+        >>> cache = ActivationCache("cache/", memory_budget=256 << 20)  # doctest: +SKIP
         >>> first = cache.get(loaded, data, block=3)   # runs blocks 0..3 over every image
         >>> again = cache.get(loaded, data, block=3)   # no model call
     """
 
-    def __init__(self, directory: str | Path | None = None, *, max_entries: int = 4) -> None:
-        self.directory = Path(directory) if directory is not None else None
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        memory_budget: int = DEFAULT_MEMORY,
+        max_entries: int = 4,
+        spill_dir: str | Path | None = None,
+    ) -> None:
+        self.directory = check_cache_dir(directory) if directory is not None else None
+        self.memory_budget = int(memory_budget)
         self.max_entries = max_entries
+        self.spill_dir = Path(spill_dir) if spill_dir is not None else None
         self._entries: OrderedDict[str, CachedActivations] = OrderedDict()
         self.misses = 0  # how many times the prefix was computed; tests and benchmarks read it
+        self.corrupt = 0  # how many stored entries failed their checksums and were recomputed
+
+    def file_hashes(self, *, rehash: bool = False):
+        """The dataset-fingerprint memo beside this cache (in memory only without a directory)."""
+        from steerpatch.data import FILE_HASHES, FileHashes
+
+        return FileHashes(self.directory / FILE_HASHES if self.directory is not None else None, rehash=rehash)
 
     def get(
         self,
@@ -99,6 +187,7 @@ class ActivationCache:
         on_undecodable: str = "skip",
         progress: bool = True,
         dataset_fingerprint: str | None = None,
+        workers: int | None = None,
     ) -> CachedActivations:
         """The activations of `dataset` at `block`, computing them on a miss.
 
@@ -107,108 +196,240 @@ class ActivationCache:
             dataset: an `ImageDataset`.
             block: the hook block.
             batch_size: images per forward pass.
-            on_undecodable: "skip" or "fail" (see `read_images`).
+            on_undecodable: "skip" or "fail" (see `steerpatch.data.iter_image_batches`).
             progress: show progress bars on stderr.
             dataset_fingerprint: `dataset.fingerprint()` when the caller already has it (it reads every file).
+            workers: image decoding threads (None: `steerpatch.data.default_workers()`).
 
         Returns:
             The cached activations.
 
         Raises:
             DatasetError: an unreadable image under `on_undecodable="fail"`.
+            OutputError: the spill folder cannot be written or lacks space.
         """
-        key = cache_key(loaded.fingerprint, dataset_fingerprint or dataset.fingerprint(), block)
+        if dataset_fingerprint is None:
+            dataset_fingerprint = dataset.fingerprint(hashes=self.file_hashes())
+        key = cache_key(loaded.fingerprint, dataset_fingerprint, block)
         entry = self._entries.get(key)
         if entry is None and self.directory is not None:
             entry = self._read(key)
         if entry is None:
             self.misses += 1
-            entry = compute_activations(
-                loaded, dataset, block, batch_size=batch_size, on_undecodable=on_undecodable, progress=progress
-            )
-            if self.directory is not None:
-                self._write(key, entry)
+            entry = self._compute(key, loaded, dataset, block, batch_size, on_undecodable, progress, workers)
         if on_undecodable == "fail" and entry.undecodable:
             item_id, reason = entry.undecodable[0]
             raise DatasetError(reason)
         self._entries[key] = entry
         self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
+        while len(self._entries) > 1 and (
+            len(self._entries) > self.max_entries
+            or sum(e.memory_bytes for e in self._entries.values()) > self.memory_budget
+        ):
             self._entries.popitem(last=False)
         return entry
 
+    def _compute(self, key, loaded, dataset, block, batch_size, on_undecodable, progress, workers) -> CachedActivations:
+        if self.directory is not None:
+            folder = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{key}.tmp-"))
+        else:
+            parent = check_cache_dir(self.spill_dir) if self.spill_dir is not None else None
+            folder = Path(tempfile.mkdtemp(dir=parent, prefix="steerpatch-spill-"))
+        try:
+            entry = compute_activations(
+                loaded, dataset, block, batch_size=batch_size, on_undecodable=on_undecodable, progress=progress,
+                memory_budget=self.memory_budget, spill_folder=folder, workers=workers,
+            )
+            if self.directory is None:
+                if entry.in_memory:
+                    shutil.rmtree(folder, ignore_errors=True)
+                return entry
+            return self._publish(key, folder, entry)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     def _path(self, key: str) -> Path:
         assert self.directory is not None
-        return self.directory / f"{key}.safetensors"
+        return self.directory / key
 
     def _read(self, key: str) -> CachedActivations | None:
-        from safetensors import safe_open
-
-        path = self._path(key)
-        if not path.is_file():
+        """A stored entry, checksums verified; None when absent, of another format, or corrupt."""
+        folder = self._path(key)
+        if not (folder / INDEX).is_file():
             return None
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            if meta.get("format") != str(CACHE_FORMAT):
+        try:
+            info = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+            if not isinstance(info, dict) or info.get("format") != CACHE_FORMAT or info.get("key") != key:
                 return None
-            info = json.loads(meta["index"])
-            return CachedActivations(
-                ids=info["ids"],
-                hidden=handle.get_tensor("hidden"),
-                features=handle.get_tensor("features"),
-                undecodable=[tuple(x) for x in info["undecodable"]],
-            )
+            n, tokens, width = (int(v) for v in info["shape"])
+            ids = [str(i) for i in info["ids"]]
+            undecodable = [(str(a), str(b)) for a, b in info["undecodable"]]
+            shards = [Shard(str(s["file"]), int(s["rows"]), str(s["sha256"])) for s in info["shards"]]
+            if len(ids) != n or any(Path(s.file).name != s.file for s in shards):
+                raise CorruptShard(f"{folder}: inconsistent index")
+            feat = info["features"]
+            features = load_checked(folder / FEATURES, str(feat["sha256"]), "features", (n, int(feat["dim"])))
+            hidden = ShardedActivations(folder, shards, (n, tokens, width))
+            loaded_hidden: torch.Tensor | ShardedActivations = hidden
+            if hidden.nbytes <= self.memory_budget:
+                loaded_hidden = torch.empty(n, tokens, width)
+                for k, start in enumerate(hidden._starts[:-1]):
+                    loaded_hidden[start : start + shards[k].rows] = hidden.shard(k)
+            else:
+                hidden.verify()
+                loaded_hidden = hidden
+        except (CorruptShard, OSError, ValueError, KeyError, TypeError):
+            # a damaged entry is never read as data: drop it and compute it again
+            self.corrupt += 1
+            return None
+        return CachedActivations(ids=ids, hidden=loaded_hidden, features=features, undecodable=undecodable)
 
-    def _write(self, key: str, entry: CachedActivations) -> None:
-        from safetensors.torch import save_file
+    def _publish(self, key: str, folder: Path, entry: CachedActivations) -> CachedActivations:
+        """Complete a computed entry's folder (shards, features, index) and rename it into place."""
+        from safetensors.torch import save
 
-        from steerpatch.io import atomic_file
+        from steerpatch.io import atomic_write_bytes, atomic_write_text
 
-        index = json.dumps({"ids": entry.ids, "undecodable": entry.undecodable})
-        with atomic_file(self._path(key)) as tmp:
-            save_file(
-                {"hidden": entry.hidden.contiguous(), "features": entry.features.contiguous()},
-                str(tmp),
-                metadata={"format": str(CACHE_FORMAT), "index": index},
-            )
+        if entry.in_memory:
+            assert isinstance(entry.hidden, torch.Tensor)
+            rows = shard_rows(int(entry.hidden[0].numel()) * 4 if len(entry.hidden) else 1, 64)
+            shards = [write_shard(folder, k, entry.hidden[s : s + rows]) for k, s in enumerate(range(0, len(entry.hidden), rows))]
+        else:
+            assert isinstance(entry.hidden, ShardedActivations)
+            shards = entry.hidden.shards
+        data = save({"features": entry.features.contiguous()})
+        atomic_write_bytes(folder / FEATURES, data)
+        index = {
+            "format": CACHE_FORMAT, "key": key, "shape": list(entry.hidden.shape), "ids": entry.ids,
+            "undecodable": entry.undecodable, "shards": [s.__dict__ for s in shards],
+            "features": {"sha256": hashlib.sha256(data).hexdigest(), "dim": int(entry.features.shape[1])},
+        }
+        atomic_write_text(folder / INDEX, json.dumps(index))
+        final = self._path(key)
+        if final.exists():  # a damaged or older entry, or another process got there first: replace it
+            trash = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{key}.old-"))
+            with contextlib.suppress(OSError):
+                os.replace(final, trash / key)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(folder, final)
+        except OSError:  # lost a race with another process; its entry is as good as ours
+            shutil.rmtree(folder, ignore_errors=True)
+            read = self._read(key)
+            if read is None:
+                raise
+            return read
+        if entry.in_memory:
+            return entry
+        n, tokens, width = (int(v) for v in entry.hidden.shape)
+        return CachedActivations(
+            ids=entry.ids, hidden=ShardedActivations(final, shards, (n, tokens, width)),
+            features=entry.features, undecodable=entry.undecodable,
+        )
+
+
+class _HiddenSink:
+    """Collects hidden batches in order: in one preallocated tensor within the budget, else as shards on disk."""
+
+    def __init__(self, n_max: int, budget: int, folder: Path | None, batch_size: int) -> None:
+        self.n_max, self.budget, self.folder, self.batch_size = n_max, budget, folder, batch_size
+        self.memory: torch.Tensor | None = None
+        self.shards: list[Shard] = []
+        self.pending: list[torch.Tensor] = []
+        self.rows = 0
+        self.shape: tuple[int, int] | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        if self.shape is None:
+            self.shape = (int(x.shape[1]), int(x.shape[2]))
+            projected = self.n_max * x[0].numel() * 4
+            if projected <= self.budget or self.folder is None:
+                self.memory = torch.empty(self.n_max, *self.shape)
+            else:
+                check_cache_dir(self.folder, projected)
+                self.per_shard = shard_rows(x[0].numel() * 4, self.batch_size)
+        if self.memory is not None:
+            self.memory[self.rows : self.rows + len(x)] = x
+        else:
+            self.pending.append(x.float().contiguous())
+            if sum(len(p) for p in self.pending) >= self.per_shard:
+                self._flush()
+        self.rows += len(x)
+
+    def _flush(self) -> None:
+        if self.pending:
+            assert self.folder is not None
+            self.shards.append(write_shard(self.folder, len(self.shards), torch.cat(self.pending)))
+            self.pending = []
+
+    def finish(self, width: int) -> torch.Tensor | ShardedActivations:
+        if self.shape is None:
+            return torch.zeros(0, 0, width)
+        if self.memory is not None:
+            return self.memory[: self.rows]
+        self._flush()
+        assert self.folder is not None
+        return ShardedActivations(self.folder, self.shards, (self.rows, *self.shape), cleanup=True)
 
 
 @torch.no_grad()
 def compute_activations(
-    loaded, dataset, block: int, *, batch_size: int = 64, on_undecodable: str = "skip", progress: bool = True
+    loaded,
+    dataset,
+    block: int,
+    *,
+    batch_size: int = 64,
+    on_undecodable: str = "skip",
+    progress: bool = True,
+    memory_budget: int | None = None,
+    spill_folder: str | Path | None = None,
+    workers: int | None = None,
 ) -> CachedActivations:
     """Run the image tower up to `block` over a dataset, and the rest once for the unpatched embeddings.
+
+    Images are decoded in `workers` threads while the model runs, and dropped once preprocessed.
 
     Args:
         loaded: a `LoadedModel`.
         dataset: an `ImageDataset`.
         block: the hook block.
         batch_size: images per forward pass.
-        on_undecodable: "skip" or "fail" (see `read_images`).
+        on_undecodable: "skip" or "fail" (see `steerpatch.data.iter_image_batches`).
         progress: show progress bars on stderr.
+        memory_budget: bytes of activations to hold in memory; beyond it they are written as shards to
+            `spill_folder` (None: no limit).
+        spill_folder: an existing folder for the shards.
+        workers: image decoding threads (None: `steerpatch.data.default_workers()`).
 
     Returns:
         The activations, in dataset order, without the unreadable images.
 
     Raises:
         DatasetError: an unreadable image under `on_undecodable="fail"`.
+        OutputError: the spill folder cannot be written or lacks space.
     """
-    from steerpatch.models import preprocess_batch
+    from steerpatch.data import iter_image_batches
 
-    items, images, bad = read_images(dataset, on_undecodable=on_undecodable, progress=progress)
-    hidden, features = [], []
-    bar = tqdm(total=len(images), desc=f"caching block {block}", unit="img", disable=not progress)
-    for start in range(0, len(images), batch_size):
-        pixels = preprocess_batch(loaded, images[start : start + batch_size])
-        x = encode_prefix(loaded.model, pixels, block)
-        hidden.append(x)
-        features.append(encode_suffix(loaded.model, x, block))
-        bar.update(len(pixels))
+    budget = memory_budget if memory_budget is not None else 1 << 62
+    sink = _HiddenSink(len(dataset), budget, Path(spill_folder) if spill_folder is not None else None, batch_size)
+    ids: list[str] = []
+    features, bad = [], []
+    bar = tqdm(total=len(dataset), desc=f"caching block {block}", unit="img", disable=not progress)
+    for batch in iter_image_batches(
+        dataset, loaded.preprocess, batch_size=batch_size, workers=workers, on_undecodable=on_undecodable
+    ):
+        bad.extend(batch.undecodable)
+        if batch.pixels is not None:
+            x = encode_prefix(loaded.model, batch.pixels, block)
+            sink.add(x)
+            features.append(encode_suffix(loaded.model, x, block))
+            ids.extend(item.id for item in batch.items)
+        bar.update(len(batch.items) + len(batch.undecodable))
     bar.close()
-    width = loaded.model.visual.transformer.width
     return CachedActivations(
-        ids=[item.id for item in items],
-        hidden=torch.cat(hidden) if hidden else torch.zeros(0, 0, width),
+        ids=ids,
+        hidden=sink.finish(loaded.model.visual.transformer.width),
         features=torch.cat(features) if features else torch.zeros(0, loaded.model.visual.output_dim),
         undecodable=bad,
     )

@@ -14,6 +14,7 @@ from steerpatch.attribute.forward import encode_suffix
 from steerpatch.patch.ops import get_op
 from steerpatch.steer import steer_block_output
 from steerpatch.validate.metrics import ImageResults
+from steerpatch.validate.shards import row_batches
 
 
 def at_strength(edits, strength: float):
@@ -70,8 +71,9 @@ def score_patch(
     block = patch.hook.block
     after = []
     desc = f"scoring {patch.ref}" + (f" x{strength:g}" if strength != 1.0 else "")
-    for start in tqdm(range(0, len(cached.ids), batch_size), desc=desc, unit="batch", disable=not progress):
-        hidden = cached.hidden[start : start + batch_size]
+    total = -(-len(cached.ids) // batch_size)
+    # row_batches reads spilled activations front to back, one shard at a time
+    for hidden in tqdm(row_batches(cached.hidden, batch_size), total=total, desc=desc, unit="batch", disable=not progress):
         after.append(encode_suffix(model, steer_block_output(hidden, sae, patch), block))
     features_after = torch.cat(after) if after else cached.features[:0]
     return results_from_features(

@@ -103,6 +103,41 @@ class Hashes(_Strict):
     dataset: str
 
 
+class FloorBaseline(_Strict):
+    worst_group: float | None  # mean over draws of the worst group accuracy with random latents
+    accuracy: float
+    draws: int
+    worst_group_draws: list[float | None]
+
+
+class CeilingBaseline(_Strict):
+    worst_group: float | None  # worst group accuracy of the DFR re-fit on the evaluation half
+    accuracy: float
+    before_worst_group: float | None  # the zero-shot head's worst group on the same half
+    n_fit: int
+    n_eval: int
+    method: str
+
+
+class Baselines(_Strict):
+    """A floor and a ceiling to read the patch's numbers against (see `steerpatch.validate.baselines`)."""
+
+    floor: FloorBaseline | None
+    ceiling: CeilingBaseline | None
+
+
+class BlastRadiusEstimate(_Strict):
+    """The share of changed predictions, estimated from a sample before the full run, and then observed."""
+
+    predicted: float
+    low: float  # 95% interval of the estimate
+    high: float
+    observed: float
+    sample: int  # images run to make the estimate
+    touched: float  # share of images the edits change at the hook at all
+    method: str
+
+
 class ValidationReport(_Strict):
     """A patch's validation on one labelled held-out dataset.
 
@@ -146,6 +181,9 @@ class ValidationReport(_Strict):
     # sha256 of the per-image outcomes (see `results_digest`); lets a re-run be compared exactly.
     # None in reports written before it existed.
     results_digest: str | None = None
+    baselines: Baselines | None = None  # floor and ceiling, when the report is grouped
+    gap_closed: float | None = None  # (worst group after - before) / (ceiling - before)
+    blast_radius: BlastRadiusEstimate | None = None  # sample-based prediction beside the observed share
 
 
 def _before_after(results: ImageResults) -> BeforeAfter:

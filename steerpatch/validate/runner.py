@@ -133,6 +133,8 @@ class Validator:
         cache: ActivationCache | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        rehash: bool = False,
+        workers: int | None = None,
     ) -> None:
         from steerpatch.models import build_zero_shot_head
 
@@ -151,11 +153,15 @@ class Validator:
         self.cache = cache if cache is not None else ActivationCache()
         self.batch_size = batch_size
         self.progress = progress
+        self.rehash = rehash  # read every file for the fingerprint, ignoring the memo beside the cache
+        self.workers = workers
+        self._baselines: dict = {}  # floor and ceiling per (dataset, edit signature); see validate/baselines.py
 
     def fingerprint(self, dataset) -> str:
-        """The dataset's fingerprint, computed once per dataset object."""
+        """The dataset's fingerprint, computed once per dataset object (file hashes memoised beside the cache)."""
         if id(dataset) not in self._fingerprints:
-            self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint())
+            hashes = self.cache.file_hashes(rehash=self.rehash)
+            self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint(hashes=hashes))
         return self._fingerprints[id(dataset)][1]
 
     def activations(self, dataset, block: int) -> CachedActivations:
@@ -168,7 +174,7 @@ class Validator:
         cached = self.cache.get(
             self.model, dataset, block, batch_size=self.batch_size,
             on_undecodable=data_policy.on_undecodable, progress=self.progress,
-            dataset_fingerprint=self.fingerprint(dataset),
+            dataset_fingerprint=self.fingerprint(dataset), workers=self.workers,
         )
         bad = len(cached.undecodable)
         if bad and bad / len(dataset) > data_policy.max_undecodable_rate:
@@ -256,6 +262,13 @@ class Validator:
         target_set = self._resolve_set(targets, "target")
         same_set = self._resolve_set(same_failure, "same-failure")
         cached = self.activations(self.dataset, patch.hook.block)
+        from steerpatch.validate.blast import estimate_blast  # made before the full evaluation below
+
+        local = isinstance(cached, CachedActivations)  # an engine that scores elsewhere (Spark) has no activations here
+        estimate = (
+            estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
+            if local else None
+        )
         results = self._score(patch, self.dataset, cached, grouped=True)
         groups = results.groups
         blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
@@ -264,7 +277,7 @@ class Validator:
             s: (results if s == 1.0 else self._score(patch, self.dataset, cached, strength=s, grouped=True))
             for s in strengths
         }
-        return build_report(
+        report = build_report(
             results,
             patch_ref=patch.ref,
             hashes={
@@ -282,6 +295,17 @@ class Validator:
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
+        return self._with_baselines(report, patch, cached, results, estimate) if local else report
+
+    def _with_baselines(self, report, patch, cached, results, estimate):
+        """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
+        from steerpatch.validate.baselines import compute_baselines, with_baselines
+
+        floor, ceiling = compute_baselines(
+            self._baselines, self.fingerprint(self.dataset), self.model.model, self.head, self.sae, patch, cached,
+            results, batch_size=self.batch_size,
+        )
+        return with_baselines(report, floor=floor, ceiling=ceiling, blast=estimate)
 
 
 def resolve_patch_inputs(patch, model=None, sae=None):
@@ -320,6 +344,8 @@ def validate_patch(
     cache: ActivationCache | None = None,
     dose: bool = True,
     allow_fingerprint_mismatch: bool = False,
+    rehash: bool = False,
+    workers: int | None = None,
 ) -> ValidationReport:
     """Validate a patch on a labelled held-out dataset and judge it against the policy's gates.
 
@@ -337,6 +363,8 @@ def validate_patch(
         cache: an `ActivationCache` to share between calls; None makes a fresh one.
         dose: measure the dose-response curve.
         allow_fingerprint_mismatch: validate a patch made for other weights anyway (recorded).
+        rehash: read every image file for the dataset fingerprint, ignoring the memo beside the cache.
+        workers: image decoding threads (None: one per core, at most four).
 
     Returns:
         The `ValidationReport`; `report.verdict` is "pass" or "fail".
@@ -352,7 +380,8 @@ def validate_patch(
     """
     patch, model, sae = resolve_patch_inputs(patch, model, sae)
     validator = Validator(
-        model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress
+        model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress,
+        rehash=rehash, workers=workers,
     )
     return validator.validate(
         patch, targets=targets, same_failure=same_failure, dose=dose,

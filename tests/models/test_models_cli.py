@@ -22,7 +22,19 @@ def test_eval_table_on_a_dataset_folder_grouped_by_background(runner, tmp_path):
     assert runner.invoke(cli, ["world", "generate", str(out), "--n", "48"]).exit_code == 0
     result = runner.invoke(cli, ["zoo", "eval", "--data", str(out), "--group-by", "background"])
     assert result.exit_code == 0, result.output
-    assert "background=water" in result.stdout and "all" in result.stdout
+    # every row is the library's own evaluation of the same folder
+    from steerpatch.data import load_dataset
+    from steerpatch.models import load_model
+    from steerpatch.models.evaluate import evaluate_dataset
+
+    expected = evaluate_dataset(load_model("concept-clip"), load_dataset(out), group_by="background")
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert rows["all"] == [f"{expected['accuracy']:.3f}", "48"]
+    assert set(rows) == {"all", *(f"background={g}" for g in expected["groups"])}
+    assert "background=water" in rows
+    for group, row in expected["groups"].items():
+        assert rows[f"background={group}"] == [f"{row['accuracy']:.3f}", str(row["n"])]
+    assert sum(row["n"] for row in expected["groups"].values()) == 48
 
 
 def test_eval_bad_inputs_are_clean_errors(runner, tmp_path):

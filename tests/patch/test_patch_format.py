@@ -7,6 +7,7 @@ import json
 
 import pytest
 from patch_docs import GOLDEN, make_fields
+from pydantic import ValidationError
 
 from steerpatch.errors import PatchError, SteerpatchError
 from steerpatch.patch import (
@@ -90,7 +91,7 @@ def test_patch_error_is_a_steerpatch_error_with_exit_code_2():
 
 def test_patch_is_immutable_and_with_changes_rehashes(make_patch):
     patch = make_patch()
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(ValidationError, match="frozen"):
         patch.name = "other"  # type: ignore[misc]
     changed = patch.with_changes(rationale="a better reason")
     assert changed.rationale == "a better reason"

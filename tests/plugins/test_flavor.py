@@ -101,11 +101,18 @@ def test_save_model_refuses_a_missing_report(vit_patch, tmp_path):
 
 def test_log_model_creates_a_logged_model(vit_patch, tmp_path, monkeypatch):
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from steerpatch.registry.store import mlflow_uris, resolve_store
 
     store = resolve_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env_before = {name: os.environ.get(name) for name in names}
+    uris_before = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    effective_before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     with mlflow_uris(store):
+        assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == (store.tracking_uri, store.registry_uri)
         mlflow.set_experiment(
             experiment_id=mlflow.create_experiment("flavor", artifact_location=store.artifact_root)
         )
@@ -113,5 +120,8 @@ def test_log_model_creates_a_logged_model(vit_patch, tmp_path, monkeypatch):
         native = mlflow_steerpatch.load_model(info.model_uri)
     assert native.patch.name == "push-latent"
     assert info.flavors["steerpatch"]["patch_hash"] == vit_patch.patch_obj.content_hash
-    # the process-wide MLflow URI is put back afterwards
-    assert os.environ.get("MLFLOW_TRACKING_URI") != store.tracking_uri
+    # the process-wide MLflow URIs, in-process and in the environment, are put back exactly
+    assert (tracking_utils._tracking_uri, registry_utils._registry_uri) == uris_before
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == effective_before
+    assert store.tracking_uri not in effective_before
+    assert {name: os.environ.get(name) for name in names} == env_before

@@ -141,11 +141,26 @@ def test_random_bodies_never_get_5xx(client):
         assert 400 <= response.status_code < 500, (i, response.status_code, response.text)
 
 
-def test_pixel_limit_applies_before_decoding(client):
-    # a small file that declares a huge image: refused from its header alone
+def test_pixel_limit_applies_before_decoding(client, monkeypatch):
+    # a small file that declares a huge image: refused from its header alone, its pixels never decoded
+    from PIL import ImageFile
+
+    decoded = []
+    original = ImageFile.ImageFile.load
+
+    def spy(image):
+        decoded.append(image.size)
+        return original(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     big = Image.new("1", (MAX_PIXELS, 2))
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
     assert len(buffer.getvalue()) < 100_000
     response = client.post("/predict", files={"file": ("big.png", buffer.getvalue(), "image/png")})
     assert response.status_code == 413
+    assert f"{MAX_PIXELS}x2 pixels, over the {MAX_PIXELS} pixel limit" in response.json()["error"]
+    assert decoded == []
+    # the spy does see decoding: an image within the limit is decoded (PIL may call load() again, a no-op)
+    assert client.post("/predict", files={"file": ("ok.png", _png(20, 10), "image/png")}).status_code == 200
+    assert decoded and set(decoded) == {(20, 10)}

@@ -13,20 +13,14 @@ CLASSES = ["circle", "square", "star"]
 
 @pytest.fixture(scope="session")
 def spark():
-    """A local[2] SparkSession bound to loopback, with the UI off; stopped when the run ends."""
+    """The library's default session (local[2], loopback, UI off); stopped when the run ends.
+
+    No master or settings are passed: `test_session.py` checks that the defaults are small and private.
+    """
     pytest.importorskip("pyspark")
     from steerpatch.spark import spark_session
 
-    session = spark_session(
-        "local[2]",
-        app_name="steerpatch-tests",
-        conf={
-            "spark.sql.shuffle.partitions": "2",
-            "spark.ui.enabled": "false",
-            "spark.driver.host": "127.0.0.1",
-            "spark.driver.bindAddress": "127.0.0.1",
-        },
-    )
+    session = spark_session(app_name="steerpatch-tests")
     yield session
     session.stop()
 

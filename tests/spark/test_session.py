@@ -75,9 +75,13 @@ def test_engine_spark_without_pyspark_says_how_to_install(tmp_path):
 
 
 def test_session_is_local_private_and_small(spark):
+    # the fixture passes no master and no settings: these are the library's defaults
     conf = spark.sparkContext.getConf()
     assert spark.sparkContext.master == "local[2]"
+    assert spark.sparkContext.appName == "steerpatch-tests"
     assert conf.get("spark.ui.enabled") == "false"
+    assert conf.get("spark.ui.showConsoleProgress") == "false"
+    assert conf.get("spark.driver.host") == "127.0.0.1"
     assert conf.get("spark.driver.bindAddress") == "127.0.0.1"
     assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
 

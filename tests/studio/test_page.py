@@ -52,10 +52,17 @@ def test_misclassified_image_to_registered_patch(page, studio_url, studio_bench,
     edits = [{"latent": latent, "op": "scale", "value": 0.0} for latent in suppressed]
     assert studio_bench.steer(key, edits)["after"]["predicted"] == after
 
-    page.click("#tryon-btn")
+    with page.expect_response("**/api/tryon") as answer:
+        page.click("#tryon-btn")
     near = page.locator('#tryon-table tr[data-set="near"]')
     expect(near).to_be_visible()
-    assert int(near.locator(".r2w").inner_text()) >= 0
+    # the page shows the library's try-on of the same edits, computed here independently
+    from steerpatch.studio.tryon import try_on
+
+    tokens = answer.value.request.post_data_json["tokens"]
+    expected = try_on(studio_bench, key, edits, tokens)
+    assert int(near.locator(".r2w").inner_text()) == expected["near"]["right_to_wrong"]
+    assert int(near.locator(".w2r").inner_text()) == expected["near"]["wrong_to_right"]
     page.screenshot(path=str(screenshot_dir / "steered.png"), full_page=True)
 
     name = f"studio-test-{index}"
@@ -65,6 +72,12 @@ def test_misclassified_image_to_registered_patch(page, studio_url, studio_bench,
     expect(page.locator("#saved-path")).to_contain_text(f"{name}.json")
     page.click("#validate-btn")
     expect(page.locator("#verdict-value")).to_have_text(re.compile("^(pass|fail)$"), timeout=120_000)
+    from steerpatch.studio.lifecycle import report_dir
+    from steerpatch.validate import load_report
+
+    stored = load_report(report_dir(studio_bench, name) / "report.json")
+    assert page.locator("#verdict-value").inner_text() == stored.verdict
+    assert stored.verdict == ("fail" if stored.failed_gates else "pass")
     report = page.request.get(urljoin(studio_url, page.locator("#report-link").get_attribute("href")))
     assert report.ok and "<html" in report.text().lower()
     page.click("#register-btn")
@@ -72,12 +85,23 @@ def test_misclassified_image_to_registered_patch(page, studio_url, studio_bench,
     page.screenshot(path=str(screenshot_dir / "saved.png"), full_page=True)
 
     saved = load_patch(studio_bench.patch_dir / f"{name}.json")
+    # the version the page names is in the store, holding this patch and this report's verdict
+    from steerpatch.registry import history, resolve_patch_ref
+
+    shown = re.fullmatch(r"registered (\S+) version (\d+) \(models:/\1/\2\)", page.locator("#registered").inner_text())
+    assert shown is not None, page.locator("#registered").inner_text()
+    registered, version = shown.groups()
+    stored_patch, _ = resolve_patch_ref(f"{registered}@{version}", studio_bench.tracking_uri)
+    assert stored_patch == saved and stored_patch.content_hash == saved.content_hash
+    versions = {str(v["version"]): v for v in history(registered, tracking_uri=studio_bench.tracking_uri)["versions"]}
+    assert versions[version]["verdict"] == stored.verdict and versions[version]["patch_hash"] == saved.content_hash
     assert [(e.latent, e.op, e.value) for e in saved.edits] == [(lat, "scale", 0.0) for lat in suppressed]
     assert saved.provenance.instances[0].id == item.id
     assert set(saved.provenance.instances[0].scores) >= {str(lat) for lat in suppressed}
     small = write_world(tmp_path / "small", split="test", n=48, seed=3)
     result = validate_patch(saved, load_dataset(small), model=concept_model, sae=default_sae, progress=False, dose=False)
-    assert result.verdict in ("pass", "fail") and result.n == 48
+    assert result.n == 48 and result.hashes.patch == saved.content_hash
+    assert result.verdict == ("fail" if result.failed_gates else "pass")
 
 
 def test_bad_input_shows_a_message_and_the_server_keeps_working(page, studio_bench, screenshot_dir):

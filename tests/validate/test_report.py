@@ -109,7 +109,9 @@ def test_write_and_load_round_trip_with_embedded_plots(results, tmp_path):
 def test_html_escapes_untrusted_names(results, tmp_path):
     report = build_report(results, patch_ref="<script>x</script>@1.0.0", hashes=HASHES, policy=Policy())
     _, html_path = write_report(report, tmp_path)
-    assert "<script>x</script>" not in html_path.read_text()
+    html = html_path.read_text()
+    assert "<script>x</script>" not in html
+    assert "&lt;script&gt;x&lt;/script&gt;@1.0.0" in html  # rendered, escaped
 
 
 def test_load_report_refuses_bad_documents(tmp_path):

@@ -1,0 +1,263 @@
+"""Validation at any size: peak memory, decoding hidden behind compute, and candidates over a spilled cache.
+
+Setup: held-out "photos" made from the concept world, each rendered sample upscaled to 1024x768 and
+saved as JPEG (about what a phone photo costs to decode), with the world's manifest. Measured, in one run:
+
+1. Peak resident memory of `steerpatch validate` (a child process, `os.wait4`) on concept-clip with the
+   shipped water-shortcut patch, at --n-small and --n photos: ratio and absolute figure.
+2. Validation throughput (stream, decode in threads, preprocess, full forward, cache) over pure forward
+   throughput (`encode_image` + head on already preprocessed tensors, same model and batch).
+3. One more candidate patch over one forward, per image, with the activations on disk (spilled shards)
+   and in memory; the on-disk figure over the in-memory one.
+4. The same on random-init ViT-B-32 (SAE of 12288 latents at block 8) at --n-vit photos, spilled, with
+   its peak memory too.
+
+Run (full sizes, about half an hour on 2 cores):
+    .venv/bin/python bench/bench_validate_memory.py --n 10000 --n-small 1000 --n-vit 5000
+Quick check, or one part at a time:
+    .venv/bin/python bench/bench_validate_memory.py --n 400 --n-small 40 --n-vit 64
+    .venv/bin/python bench/bench_validate_memory.py --only vit --n-vit 5000
+
+Goals: RSS ratio <= 1.1 and <= 2 GB at --n; throughput ratio >= 0.85; disk / memory candidate <= 1.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PHOTO = (1024, 768)
+
+
+def _photo(job: tuple[str, int, str]) -> str:
+    from PIL import Image
+
+    from steerpatch.world.sampling import make_sample
+
+    root, index, split = job
+    sample = make_sample(split, 0, index)
+    rel = f"{sample.shape}/{split}-{index:05d}.jpg"
+    Image.Image.resize(sample.render(), PHOTO, Image.Resampling.BICUBIC).save(Path(root) / rel, quality=90)
+    return json.dumps({"path": rel, "label": sample.label, "attributes": sample.attributes()})
+
+
+def make_photos(root: Path, n: int, processes: int) -> list[str]:
+    """Render n world samples as 1024x768 JPEG photos under root (ImageFolder + manifest); the manifest rows."""
+    from multiprocessing import Pool
+
+    from steerpatch.world.render import SHAPES
+
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+    with Pool(processes) as pool:
+        rows = pool.map(_photo, [(str(root), i, "test") for i in range(n)], chunksize=64)
+    (root / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return rows
+
+
+def subset(root: Path, rows: list[str], out: Path) -> Path:
+    """A dataset of the first len(rows) photos of root, hard-linked (no copy)."""
+    for row in rows:
+        rel = json.loads(row)["path"]
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(root / rel, out / rel)
+    (out / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+    return out
+
+
+def measure_child(argv: list[str]) -> tuple[float, float]:
+    """Peak resident memory (MB) and wall seconds of one child process, read with os.wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):  # 1 is a failed verdict: the run itself was fine
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {lines[-1] if lines else ''}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start
+
+
+def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: int, n_forward: int, repeats: int,
+            group_by: str | None) -> dict[str, float]:
+    """Throughput and candidate costs on one model, in this process."""
+    import torch
+
+    from steerpatch.data import iter_image_batches
+    from steerpatch.models import build_zero_shot_head
+    from steerpatch.validate import ActivationCache, Validator
+
+    head = build_zero_shot_head(loaded, data.classes)
+    sample = data.subset([item.id for item in data.items[:n_forward]])
+    batches = [b.pixels for b in iter_image_batches(sample, loaded.preprocess, batch_size=batch_size)]
+
+    def forward() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for pixels in batches:
+                head.logits(loaded.model.encode_image(pixels)).softmax(-1)
+        return (time.perf_counter() - start) / len(sample)
+
+    forward()  # warm-up
+    per_forward = statistics.median(forward() for _ in range(repeats))
+
+    disk = ActivationCache(budget_dir, memory_budget=0)  # every activation goes to checksummed shards
+    block = patch_factory(0).hook.block
+    start = time.perf_counter()
+    disk.get(loaded, data, block, batch_size=batch_size, progress=False)
+    fill = time.perf_counter() - start
+    memory = ActivationCache(budget_dir, memory_budget=1 << 40)  # the same entry, read into memory
+    runs = {}
+    for name, cache in (("disk", disk), ("memory", memory)):
+        validator = Validator(loaded, sae, data, group_by=group_by, cache=cache, batch_size=batch_size, progress=False)
+        validator.validate(patch_factory(0), dose=False)  # warm-up (and, for memory, the read from disk)
+        seconds = []
+        for k in range(1, repeats + 1):
+            start = time.perf_counter()
+            validator.validate(patch_factory(k), dose=False)
+            seconds.append(time.perf_counter() - start)
+        runs[name] = statistics.median(seconds) / len(data)
+    assert disk.misses == 1 and memory.misses == 0, "candidates must reuse the cached activations"
+    return {
+        "forward_ms_per_image": 1000 * per_forward,
+        "validation_images_per_s": len(data) / fill,
+        "forward_images_per_s": 1 / per_forward,
+        "throughput_ratio": (len(data) / fill) * per_forward,
+        "candidate_over_forward_memory": runs["memory"] / per_forward,
+        "candidate_over_forward_disk": runs["disk"] / per_forward,
+        "disk_over_memory": runs["disk"] / runs["memory"],
+    }
+
+
+def _bench_sae(d_in: int, d_sae: int, block: int):
+    import torch
+
+    from steerpatch.sae import SAE, SAEConfig
+    from steerpatch.sae.config import hook_metadata
+
+    gen = torch.Generator().manual_seed(0)
+    w_dec = torch.randn(d_sae, d_in, generator=gen)
+    w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
+    tensors = {"W_enc": w_dec.T.contiguous(), "b_enc": torch.full((d_sae,), -0.5), "W_dec": w_dec, "b_dec": torch.zeros(d_in)}
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="standard", metadata=hook_metadata(block, "all"))
+    return SAE(cfg, tensors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10000, help="photos for the large concept-clip run")
+    parser.add_argument("--n-small", type=int, default=1000, help="photos for the small concept-clip run")
+    parser.add_argument("--n-vit", type=int, default=5000, help="photos for the ViT-B-32 run (0 skips it)")
+    parser.add_argument("--cache-memory", default="32MiB", help="--cache-memory of the concept-clip runs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n-forward", type=int, default=512, help="images timed for the pure forward pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed candidates and forwards (median)")
+    parser.add_argument("--workdir", default=None, help="where to put the photos (default: a temporary folder)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--only", choices=("concept-clip", "vit"), default=None, help="run one part only")
+    args = parser.parse_args(argv)
+    for name in ("n", "n_small", "batch_size", "n_forward", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.only != "vit" and (not args.n_small <= args.n or args.n_vit > args.n):
+        parser.error("--n-small and --n-vit must not exceed --n")
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist; create it first")
+
+    import torch
+
+    steerpatch = [sys.executable, "-m", "steerpatch.cli.main"]
+    results: dict[str, object] = {"n": args.n, "n_small": args.n_small, "n_vit": args.n_vit,
+                                  "cache_memory": args.cache_memory, "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-validate-memory-") as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        n_photos = args.n_vit if args.only == "vit" else args.n
+        rows = make_photos(work / "photos", n_photos, max(1, os.cpu_count() or 1))
+        small = subset(work / "photos", rows[: args.n_small], work / "small")
+        print(f"generated {n_photos} JPEG photos {PHOTO[0]}x{PHOTO[1]} in {time.perf_counter() - start:.0f} s")
+
+        patch = "registry/patches/water-shortcut.json"
+        rss = {}
+        for label, root in (("small", small), ("large", work / "photos")) if args.only != "vit" else ():
+            cache = work / f"cache-{label}"
+            argv = [*steerpatch, "validate", patch, "--data", str(root), "--group-by", "shortcut", "--quiet",
+                    "--cache-dir", str(cache), "--cache-memory", args.cache_memory, "--json"]
+            rss[label] = measure_child(argv)
+            print(f"concept-clip validate {label:>5}: peak RSS {rss[label][0]:7.0f} MB in {rss[label][1]:.0f} s")
+        if rss:
+            ratio = rss["large"][0] / rss["small"][0]
+            results["concept_clip_rss_mb"] = {"small": rss["small"][0], "large": rss["large"][0], "ratio": ratio}
+            print(f"peak RSS {args.n} / {args.n_small} photos: {ratio:.3f} (goal <= 1.1); "
+                  f"{rss['large'][0] / 1024:.2f} GB at {args.n} (goal <= 2)")
+
+        from steerpatch.data import load_dataset
+        from steerpatch.models import load_model
+        from steerpatch.patch import load_patch, new_patch
+        from steerpatch.steer import load_patch_sae
+
+        shipped = load_patch(patch)
+        loaded = load_model(shipped.model.id)
+        sae = load_patch_sae(shipped)
+
+        def concept_patch(k: int):
+            return shipped if k == 0 else new_patch(
+                f"bench-{k}", loaded, sae, [(e.latent, "scale", 0.1 * k) for e in shipped.edits], rationale="bench",
+                author="bench", tokens=shipped.tokens)
+
+        concept = {} if args.only == "vit" else timings(loaded, sae, load_dataset(small), concept_patch, budget_dir=work / "t-concept",
+                          batch_size=args.batch_size, n_forward=min(args.n_forward, args.n_small),
+                          repeats=args.repeats, group_by="shortcut")
+        if concept:
+            results["concept_clip"] = concept
+            _print("concept-clip", args.n_small, concept)
+
+        if args.n_vit and args.only != "concept-clip":
+            from steerpatch.patch import save_patch
+            from steerpatch.sae import save_sae
+
+            vit = load_model("ViT-B-32")
+            vit_sae = _bench_sae(int(vit.model.visual.transformer.width), 16 * 768, 8)
+            save_sae(vit_sae, work / "vit-sae")
+            vit_root = subset(work / "photos", rows[: args.n_vit], work / "vit")
+
+            def vit_patch(k: int):
+                edits = [(7 * k + j, "scale", 0.0) for j in range(8)]
+                return new_patch(f"bench-{k}", vit, vit_sae, edits, rationale="bench", author="bench")
+
+            save_patch(vit_patch(0), work / "vit-patch.json")
+            argv = [*steerpatch, "validate", str(work / "vit-patch.json"), "--model", "ViT-B-32", "--sae",
+                    str(work / "vit-sae"), "--data", str(vit_root), "--quiet", "--no-dose", "--json",
+                    "--cache-memory", "0", "--cache-dir", str(work / "cache-vit")]
+            vit_rss, vit_s = measure_child(argv)
+            print(f"ViT-B-32 validate {args.n_vit} photos, spilled: peak RSS {vit_rss:.0f} MB in {vit_s:.0f} s")
+            vit_t = timings(vit, vit_sae, load_dataset(vit_root), vit_patch, budget_dir=work / "t-vit",
+                            batch_size=args.batch_size, n_forward=min(args.n_forward, args.n_vit),
+                            repeats=args.repeats, group_by="shortcut")
+            results["vit_b_32"] = {**vit_t, "rss_mb": vit_rss}
+            _print("ViT-B-32", args.n_vit, vit_t)
+    if args.json:
+        from steerpatch.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _print(model: str, n: int, t: dict[str, float]) -> None:
+    print(f"{model} at {n} photos (batch of the run, torch threads as set):")
+    print(f"  pure forward {t['forward_images_per_s']:.1f} img/s, validation pass {t['validation_images_per_s']:.1f} img/s: "
+          f"ratio {t['throughput_ratio']:.3f} (goal >= 0.85)")
+    print(f"  one more candidate / one forward: in memory {t['candidate_over_forward_memory']:.3f}, "
+          f"on disk {t['candidate_over_forward_disk']:.3f}: disk / memory {t['disk_over_memory']:.3f} (goal <= 1.2)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Mutation testing of the core modules, each against its own tests (run by `nox -s mutation`).
+
+    python tests/mutation.py                      # every core module
+    python tests/mutation.py policy parity        # some of them, by the short names below
+    python tests/mutation.py --list               # the modules and the tests each is run against
+
+mutmut 3 mutates a copy of the package under `mutants/` of the directory it runs in and reads its
+settings from that directory's `pyproject.toml`. Each module therefore gets a scratch directory,
+`.mutation/<name>/`, with a copy of the package, the tests and a `pyproject.toml` that names only that
+module and only its tests, so one module's run never runs (or waits for) the whole suite. A module's
+score is killed / all its mutants (one that no test reaches counts as alive); the survivors are printed with their diffs and must be
+killed by a test or explained in `tests/MUTANTS.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ROOT / ".mutation"
+EXPLAINED = ROOT / "tests" / "MUTANTS.md"
+# what the tests read besides the package: the repository policy and shipped patches, the plugin
+COPY = ("steerpatch", "tests", "registry", "plugins")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One core module and the tests that are its own."""
+
+    module: str
+    tests: tuple[str, ...]
+
+
+TARGETS: dict[str, Target] = {
+    "delta": Target("steerpatch/steer/delta.py", ("tests/steer/test_steer_delta.py", "tests/steer/test_delta_bite.py")),
+    "format": Target(
+        "steerpatch/patch/format.py",
+        ("tests/patch/test_patch_format.py", "tests/patch/test_patch_malformed.py", "tests/patch/test_format_bite.py"),
+    ),
+    "ops": Target("steerpatch/patch/ops.py", ("tests/patch/test_ops_bite.py",)),
+    "metrics": Target(
+        "steerpatch/validate/metrics.py", ("tests/validate/test_metrics.py", "tests/validate/test_metrics_bite.py")
+    ),
+    "policy": Target(
+        "steerpatch/validate/policy.py", ("tests/validate/test_policy.py", "tests/validate/test_gates_bite.py")
+    ),
+    "report": Target(
+        "steerpatch/validate/report.py",
+        ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py"),
+    ),
+    "bundle": Target(
+        "steerpatch/registry/bundle.py", ("tests/registry/test_register.py", "tests/registry/test_manifest_bite.py")
+    ),
+    "promotion": Target("steerpatch/registry/promotion.py", ("tests/registry/test_promote.py",)),
+    "audit": Target("steerpatch/registry/audit.py", ("tests/registry/test_audit.py",)),
+    "parity": Target("steerpatch/compile/parity.py", ("tests/compile/test_parity_bite.py",)),
+}
+
+
+def _pyproject(target: Target, tests: list[str]) -> str:
+    """The repository's pyproject with a `[tool.mutmut]` table for this one module appended."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    selection = ", ".join(json.dumps(t) for t in tests)
+    return (
+        text
+        + "\n[tool.mutmut]\n"
+        + 'source_paths = ["steerpatch"]\n'
+        + 'also_copy = ["registry", "plugins"]\n'
+        + f"only_mutate = [{json.dumps(target.module)}]\n"
+        + f"pytest_add_cli_args_test_selection = [{selection}]\n"
+        # -p no:cacheprovider: the copies must not write into each other's caches
+        + 'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly"]\n'
+        + 'use_git_change_detection = false\n'
+    )
+
+
+def _prepare(name: str, target: Target) -> Path:
+    """A fresh scratch copy for one module; returns its directory."""
+    work = SCRATCH / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "mlflow.db*", "artifacts", ".lock")
+    for part in COPY:
+        shutil.copytree(ROOT / part, work / part, ignore=ignore, symlinks=True)
+    tests = [t for t in target.tests if (ROOT / t).is_file()]
+    (work / "pyproject.toml").write_text(_pyproject(target, tests), encoding="utf-8")
+    return work
+
+
+def _meta(work: Path, target: Target) -> dict[str, int | None]:
+    meta = work / "mutants" / (target.module + ".meta")
+    if not meta.is_file():
+        return {}
+    return json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+
+
+def _diff(work: Path, target: Target, mutant: str) -> str:
+    """The mutant's changed lines, `-old | +new`, read in-process (a `mutmut show` per mutant is slow)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        diff = get_diff_for_mutant(mutant, path=target.module)
+    finally:
+        os.chdir(here)
+    lines = [line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+    return " | ".join(line[0] + line[1:].strip() for line in lines)
+
+
+def explained(module: str) -> set[str]:
+    """Mutant names (`x_fn__mutmut_N`) explained under the module's heading in tests/MUTANTS.md."""
+    import re
+
+    names: set[str] = set()
+    section = None
+    for line in EXPLAINED.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif section == module:
+            names.update(re.findall(r"x\w*?__mutmut_\d+", line))
+    return names
+
+
+def run_one(name: str, max_children: int, *, rerun: bool = True) -> tuple[int, int, list[str]]:
+    """Mutate one module (or, with rerun=False, read its last run); returns (killed, mutants, survivor lines)."""
+    target = TARGETS[name]
+    work = SCRATCH / name
+    log = work / "mutmut.log"
+    print(f"== {name}: {target.module} against {', '.join(target.tests)}", flush=True)
+    returncode = 0
+    if rerun:
+        work = _prepare(name, target)
+        env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
+        with log.open("w") as out:
+            returncode = subprocess.run(
+                [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+                cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT,
+            ).returncode
+    codes = _meta(work, target)
+    if returncode != 0 or not codes:
+        print(f"   mutmut failed (exit {returncode}) or never ran; see {log}", flush=True)
+        return 0, 0, []
+    from mutmut.stats import status_by_exit_code
+
+    status = {k: status_by_exit_code[c] for k, c in codes.items()}
+    killed = sum(1 for s in status.values() if s in ("killed", "timeout", "caught by type check"))
+    # a mutant no test reaches, or one whose run crashed, is not killed: it counts against the score
+    alive = sorted(k for k, s in status.items() if s not in ("killed", "timeout", "caught by type check"))
+    known = explained(target.module)
+    short = {k: k.rsplit(".", 1)[-1] for k in alive}
+    lines = [
+        f"   {'explained ' if short[k] in known else 'UNEXPLAINED'} {k} [{status[k]}]: {_diff(work, target, k)}"
+        for k in alive
+    ]
+    return killed, len(codes), lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"short names ({', '.join(TARGETS)}); default: all")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests, then stop")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel test processes (default 2)")
+    parser.add_argument("--last", action="store_true", help="print the last run's scores and survivors, run nothing")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, target in TARGETS.items():
+            print(f"{name:10} {target.module:34} {' '.join(target.tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in TARGETS]
+    if unknown:
+        parser.error(f"unknown module {unknown[0]!r}; choose from {', '.join(TARGETS)}")
+    rows = []
+    for name in args.modules or list(TARGETS):
+        killed, total, lines = run_one(name, args.max_children, rerun=not args.last)
+        n_explained = sum(1 for line in lines if line.startswith("   explained"))
+        score = 100.0 * killed / total if total else 0.0
+        # the score once the survivors explained as equivalent or harmless leave the denominator
+        net = 100.0 * killed / (total - n_explained) if total > n_explained else 0.0
+        rows.append((name, killed, total, score, n_explained, len(lines) - n_explained, net))
+        print(f"   score {score:5.1f}%  killed {killed}/{total}  explained {n_explained}  "
+              f"unexplained {len(lines) - n_explained}  score without explained {net:5.1f}%", flush=True)
+        for line in lines:
+            print(line, flush=True)
+    print("\nmodule      score  killed/mutants  explained  unexplained  without explained")
+    for name, killed, total, score, n_explained, unexplained, net in rows:
+        print(f"{name:10} {score:5.1f}%  {killed:6}/{total:<7}  {n_explained:9}  {unexplained:11}  {net:16.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
