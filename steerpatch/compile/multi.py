@@ -187,10 +187,11 @@ def compile_patches(
     mixed_result = compare(expected, onnx_outputs(session, pixels, progress=progress, patch_index=mixed),
                            tolerance=tolerance, inputs=source)
     say(f"parity on a mixed batch: max abs diff {mixed_result.max_abs_diff:.3g} (tolerance {tolerance:g})")
-    for index, result in [*enumerate(results), ("mixed", mixed_result)]:
+    checks: list[tuple[str, Any]] = [(str(i), r) for i, r in enumerate(results)] + [("mixed", mixed_result)]
+    for where, result in checks:
         if not result.passed:
             raise CompileError(
-                f"parity check failed at patch_index {index}: max abs difference {result.max_abs_diff:.3g} exceeds "
+                f"parity check failed at patch_index {where}: max abs difference {result.max_abs_diff:.3g} exceeds "
                 f"the tolerance {tolerance:g} on {result.samples} inputs; nothing was written"
             )
     worst = max([*results, mixed_result], key=lambda r: r.max_abs_diff)
