@@ -153,13 +153,13 @@ def test_pixel_limit_applies_before_decoding(client, monkeypatch):
         return original(image)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
-    big = Image.new("1", (MAX_PIXELS, 2))
+    big = Image.new("1", (250, 200))  # 50,000 pixels: over MAX_PIXELS, within the side and aspect limits
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
     assert len(buffer.getvalue()) < 100_000
     response = client.post("/predict", files={"file": ("big.png", buffer.getvalue(), "image/png")})
     assert response.status_code == 413
-    assert f"{MAX_PIXELS}x2 pixels, over the {MAX_PIXELS} pixel limit" in response.json()["error"]
+    assert f"250x200 pixels, over the {MAX_PIXELS} pixel limit" in response.json()["error"]
     assert decoded == []
     # the spy does see decoding: an image within the limit is decoded (PIL may call load() again, a no-op)
     assert client.post("/predict", files={"file": ("ok.png", _png(20, 10), "image/png")}).status_code == 200
