@@ -113,14 +113,15 @@ def promote(
 
 @click.command()
 @click.argument("name")
+@click.option("--metrics", "with_metrics", is_flag=True, help="Also show each version's MLflow metrics.")
 @tracking_option
 @json_option
-def history(name: str, tracking_uri: str | None, as_json: bool) -> None:
+def history(name: str, with_metrics: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Show NAME's versions (verdicts, parents) and every alias move (who, when, why)."""
     from steerpatch.registry import format_history
     from steerpatch.registry import history as read_history
 
-    data = read_history(name, tracking_uri=tracking_uri)
+    data = read_history(name, tracking_uri=tracking_uri, metrics=with_metrics)
     if as_json:
         _echo_json(data)
     else:

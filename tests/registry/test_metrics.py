@@ -75,3 +75,25 @@ def test_search_logged_models_finds_exactly_the_passing_versions(registered):
         )
     assert {m.model_id for m in found} == {v1.logged_model_id}
     assert v2.logged_model_id != v1.logged_model_id
+
+
+def test_history_metrics_and_diff_show_the_logged_numbers(registered, runner):
+    from steerpatch.cli.main import cli
+
+    uri, _, (good, v1), (bad, v2) = registered
+    out = runner.invoke(cli, ["history", v1.name, "--metrics", "--tracking-uri", uri, "--json"])
+    assert out.exit_code == 0, out.output
+    rows = {r["version"]: r["metrics"] for r in json.loads(out.stdout)["versions"]}
+    assert rows["1"]["right_to_wrong_rate"] == 0.0
+    assert rows["2"]["right_to_wrong_rate"] == pytest.approx(0.05)
+    text = runner.invoke(cli, ["history", v1.name, "--metrics", "--tracking-uri", uri])
+    assert "right_to_wrong_rate=0.05" in text.stdout and "accuracy_after=0.95" in text.stdout
+    assert "metrics:" not in runner.invoke(cli, ["history", v1.name, "--tracking-uri", uri]).stdout
+
+    out = runner.invoke(cli, ["diff", f"{v1.name}@1", f"{v1.name}@2", "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert "~ right_to_wrong_rate: 0 -> 0.05  (+0.05)" in out.stdout
+    assert "~ accuracy_after: 1 -> 0.95  (-0.05)" in out.stdout
+    assert "  accuracy_before: 0.9 -> 0.9" in out.stdout  # unchanged numbers are shown, unmarked
+    doc = json.loads(runner.invoke(cli, ["diff", f"{v1.name}@1", f"{v1.name}@2", "--tracking-uri", uri, "--json"]).stdout)
+    assert doc["metrics"]["wrong_to_right_rate"] == {"a": 0.1, "b": 0.1}
