@@ -57,9 +57,9 @@ def _version_row(mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
 
 def _version_metrics(c: Any, mv: Any) -> dict[str, float]:
     """The MLflow metrics on a version's LoggedModel (empty for versions registered before they existed)."""
-    from steerpatch.registry.metrics import logged_model_metrics
+    from steerpatch.registry.metrics import logged_model_metrics, version_model_id
 
-    model_id = getattr(mv, "model_id", None) or (mv.tags or {}).get(TAG + "logged_model_id")
+    model_id = version_model_id(mv)
     if not model_id:
         return {}
     return with_retry(lambda: logged_model_metrics(c, model_id), what=f"read the metrics of version {mv.version}")

@@ -275,3 +275,10 @@ def mlflow_failed_gates(report: Any, policy: Any) -> list[str]:
         except ModelValidationFailedException:
             failed.append(gate_of[metric])
     return failed
+
+
+def version_model_id(mv: Any) -> str | None:
+    """The LoggedModel behind a model version (MLflow's REST answer may leave `model_id` empty)."""
+    source = str(getattr(mv, "source", "") or "")
+    from_source = source[len("models:/"):] if source.startswith("models:/m-") else None
+    return getattr(mv, "model_id", None) or from_source
