@@ -104,7 +104,7 @@ def dataset_entity(fingerprint: str, source: str | None) -> Any:
                 raise RegistryError(
                     f"dataset location {source!r} is not one MLflow can record ({error}); pass a folder or a URI"
                 ) from None
-    return MetaDataset(dataset_source, name=DATASET_NAME, digest=fingerprint[:DIGEST_CHARS])
+    return MetaDataset(dataset_source, name=DATASET_NAME, digest=fingerprint[:DIGEST_CHARS])  # type: ignore[abstract]
 
 
 def _unknown_source(fingerprint: str) -> Any:

@@ -157,7 +157,7 @@ class WebhookReceiver:
     def accept(self, headers: Any, body: bytes) -> Deployment:
         """Check one delivery and queue it (raises `Rejected`; nothing is done for a rejected one)."""
         event = check_delivery(self.secret, headers, body)
-        job = Deployment(**event)
+        job = Deployment(name=event["name"], alias=event["alias"], version=event["version"])
         if event["alias"] != self.alias:
             job.status, job.detail = "skipped", f"alias {event['alias']!r} is not {self.alias!r}"
         with self._done:
