@@ -27,14 +27,17 @@ def _secret() -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8900, show_default=True, type=click.IntRange(0, 65535), help="Port.")
 @click.option("--alias", default="production", show_default=True, help="Patch alias that triggers a deploy.")
+@click.option(
+    "--policy", type=click.Path(exists=True, dir_okay=False), default=None, help="Policy TOML a version must pass."
+)
 @tracking_option
-def serve(host: str, port: int, alias: str, tracking_uri: str | None) -> None:
+def serve(host: str, port: int, alias: str, policy: str | None, tracking_uri: str | None) -> None:
     """Receive signed model_version_alias.created events; compile, register and alias the graph."""
     from steerpatch.registry.store import resolve_store
     from steerpatch.registry.webhook import WebhookReceiver, make_server
 
     store = resolve_store(tracking_uri)
-    receiver = WebhookReceiver(_secret(), tracking_uri=store.tracking_uri, alias=alias,
+    receiver = WebhookReceiver(_secret(), tracking_uri=store.tracking_uri, alias=alias, policy=policy,
                                log=lambda line: click.echo(line, err=True))
     server = make_server(receiver, host, port)
     click.echo(f"steerpatch webhook receiver on http://{host}:{server.server_address[1]}/ "

@@ -104,17 +104,49 @@ class Deployment:
         return asdict(self)
 
 
-def deploy_version(name: str, version: str, alias: str, *, tracking_uri: str) -> dict[str, Any]:
+def deploy_version(
+    name: str, version: str, alias: str, *, tracking_uri: str, policy: str | None = None
+) -> dict[str, Any]:
     """Compile patch version `name@version` (parity-gated), register the graph and point its `alias` at it.
+
+    The alias may have been set outside `steerpatch promote` (the MLflow UI, say), so the version is
+    verified and its gates re-derived from the report's counts first, as `promote` does; a version
+    whose move to `alias` was forced with a recorded reason is deployed as forced.
+
+    Args:
+        name: the registered patch model.
+        version: the version number from the event (never the alias: it may have moved on since).
+        alias: the alias it received; the graph's alias of the same name is moved.
+        tracking_uri: the MLflow tracking server.
+        policy: the policy TOML in force; None: the default.
 
     Returns:
         The registered graph (`GraphVersion.to_dict()`).
 
     Raises:
+        GateFailed: the version fails the policy and was not forced.
         SteerpatchError: the version does not verify, fails parity, or the store refuses.
     """
-    from steerpatch.compile import compile_patch, register_graph
+    import tempfile
+    from pathlib import Path
 
+    from steerpatch.compile import compile_patch, register_graph
+    from steerpatch.errors import GateFailed
+    from steerpatch.registry.promotion import failed_gates_of, verified_evidence
+    from steerpatch.registry.register import TAG
+    from steerpatch.registry.store import client, resolve_store, with_retry
+
+    store = resolve_store(tracking_uri)
+    c = client(store)
+    mv = with_retry(lambda: c.get_model_version(name, version), what=f"read {name}@{version}")
+    with tempfile.TemporaryDirectory(prefix="steerpatch-webhook-") as tmp:
+        _, report, _ = verified_evidence(c, store, mv, Path(tmp))
+    failed, source = failed_gates_of(report, policy, alias)
+    if failed and not (mv.tags or {}).get(f"{TAG}forced.{alias}"):
+        raise GateFailed(
+            f"{name}@{version} got alias {alias} outside `steerpatch promote` but fails {', '.join(failed)} "
+            f"under {source}; not deployed (promote a passing version, or `promote --force --reason`)"
+        )
     result = compile_patch(f"{name}@{version}", tracking_uri=tracking_uri, progress=False)
     return register_graph(result, alias=alias, tracking_uri=tracking_uri).to_dict()
 
@@ -138,14 +170,15 @@ class WebhookReceiver:
         secret: the webhook's HMAC secret.
         tracking_uri: the MLflow server the events come from (compiles read it, graphs go to it).
         alias: the patch alias that triggers a deployment (and the graph alias that is moved).
+        policy: the policy TOML a version must pass before it is deployed; None: the default.
         deploy: the deployment step (default `deploy_version`).
     """
 
-    def __init__(self, secret: str, *, tracking_uri: str, alias: str = "production",
+    def __init__(self, secret: str, *, tracking_uri: str, alias: str = "production", policy: str | None = None,
                  deploy: Callable[..., dict[str, Any]] | None = None, log: Callable[[str], None] = print):
         if not secret:
             raise RegistryError(f"no webhook secret; set {SECRET_ENV} to the secret given to `webhook install`")
-        self.secret, self.tracking_uri, self.alias = secret, tracking_uri, alias
+        self.secret, self.tracking_uri, self.alias, self.policy = secret, tracking_uri, alias, policy
         self.deploy = deploy or deploy_version
         self.log = log
         self.deployments: list[Deployment] = []
@@ -172,7 +205,8 @@ class WebhookReceiver:
                 if not is_patch_model(job.name, job.version, tracking_uri=self.tracking_uri):
                     job.status, job.detail = "skipped", "not a steerpatch patch version"
                 else:
-                    job.graph = self.deploy(job.name, job.version, self.alias, tracking_uri=self.tracking_uri)
+                    job.graph = self.deploy(job.name, job.version, self.alias, tracking_uri=self.tracking_uri,
+                                            policy=self.policy)
                     job.status = "deployed"
                     job.detail = f"{job.graph.get('name')} version {job.graph.get('version')} is {self.alias}"
             except SteerpatchError as error:

@@ -24,6 +24,7 @@ SECRET = "s3cret-for-tests"
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
+    # the receiver judges versions under the registry workspace's policy (written before it starts)
     """An MLflow server that may call loopback, a receiver listening, and the webhook installed."""
     from steerpatch.registry.webhook import install_webhook
     from tests.registry.conftest import running_mlflow_server
@@ -33,7 +34,9 @@ def loop(tmp_path_factory):
     env = {"MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true", "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
            "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
     with running_mlflow_server(root, env) as uri:
-        receiver = WebhookReceiver(SECRET, tracking_uri=uri, log=lambda line: None)
+        policy = root / "policy.toml"
+        policy.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.8\n")
+        receiver = WebhookReceiver(SECRET, tracking_uri=uri, policy=str(policy), log=lambda line: None)
         server = make_server(receiver)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -53,6 +56,7 @@ def _deployed(receiver, n):
 
 @pytest.mark.slow
 def test_promote_compiles_registers_and_the_server_answers_with_the_new_version(loop, monkeypatch):
+    from steerpatch.patch import save_patch
     from steerpatch.registry import promote, register_patch
     from steerpatch.registry.metrics import logged_model_metrics, version_model_id
     from steerpatch.registry.store import client, resolve_store
@@ -69,8 +73,6 @@ def test_promote_compiles_registers_and_the_server_answers_with_the_new_version(
         patch = make_patch(tiny, sae, name="hook-fix", version=version, edits=edits)
         folder = root / version
         folder.mkdir()
-        from steerpatch.patch import save_patch
-
         path = save_patch(patch, folder / "patch.json")
         registered = register_patch(path, ws.write_report(patch, folder), tracking_uri=uri)
         patches.append((patch, registered))
@@ -101,6 +103,17 @@ def test_promote_compiles_registers_and_the_server_answers_with_the_new_version(
             assert body["patch_hash"] == p2.content_hash and body["model_version"] == "2"
     finally:
         source.stop()
+
+    # an alias set outside `steerpatch promote` on a failing version: judged, refused, graph alias untouched
+    patch = make_patch(tiny, sae, name="hook-fix", version="1.2.0", edits=["3:scale:0", "9:scale:0"])
+    (root / "1.2.0").mkdir()
+    path = save_patch(patch, root / "1.2.0" / "patch.json")
+    v3 = register_patch(path, ws.write_report(patch, root / "1.2.0", right_to_wrong=5), tracking_uri=uri)
+    c.set_registered_model_alias(v3.name, "production", v3.version)
+    assert receiver.wait_for(_deployed(receiver, 3), timeout=120), receiver.deployments
+    third = [d for d in receiver.deployments if d.version == v3.version and d.name == v3.name][0]
+    assert third.status == "failed" and "fails max_right_to_wrong_rate" in third.detail
+    assert str(c.get_model_version_by_alias(graph, "production").version) == "2"
 
 
 def _post(url, body: dict, *, secret=SECRET, stamp=None):
