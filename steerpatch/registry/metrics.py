@@ -174,11 +174,21 @@ def log_model_metrics(
             for key, value in sorted(metrics.items())
         ]
         c.log_batch(run_id, metrics=batch)
-        c.set_terminated(run_id, "FINISHED")
+        _terminate(c, run_id, "FINISHED")
     except BaseException:
-        c.set_terminated(run_id, "FAILED")
+        _terminate(c, run_id, "FAILED")
         raise
     return run_id
+
+
+def _terminate(c: Any, run_id: str, status: str) -> None:
+    # MLflow prints "View run ... at: URL" for a server store; stdout is the CLI's (`--json`), and the
+    # version's LoggedModel already links the run
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        c.set_terminated(run_id, status)
 
 
 def graph_metrics(info: Any, size_bytes: int) -> dict[str, float]:
