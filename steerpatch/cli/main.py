@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("steerpatch.cli.registry:diff", "Compare two registered patch versions."),
     "verify": ("steerpatch.cli.registry:verify", "Recompute every artifact hash of a registered version."),
     "audit": ("steerpatch.cli.registry:audit", "Verify every version, graph and alias move of a registered patch."),
+    "webhook": ("steerpatch.cli.webhook:webhook", "Deploy patch versions promoted in MLflow (registry webhooks)."),
     "compile": ("steerpatch.cli.compile:compile_cmd", "Compile a patch into a parity-checked ONNX graph."),
     "serve": ("steerpatch.cli.serve:serve", "Serve a compiled graph with ONNX Runtime over HTTP."),
     "score": ("steerpatch.cli.score:score", "Batch-score a dataset with a compiled graph (local or Spark)."),

@@ -27,15 +27,22 @@ def _echo_json(data: object) -> None:
 @click.option(
     "--sae", "sae_path", type=click.Path(exists=True), default=None, help="SAE folder, if moved since."
 )
+@click.option(
+    "--data", "data_source", default=None, metavar="LOCATION",
+    help="Where the held-out data lives; recorded as the source of the MLflow dataset the metrics link to.",
+)
 @tracking_option
 @json_option
 def register(
-    patch_file: str, report_file: str, sae_path: str | None, tracking_uri: str | None, as_json: bool
+    patch_file: str, report_file: str, sae_path: str | None, data_source: str | None, tracking_uri: str | None,
+    as_json: bool,
 ) -> None:
     """Log PATCH with its validation REPORT as an MLflow model and register a new version."""
     from steerpatch.registry import register_patch
 
-    version = register_patch(patch_file, report_file, sae_path=sae_path, tracking_uri=tracking_uri)
+    version = register_patch(
+        patch_file, report_file, sae_path=sae_path, tracking_uri=tracking_uri, dataset_source=data_source
+    )
     if as_json:
         _echo_json(version.to_dict())
         return
@@ -106,14 +113,15 @@ def promote(
 
 @click.command()
 @click.argument("name")
+@click.option("--metrics", "with_metrics", is_flag=True, help="Also show each version's MLflow metrics.")
 @tracking_option
 @json_option
-def history(name: str, tracking_uri: str | None, as_json: bool) -> None:
+def history(name: str, with_metrics: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Show NAME's versions (verdicts, parents) and every alias move (who, when, why)."""
     from steerpatch.registry import format_history
     from steerpatch.registry import history as read_history
 
-    data = read_history(name, tracking_uri=tracking_uri)
+    data = read_history(name, tracking_uri=tracking_uri, metrics=with_metrics)
     if as_json:
         _echo_json(data)
     else:

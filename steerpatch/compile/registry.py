@@ -155,6 +155,9 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
             )
             logged_id = logged.model_id
             with_retry(lambda: c.log_model_artifacts(logged.model_id, str(folder)), what="upload the graph")
+            from steerpatch.registry.metrics import log_graph_metrics  # parity and size as MLflow metrics
+
+            with_retry(lambda: log_graph_metrics(c, exp, logged.model_id, info, len(result.data)), what="log metrics")
             with_retry(lambda: c.finalize_logged_model(logged.model_id, "READY"), what="finalize the logged model")
             created = with_retry(lambda: _ensure_model(c, name, info), what="create the compiled model")
             mv = with_retry(

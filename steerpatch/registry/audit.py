@@ -55,12 +55,23 @@ def _version_row(mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def history(name: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+def _version_metrics(c: Any, mv: Any) -> dict[str, float]:
+    """The MLflow metrics on a version's LoggedModel (empty for versions registered before they existed)."""
+    from steerpatch.registry.metrics import logged_model_metrics, version_model_id
+
+    model_id = version_model_id(mv)
+    if not model_id:
+        return {}
+    return with_retry(lambda: logged_model_metrics(c, model_id), what=f"read the metrics of version {mv.version}")
+
+
+def history(name: str, *, tracking_uri: str | None = None, metrics: bool = False) -> dict[str, Any]:
     """Everything the registry knows about one registered patch model.
 
     Args:
         name: the registered model name.
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
+        metrics: also read each version's MLflow metrics (one request per version) into `metrics`.
 
     Returns:
         `{"name", "description", "aliases": {alias: version}, "versions": [...], "moves": [...]}` with
@@ -76,7 +87,11 @@ def history(name: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
     model = with_retry(lambda: c.get_registered_model(name), what=f"read {name}")
     aliases = {a: str(v) for a, v in (model.aliases or {}).items()}
     versions = with_retry(lambda: c.search_model_versions(f"name = '{name}'"), what=f"list {name}")
-    rows = [_version_row(mv, aliases) for mv in sorted(versions, key=lambda v: int(v.version))]
+    ordered = sorted(versions, key=lambda v: int(v.version))
+    rows = [_version_row(mv, aliases) for mv in ordered]
+    if metrics:
+        for row, mv in zip(rows, ordered, strict=True):
+            row["metrics"] = _version_metrics(c, mv)
     return {
         "name": name,
         "description": model.description,
@@ -106,6 +121,9 @@ def format_history(data: dict[str, Any]) -> str:
         lines.append(
             f"  v{row['version']}  {row['patch_ref']}  {row['verdict']}{acc}  by {row['author']}  {row['created']}{parent}{alias}"
         )
+        if "metrics" in row:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(row["metrics"].items())) or "none logged"
+            lines.append(f"      metrics: {shown}")
     lines.append("alias moves:")
     if not data["moves"]:
         lines.append("  none")
@@ -127,7 +145,8 @@ def diff_versions(ref_a: str, ref_b: str, *, tracking_uri: str | None = None) ->
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
 
     Returns:
-        `{"a", "b", "patch": <steerpatch.patch diff as a dict>, "patch_text": str, "registry": {field: {a, b}}}`.
+        `{"a", "b", "patch": <steerpatch.patch diff as a dict>, "patch_text": str, "registry": {field: {a, b}},
+        "metrics": {metric: {a, b}}}` (metrics: the versions' MLflow metrics, None where one side lacks it).
     """
     from steerpatch.patch import diff_patches, load_patch
 
@@ -139,8 +158,8 @@ def diff_versions(ref_a: str, ref_b: str, *, tracking_uri: str | None = None) ->
             name, selector = parse_ref(ref)
             mv = get_version(c, name, selector)
             local = download_file(c, store, name, str(mv.version), PATCH_FILE, Path(tmp) / str(i))
-            sides.append((f"{name}@{mv.version}", load_patch(local), _version_row(mv, {})))
-    (label_a, patch_a, row_a), (label_b, patch_b, row_b) = sides
+            sides.append((f"{name}@{mv.version}", load_patch(local), _version_row(mv, {}), _version_metrics(c, mv)))
+    (label_a, patch_a, row_a, metrics_a), (label_b, patch_b, row_b, metrics_b) = sides
     patch_diff = diff_patches(patch_a, patch_b)
     fields = (
         "verdict",
@@ -158,6 +177,8 @@ def diff_versions(ref_a: str, ref_b: str, *, tracking_uri: str | None = None) ->
         "patch": patch_diff.to_dict(),
         "patch_text": patch_diff.to_text(),
         "registry": registry,
+        # every MLflow metric of either side, so an unchanged number is visible next to the changed ones
+        "metrics": {k: {"a": metrics_a.get(k), "b": metrics_b.get(k)} for k in sorted(metrics_a.keys() | metrics_b.keys())},
     }
 
 
@@ -166,7 +187,17 @@ def format_diff(data: dict[str, Any]) -> str:
     lines = [f"{data['a']} -> {data['b']}", data["patch_text"]]
     for key, pair in data["registry"].items():
         lines.append(f"~ {key}: {json.dumps(pair['a'])} -> {json.dumps(pair['b'])}")
+    if data.get("metrics"):
+        lines.append("metrics:")
+    for key, pair in data.get("metrics", {}).items():
+        a, b = pair["a"], pair["b"]
+        delta = f"  ({b - a:+.4g})" if a is not None and b is not None and a != b else ""
+        lines.append(f"  {'~' if a != b else ' '} {key}: {_num(a)} -> {_num(b)}{delta}")
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def verify_version(ref: str, *, tracking_uri: str | None = None) -> dict[str, Any]:

@@ -242,6 +242,22 @@ def _check_stored(c: Any, store: Store, name: str, version: str) -> None:
         verify_patch_folder(local, mv, f"{name}@{version}")
 
 
+def _log_report_metrics(
+    c: Any, exp: str, model_id: str, patch: Any, report: dict[str, Any], dataset_source: str | None
+) -> None:
+    """The report's numbers as metrics on the LoggedModel, linked to the held-out dataset."""
+    from steerpatch.registry import metrics as metrics_mod
+
+    dataset = metrics_mod.dataset_entity(str(_metric(report, "hashes", "dataset")), dataset_source)
+    values = metrics_mod.report_metrics(report)
+    with_retry(
+        lambda: metrics_mod.log_model_metrics(
+            c, exp, model_id, values, dataset=dataset, run_name=f"register {patch.ref}"
+        ),
+        what="log the validation metrics",
+    )
+
+
 def register_patch(
     patch_path: str | Path,
     report_path: str | Path,
@@ -249,6 +265,7 @@ def register_patch(
     sae_path: str | Path | None = None,
     classes: list[str] | None = None,
     tracking_uri: str | None = None,
+    dataset_source: str | None = None,
 ) -> RegisteredVersion:
     """Log a patch with its report as a LoggedModel and register it as a new model version.
 
@@ -258,6 +275,8 @@ def register_patch(
         sae_path: the SAE folder, when the patch's recorded location is not where it lives now.
         classes: class names for the pyfunc; default: those the report measured.
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
+        dataset_source: where the held-out data lives (folder or URI), recorded as the source of the
+            MLflow dataset the metrics are linked to; None records `steerpatch-dataset:<fingerprint>`.
 
     Returns:
         The new `RegisteredVersion`.
@@ -318,6 +337,7 @@ def register_patch(
                 with_retry(
                     lambda: c.set_logged_model_tags(logged.model_id, tags), what="tag the logged model"
                 )
+                _log_report_metrics(c, exp, logged.model_id, patch, report, dataset_source)
                 with_retry(
                     lambda: c.finalize_logged_model(logged.model_id, "READY"),
                     what="finalize the logged model",

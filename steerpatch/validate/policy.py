@@ -35,6 +35,32 @@ class Gates(BaseModel):
         """The gates that are switched on, by name."""
         return {k: v for k, v in self.model_dump().items() if v is not None and v >= 0}
 
+    def metric_thresholds(self) -> dict[str, dict[str, float | bool]]:
+        """The active gates in MLflow's vocabulary: metric name -> `MetricThreshold` arguments.
+
+        Every gate is a threshold on one metric the registry logs (`GATE_METRICS`); `max_` gates are
+        upper bounds (greater_is_better False), `min_` gates lower bounds.
+
+        Example:
+            >>> Gates().metric_thresholds()["right_to_wrong_rate"]
+            {'threshold': 0.02, 'greater_is_better': False}
+        """
+        return {
+            GATE_METRICS[name]: {"threshold": value, "greater_is_better": not name.startswith("max_")}
+            for name, value in self.active().items()
+        }
+
+
+# gate name -> the MLflow metric it bounds (the registry logs these names on every patch version)
+GATE_METRICS: dict[str, str] = {
+    "max_right_to_wrong_rate": "right_to_wrong_rate",
+    "max_class_accuracy_drop": "worst_class_accuracy_drop",
+    "max_accuracy_drop": "accuracy_drop",
+    "min_target_fix_rate": "target_fix_rate",
+    "min_generalisation_fix_rate": "generalisation_fix_rate",
+    "min_cos_mean": "cos_drift_mean",
+}
+
 
 class DataPolicy(BaseModel):
     """How a run treats images it cannot read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -69,11 +70,7 @@ class Workspace:
         right_to_wrong: int = 0,
         report_hashes: dict | None = None,
     ) -> Candidate:
-        from steerpatch.io import atomic_write_text
         from steerpatch.patch import Edit, HookRef, ModelRef, Patch, SAERef, save_patch
-        from steerpatch.validate.metrics import ImageResults
-        from steerpatch.validate.policy import load_policy
-        from steerpatch.validate.report import build_report
 
         patch = Patch.create(
             name=name,
@@ -90,6 +87,19 @@ class Workspace:
         folder = self.root / f"{name}-{version}"
         folder.mkdir(parents=True, exist_ok=True)
         patch_path = save_patch(patch, folder / "patch.json")
+        report_path = self.write_report(patch, folder, right_to_wrong=right_to_wrong, report_hashes=report_hashes)
+        return Candidate(patch_path, report_path, patch)
+
+    def write_report(
+        self, patch, folder: Path, *, right_to_wrong: int = 0, report_hashes: dict | None = None
+    ) -> Path:
+        """A report for `patch` as `steerpatch validate` would write it: 100 images, 10 wrong before
+        that the patch fixes, `right_to_wrong` right ones it breaks."""
+        from steerpatch.io import atomic_write_text
+        from steerpatch.validate.metrics import ImageResults
+        from steerpatch.validate.policy import load_policy
+        from steerpatch.validate.report import build_report
+
         n = 100
         labels = np.arange(n) % len(CLASSES)
         before = labels.copy()
@@ -110,8 +120,8 @@ class Workspace:
         )
         hashes = report_hashes or {
             "patch": patch.content_hash,
-            "model": self.model_fingerprint,
-            "sae": self.sae.fingerprint,
+            "model": patch.model.fingerprint,
+            "sae": patch.sae.fingerprint,
             "dataset": hashlib.sha256(b"world").hexdigest(),
         }
         report = build_report(
@@ -119,7 +129,7 @@ class Workspace:
         )
         report_path = atomic_write_text(folder / "report.json", report.model_dump_json(indent=2))
         atomic_write_text(folder / "report.html", f"<html><body>{report.verdict}</body></html>")
-        return Candidate(patch_path, report_path, patch)
+        return report_path
 
 
 @pytest.fixture()
@@ -170,12 +180,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on loopback with its own sqlite store; yields its http URI."""
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, env: dict[str, str] | None = None):
+    """A real `mlflow server` on loopback with its own sqlite store in `root`; yields its http URI."""
     import httpx
 
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - the server writes to it until teardown
     proc = subprocess.Popen(
@@ -197,7 +206,7 @@ def mlflow_server(tmp_path_factory):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})},
         start_new_session=True,  # its own process group, so its workers stop with it
     )
     uri = f"http://127.0.0.1:{port}"
@@ -223,3 +232,10 @@ def mlflow_server(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with its own sqlite store; yields its http URI."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
