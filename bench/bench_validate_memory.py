@@ -72,18 +72,30 @@ def subset(root: Path, rows: list[str], out: Path) -> Path:
     return out
 
 
+# A child's ru_maxrss starts at its parent's resident size at fork (Linux keeps the old high-water mark
+# across exec), so a child forked from a large process reports at least that. A small launcher process
+# forks the real child instead and reports the child's own peak on its stdout.
+_LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(usage.ru_maxrss, os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def measure_child(argv: list[str]) -> tuple[float, float]:
-    """Peak resident memory (MB) and wall seconds of one child process, read with os.wait4."""
+    """Peak resident memory (MB) and wall seconds of one child process, measured by a small launcher."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 1):  # 1 is a failed verdict: the run itself was fine
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {lines[-1] if lines else ''}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
+    proc = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], capture_output=True, check=False)
+    fields = proc.stdout.decode(errors="replace").split()
+    code = int(fields[1]) if len(fields) == 2 else proc.returncode
+    if code not in (0, 1):  # 1 is a failed verdict: the run itself was fine
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise SystemExit(f"{' '.join(argv)} exited {code}: {lines[-1] if lines else ''}")
+    return int(fields[0]) / 1024, time.perf_counter() - start
 
 
 def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: int, n_forward: int, repeats: int,

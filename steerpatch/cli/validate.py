@@ -23,7 +23,7 @@ class ByteSize(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        from steerpatch.validate.cache import parse_size
+        from steerpatch.disk import parse_size
 
         try:
             return parse_size(str(value))
@@ -150,10 +150,14 @@ def validate(
 
     Exit 0 when the verdict is pass, 1 when it is fail, 2 on bad input.
     """
+    from steerpatch.disk import check_cache_dir
     from steerpatch.patch import load_patch
     from steerpatch.preflight import preflight
 
-    # cheap checks first: a bad patch, model name or SAE width is refused before torch is imported
+    # cheap checks first: an unwritable cache folder, a bad patch, model name or SAE width are refused
+    # before torch is imported or any work starts
+    if cache_dir and engine == "local":
+        check_cache_dir(cache_dir)
     patch = load_patch(patch_path)
     if not Path(data).is_dir():
         raise SteerpatchError(f"--data '{data}' is not a folder; pass the labelled image folder (DIR/<class>/<image>)")

@@ -30,12 +30,12 @@ import torch
 from tqdm import tqdm
 
 from steerpatch.attribute.forward import encode_prefix, encode_suffix
+from steerpatch.disk import check_cache_dir
 from steerpatch.errors import DatasetError
 from steerpatch.validate.shards import (
     CorruptShard,
     Shard,
     ShardedActivations,
-    check_cache_dir,
     load_checked,
     row_batches,
     shard_rows,
@@ -111,24 +111,6 @@ def read_images(dataset, *, on_undecodable: str = "skip", progress: bool = True,
     return items, images, bad
 
 
-def parse_size(text: str) -> int:
-    """Bytes from a size such as `512MiB`, `2GB`, `1.5G` or `0`.
-
-    Raises:
-        ValueError: naming the text and the accepted forms.
-    """
-    units = {"": 1, "b": 1, "k": 1 << 10, "kb": 10**3, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-             "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
-    value = text.strip().lower()
-    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = value[len(number):].strip()
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in units or amount < 0:
-        raise ValueError(f"size {text!r} is not a size; write a number with an optional unit, like 512MiB, 2GB or 0")
-    return int(amount * units[unit])
 
 
 class ActivationCache:

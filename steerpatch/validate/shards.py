@@ -8,11 +8,8 @@ shard's checksum, so a corrupted or truncated file is never read as data.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import shutil
-import tempfile
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,11 +17,10 @@ from pathlib import Path
 
 import torch
 
+from steerpatch.disk import NO_SPACE
 from steerpatch.errors import OutputError
 
 SHARD_BYTES = 32 << 20
-MIN_FREE_BYTES = 64 << 20  # a cache folder with less free space than this is called full before any work
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CorruptShard(Exception):
@@ -40,43 +36,6 @@ class Shard:
     sha256: str
 
 
-def check_cache_dir(directory: str | Path, needed_bytes: int = MIN_FREE_BYTES) -> Path:
-    """Refuse a cache folder that cannot be written or lacks free space, before any work.
-
-    The folder is created if missing, and a probe file is written and removed.
-
-    Args:
-        directory: the cache (or spill) folder.
-        needed_bytes: free space the coming writes need.
-
-    Returns:
-        The folder.
-
-    Raises:
-        OutputError: one line naming the folder, the problem and the fix.
-    """
-    path = Path(directory)
-    fix = "free some space or pass another --cache-dir"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-") as probe:
-            probe.write(b"\0" * 4096)
-            probe.flush()
-            os.fsync(probe.fileno())
-        free = shutil.disk_usage(path).free
-    except OSError as error:
-        if error.errno in _NO_SPACE:
-            raise OutputError(f"cache folder '{path}' is on a full disk; {fix}") from error
-        raise OutputError(
-            f"cache folder '{path}' cannot be written ({error.strerror or error}); "
-            "fix its permissions or pass another --cache-dir"
-        ) from error
-    if free < needed_bytes:
-        raise OutputError(
-            f"cache folder '{path}' has {free / 2**20:.0f} MiB free but needs {needed_bytes / 2**20:.0f} MiB; {fix} "
-            "(or raise --cache-memory to keep the activations in memory)"
-        )
-    return path
 
 
 def shard_rows(row_bytes: int, batch_size: int) -> int:
@@ -95,7 +54,7 @@ def write_shard(folder: Path, index: int, tensor: torch.Tensor) -> Shard:
         with open(folder / name, "wb") as handle:
             handle.write(data)
     except OSError as error:
-        if error.errno in _NO_SPACE:
+        if error.errno in NO_SPACE:
             raise OutputError(f"cache folder '{folder.parent}' ran out of space; free some or pass another --cache-dir") from error
         raise
     return Shard(name, int(tensor.shape[0]), hashlib.sha256(data).hexdigest())

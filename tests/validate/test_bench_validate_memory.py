@@ -13,6 +13,9 @@ import bench_validate_memory  # noqa: E402
 
 
 def test_peak_rss_is_the_childs_own():
+    # a large parent must not leak its own resident size into the child's peak (fork keeps the high-water mark)
+    ballast = bytearray(400 << 20)
+    ballast[::4096] = b"x" * len(ballast[::4096])
     small, _ = bench_validate_memory.measure_child([sys.executable, "-c", "b = bytearray(8 << 20); b[::4096] = b'x' * len(b[::4096])"])
     big, _ = bench_validate_memory.measure_child([sys.executable, "-c", "b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096])"])
     assert big - small == pytest.approx(192, abs=24)  # MB: each child measured alone, not the max over children

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from steerpatch.disk import check_cache_dir
 from steerpatch.errors import OutputError
 from steerpatch.validate import ActivationCache, Validator
 from steerpatch.validate.shards import (
     CorruptShard,
     ShardedActivations,
-    check_cache_dir,
     row_batches,
     write_shard,
 )
@@ -153,7 +153,7 @@ def test_a_cache_folder_without_the_space_needed_is_refused(tmp_path):
 
 def test_cache_memory_takes_sizes_and_refuses_nonsense(runner, patch_file, small_world):
     from steerpatch.cli.main import cli
-    from steerpatch.validate.cache import parse_size
+    from steerpatch.disk import parse_size
 
     assert [parse_size(t) for t in ("0", "512MiB", "2GB", "1.5g", "64 kb")] == [0, 512 << 20, 2 * 10**9, 3 << 29, 64000]
     result = runner.invoke(cli, ["validate", patch_file, "--data", str(small_world), "--cache-memory", "lots"])
