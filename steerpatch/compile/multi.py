@@ -125,7 +125,8 @@ def compile_patches(
         ['water-shortcut@1.0.0', 'grass@1.0.0']
     """
     import steerpatch
-    from steerpatch.compile.compiler import (
+    from steerpatch.compile.export import OPSET, export_graph, serialize, set_metadata, write_graph
+    from steerpatch.compile.inputs import (
         HEADS,
         CompileResult,
         bind,
@@ -135,7 +136,6 @@ def compile_patches(
         resolve_patch,
         zero_shot_head,
     )
-    from steerpatch.compile.export import OPSET, export_graph, serialize, set_metadata, write_graph
     from steerpatch.compile.metadata import GraphInfo, PatchEntry
     from steerpatch.compile.parity import compare, onnx_outputs, parity_inputs, torch_reference
     from steerpatch.compile.runtime import create_session, import_onnxruntime

@@ -308,8 +308,9 @@ def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | 
         IntegrityError: (exit 1) naming the version, the file and what differs.
         RegistryError: when the version holds no steerpatch graph.
     """
-    from steerpatch.registry.integrity import check_graph_links, verify_model_version
+    from steerpatch.registry.integrity import check_graph_links
     from steerpatch.registry.store import client, resolve_store
+    from steerpatch.registry.verification import verify_model_version
 
     store = resolve_store(tracking_uri)
     c = client(store)

@@ -215,7 +215,7 @@ def verify_version(ref: str, *, tracking_uri: str | None = None) -> dict[str, An
             MANIFEST.json, MANIFEST.json against its recorded hash, MLmodel's loader, the patch and
             report against the recorded hashes, a graph against its recorded hash and patch version.
     """
-    from steerpatch.registry.integrity import verify_model_version
+    from steerpatch.registry.verification import verify_model_version
 
     store = resolve_store(tracking_uri)
     c = client(store)
@@ -245,7 +245,8 @@ def audit_model(name: str, *, policy: str | Path | None = None, tracking_uri: st
         `problems` is empty when everything verifies.
     """
     from steerpatch.errors import SteerpatchError
-    from steerpatch.registry.integrity import GRAPH_SUFFIX, verify_model_version
+    from steerpatch.registry.integrity import GRAPH_SUFFIX
+    from steerpatch.registry.verification import verify_model_version
 
     store = resolve_store(tracking_uri)
     c = client(store)

@@ -17,7 +17,6 @@ differs.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -190,32 +189,3 @@ def graphs_of(c: Any, name: str, patch_hash: str | None) -> list[Any]:
     except Exception:  # noqa: BLE001 - a sibling model that does not exist holds no graphs
         return []
     return sorted(found, key=lambda v: int(v.version))
-
-
-def verify_model_version(c: Any, store: Any, mv: Any, *, graphs: bool = True) -> dict[str, Any]:
-    """Download one version (patch or graph) and check it, and for a patch its compiled graphs.
-
-    Returns:
-        `{"name", "version", "kind", "files", "graphs": [{"name", "version"}], "ok": True}`.
-
-    Raises:
-        IntegrityError: at the first difference.
-    """
-    from steerpatch.registry.artifacts import download_version
-
-    what = f"{mv.name}@{mv.version}"
-    checked: list[dict[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="steerpatch-verify-") as tmp:
-        local = download_version(c, store, mv.name, str(mv.version), Path(tmp) / "model")
-        if is_graph(mv):
-            n, _ = verify_graph_folder(local, mv, what)
-            check_graph_links(c, mv, what)
-            kind = "graph"
-        else:
-            n, _, _ = verify_patch_folder(local, mv, what)
-            kind = "patch"
-    if kind == "patch" and graphs:
-        for gv in graphs_of(c, mv.name, (mv.tags or {}).get(TAG + "patch_hash")):
-            verify_model_version(c, store, gv, graphs=False)
-            checked.append({"name": gv.name, "version": str(gv.version)})
-    return {"name": mv.name, "version": str(mv.version), "kind": kind, "files": n, "graphs": checked, "ok": True}

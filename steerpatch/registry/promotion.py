@@ -150,7 +150,8 @@ def verified_evidence(c: Any, store: Store, mv: Any, workdir: Path) -> tuple[Any
         IntegrityError: (exit 1) at the first file or number that does not match the record.
         RegistryError: when the version is a compiled graph rather than a patch.
     """
-    from steerpatch.registry.integrity import graphs_of, is_graph, verify_model_version, verify_patch_folder
+    from steerpatch.registry.integrity import graphs_of, is_graph, verify_patch_folder
+    from steerpatch.registry.verification import verify_model_version
 
     what = f"{mv.name}@{mv.version}"
     if is_graph(mv):

@@ -57,9 +57,9 @@ def _prefix(loaded, images, block: int) -> torch.Tensor:
 def _subset(cached, rows: np.ndarray):
     from steerpatch.validate.cache import CachedActivations
 
-    rows = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    index = torch.as_tensor(np.asarray(rows, dtype=np.int64))
     return CachedActivations(
-        ids=[cached.ids[i] for i in rows.tolist()], hidden=cached.hidden[rows], features=cached.features[rows],
+        ids=[cached.ids[i] for i in index.tolist()], hidden=cached.hidden[index], features=cached.features[index],
         undecodable=[],
     )
 

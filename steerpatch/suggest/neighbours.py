@@ -8,6 +8,7 @@ same mistake again; the rest of the pool is what a fix must leave alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from steerpatch.steer import token_index
 
 
 @torch.no_grad()
-def image_codes(sae, hidden: torch.Tensor, tokens, *, batch_size: int = 256) -> torch.Tensor:
+def image_codes(sae, hidden: Any, tokens, *, batch_size: int = 256) -> torch.Tensor:
     """Image-level SAE codes: each latent's mean activation over the scoped tokens, (N, d_sae)."""
     where = token_index(tokens, hidden.shape[1]) if len(hidden) else slice(None)
     parts = [sae.encode(hidden[s : s + batch_size][:, where]).mean(dim=1) for s in range(0, len(hidden), batch_size)]

@@ -156,7 +156,7 @@ def sweep(
     if ks and len(ks) * per_k > budget:
         keep = max(1, budget // per_k)
         ks = sorted({ks[round(i * (len(ks) - 1) / max(keep - 1, 1))] for i in range(keep)})
-    out = []
+    out: list[Any] = []
     for k in ks:
         for dose in doses:
             if len(out) >= budget:

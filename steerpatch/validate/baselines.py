@@ -110,8 +110,8 @@ def ceiling_baseline(features: torch.Tensor, labels: np.ndarray, groups, head, *
     for i, key in enumerate(zip(group_arr.tolist(), labels.tolist(), strict=True)):
         cells.setdefault(key, []).append(i)
     for rows in cells.values():  # split every cell in half, so both halves hold every cell
-        rows = rng.permutation(rows)
-        fit_half[rows[: len(rows) // 2]] = True
+        shuffled = rng.permutation(rows)
+        fit_half[shuffled[: len(shuffled) // 2]] = True
     eval_rows = np.flatnonzero(~fit_half)
     per_cell = min((int(fit_half[rows].sum()) for rows in cells.values() if fit_half[rows].any()), default=0)
     if per_cell == 0:
@@ -208,7 +208,7 @@ def with_baselines(report, *, floor: dict | None, ceiling: dict | None, blast: d
     worst_after = report.worst_group.after if report.worst_group is not None else None
     update: dict[str, Any] = {}
     if floor is not None or ceiling is not None:
-        update["baselines"] = Baselines(floor=floor, ceiling=ceiling)
+        update["baselines"] = Baselines.model_validate({"floor": floor, "ceiling": ceiling})
         update["gap_closed"] = gap_closed(worst_before, worst_after, (ceiling or {}).get("worst_group"))
     if blast is not None:
         update["blast_radius"] = BlastRadiusEstimate(observed=report.blast_radius_observed, **blast)
