@@ -187,15 +187,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     report_json, report_html = write_report(report, run / "report")
     for line in summary(report).splitlines():
         _say(line)
-    floor = report.baselines.floor if report.baselines else None
-    ceiling = report.baselines.ceiling if report.baselines else None
-    if floor and ceiling and floor.worst_group is not None and ceiling.worst_group is not None:
-        gap = "-" if report.gap_closed is None else f"{report.gap_closed:.2f}"
-        _say(f"  baselines         worst group: random latents {100 * floor.worst_group:.1f}%, "
-             f"last-layer re-fit with group labels {100 * ceiling.worst_group:.1f}%; gap closed {gap}")
-    if report.blast_radius is not None:
-        _say(f"  blast estimate    {100 * report.blast_radius.predicted:.1f}% predicted from "
-             f"{report.blast_radius.sample} images before the run, {100 * report.blast_radius.observed:.1f}% observed")
+    # the summary carries the floor/ceiling baselines and the blast radius predicted before the run
     _say(f"report: {report_html}")
 
     _step(6, "Register in MLflow and promote to production")
