@@ -149,20 +149,6 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
     }
 
 
-def _bench_sae(d_in: int, d_sae: int, block: int):
-    import torch
-
-    from steerpatch.sae import SAE, SAEConfig
-    from steerpatch.sae.config import hook_metadata
-
-    gen = torch.Generator().manual_seed(0)
-    w_dec = torch.randn(d_sae, d_in, generator=gen)
-    w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
-    tensors = {"W_enc": w_dec.T.contiguous(), "b_enc": torch.full((d_sae,), -0.5), "W_dec": w_dec, "b_dec": torch.zeros(d_in)}
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="standard", metadata=hook_metadata(block, "all"))
-    return SAE(cfg, tensors)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10000, help="photos for the large concept-clip run")
@@ -237,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             from steerpatch.sae import save_sae
 
             vit = load_model("ViT-B-32")
-            vit_sae = _bench_sae(int(vit.model.visual.transformer.width), 16 * 768, 8)
+            from bench_studio import _random_sae  # the benchmarks' one synthetic ViT-B-32 SAE
+
+            vit_sae = _random_sae(int(vit.model.visual.transformer.width), 16 * 768, 8)
             save_sae(vit_sae, work / "vit-sae")
             vit_root = subset(work / "photos", rows[: args.n_vit], work / "vit")
 
