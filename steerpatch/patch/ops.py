@@ -1,8 +1,14 @@
 """The patch operations: one registry mapping an op name to what it does to a latent.
 
 A *latent* op rewrites the SAE code z_i and the engine adds (z'_i - z_i) * W_dec[i] to the block output;
-a *direction* op adds value * W_dec[i] directly and never needs the encoder. Ops work on tensors
-through tensor methods only, so this module imports no torch and the patch format stays light.
+a *direction* op adds value * W_dec[i] directly and never needs the encoder.
+
+An op is all the torch steering, the validation cache and the ONNX graph know about it: the torch
+engine calls `rewrite` per edit with a float, the exported graph calls it once per op on all its
+edited latents with a tensor of values (one per column). So a latent op's `fn` must broadcast a
+value tensor against the last axis of z and use only traceable tensor operations; then a newly
+registered op steers, validates and compiles with no other change. torch is imported inside the
+functions, so the patch format stays light.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# An op's function takes the latent's activations (any shape) and the edit's value, returns the new ones.
-OpFn = Callable[[Any, float], Any]
+# An op's function takes activations z (..., k) and the value(s): a float, or a tensor of k values,
+# one per column of z; it returns new activations shaped like z.
+OpFn = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,8 @@ class Op:
     Attributes:
         name: the `op` string used in patch files.
         kind: "latent" rewrites z_i (error term kept); "direction" adds value * W_dec[i] to the output.
-        fn: for latent ops, maps (z_i, value) -> z'_i; None for direction ops.
+        fn: for latent ops, maps (z, value) -> z' (see `OpFn`: traceable, broadcasting a value tensor
+            over z's last axis); None for direction ops.
         summary: one line for help texts and the JSON Schema.
         identity: the value for which the op changes nothing (None when no value does for all z).
         max_abs: the largest |value| a patch may give; beyond it float32 activations overflow or
@@ -45,8 +53,12 @@ class Op:
             )
         return None
 
-    def rewrite(self, z: Any, value: float) -> Any:
-        """z'_i for a latent op.
+    def rewrite(self, z: Any, value: Any) -> Any:
+        """z' for a latent op.
+
+        Args:
+            z: activations, (...) for one latent or (..., k) for k latents.
+            value: the edit's value, or a tensor of k values (one per latent) for (..., k) activations.
 
         Raises:
             TypeError: for a direction op, which adds to the output instead (a programming error).
@@ -77,16 +89,20 @@ def register_op(op: Op) -> Op:
     return op
 
 
-def _scale(z: Any, value: float) -> Any:
+def _scale(z: Any, value: Any) -> Any:
     return z * value
 
 
-def _clamp(z: Any, value: float) -> Any:
-    return z.new_full(z.shape, value)
+def _clamp(z: Any, value: Any) -> Any:
+    import torch
+
+    return torch.zeros_like(z) + value  # value everywhere, also where z is NaN
 
 
-def _clamp_if_active(z: Any, value: float) -> Any:
-    return z.masked_fill(z > 0, value)
+def _clamp_if_active(z: Any, value: Any) -> Any:
+    import torch
+
+    return torch.where(z > 0, value, z)
 
 
 register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0, 1e3))

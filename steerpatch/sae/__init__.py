@@ -7,16 +7,24 @@ Example:
 """
 
 from steerpatch.sae.activations import cache_activations, check_sae_fits, run_to_block, token_slice
+from steerpatch.sae.architectures import (
+    ARCHITECTURES,
+    SAE_REGISTRY,
+    Architecture,
+    Training,
+    get_architecture,
+    register_architecture,
+)
 from steerpatch.sae.config import TOKEN_SCOPES, HookSpec, SAEConfig
 from steerpatch.sae.fit import FitSettings, fit_sae
 from steerpatch.sae.formats import default_sae_path, load_sae, save_sae
 from steerpatch.sae.module import SAE, fingerprint_tensors
 from steerpatch.sae.quality import SAEQuality, load_quality, reconstruction_metrics, splice, spliced_accuracy
-from steerpatch.sae.registry import SAE_REGISTRY, Architecture, get_architecture, register_architecture
 from steerpatch.sae.stats import LatentStats, compute_latent_stats, load_latent_stats, save_latent_stats
 from steerpatch.sae.train import TrainResult, train_sae
 
 __all__ = [
+    "ARCHITECTURES",
     "SAE",
     "SAE_REGISTRY",
     "TOKEN_SCOPES",
@@ -27,6 +35,7 @@ __all__ = [
     "SAEConfig",
     "SAEQuality",
     "TrainResult",
+    "Training",
     "cache_activations",
     "check_sae_fits",
     "compute_latent_stats",

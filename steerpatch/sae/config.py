@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steerpatch.errors import SAEError
+from steerpatch.sae.architectures import get_architecture
 
 TokenScope = Literal["cls", "patches", "all"]
 TOKEN_SCOPES: tuple[str, ...] = ("cls", "patches", "all")
@@ -31,7 +32,7 @@ class SAEConfig(BaseModel):
 
     d_in: int = Field(gt=0)  # width of the activations the SAE reads
     d_sae: int = Field(gt=0)  # number of latents
-    architecture: str = "standard"  # a key of SAE_REGISTRY
+    architecture: str = "standard"  # a key of steerpatch.sae.architectures.ARCHITECTURES
     dtype: str = "float32"  # storage dtype of the weights on disk
     apply_b_dec_to_input: bool = True  # subtract b_dec before encoding (SAELens default)
     normalize_activations: str = "none"  # a key of steerpatch.sae.normalization.NORMALIZATIONS
@@ -43,8 +44,6 @@ class SAEConfig(BaseModel):
 
     def to_saelens_dict(self) -> dict[str, Any]:
         """The dict written to `cfg.json`: SAELens field names, architecture-specific fields only when used."""
-        from steerpatch.sae.registry import get_architecture
-
         spec = get_architecture(self.architecture)
         out: dict[str, Any] = {
             "architecture": self.architecture,
@@ -185,7 +184,6 @@ def validate_config(cfg: SAEConfig, *, source: str) -> SAEConfig:
         SAEError: unknown architecture, unsupported normalization/reshape/dtype, a bad k.
     """
     from steerpatch.sae.normalization import get_normalization
-    from steerpatch.sae.registry import get_architecture
 
     spec = get_architecture(cfg.architecture)
     get_normalization(cfg.normalize_activations, source=source)

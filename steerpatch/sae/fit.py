@@ -14,9 +14,9 @@ from typing import Any
 import torch
 
 from steerpatch.errors import SAEError
+from steerpatch.sae.architectures import Training, get_architecture
 from steerpatch.sae.config import SAEConfig
 from steerpatch.sae.module import SAE
-from steerpatch.sae.registry import get_architecture
 
 
 @dataclass
@@ -71,40 +71,10 @@ class FitLog:
     final_l0: float = math.nan
 
 
-class _JumpReLU(torch.autograd.Function):
-    """z = pre * 1[pre > theta]; theta gets a rectangle-kernel pseudo-gradient (SAELens JumpReLU)."""
-
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        kernel = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
-        grad_pre = (pre > threshold) * grad
-        grad_threshold = (-(threshold / eps) * kernel * grad).sum(dim=0)
-        return grad_pre, grad_threshold, None
-
-
-class _Step(torch.autograd.Function):
-    """1[pre > theta] with a pseudo-gradient for theta only (SAELens Step, for the L0 penalty)."""
-
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        kernel = ((pre - threshold).abs() < eps / 2).to(pre.dtype)
-        return torch.zeros_like(pre), (-(1.0 / eps) * kernel * grad).sum(dim=0), None
+def _training(s: FitSettings) -> Training:
+    training = get_architecture(s.architecture).training
+    assert training is not None  # fit_sae refuses untrainable architectures first
+    return training
 
 
 def _init_params(
@@ -119,27 +89,15 @@ def _init_params(
         "W_enc": W_dec.T.clone(),
         "b_enc": torch.zeros(s.d_sae),
         "b_dec": mean.clone(),
+        **_training(s).extra_params(s),
     }
-    if s.architecture == "jumprelu":
-        params["log_threshold"] = torch.full((s.d_sae,), math.log(s.jumprelu_init_threshold))
     return {name: t.requires_grad_(True) for name, t in params.items()}
 
 
 def _forward(p: dict[str, torch.Tensor], x: torch.Tensor, s: FitSettings) -> tuple[torch.Tensor, ...]:
     """Latents, reconstruction and sparsity term for one batch, with the training-time surrogates."""
     pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-    norms = p["W_dec"].norm(dim=-1)
-    if s.architecture == "standard":
-        z = pre.relu()
-        sparsity = (z * norms).sum(dim=-1).mean()
-    elif s.architecture == "topk":
-        values, indices = torch.topk(pre, k=s.k, dim=-1, sorted=False)
-        z = torch.zeros_like(pre).scatter(-1, indices, values.relu())
-        sparsity = torch.zeros(())
-    else:
-        threshold = p["log_threshold"].exp()
-        z = _JumpReLU.apply(pre, threshold, s.jumprelu_bandwidth)
-        sparsity = _Step.apply(pre, threshold, s.jumprelu_bandwidth).sum(dim=-1).mean()
+    z, sparsity = _training(s).forward(p, pre, s)
     x_hat = z @ p["W_dec"] + p["b_dec"]
     return z, x_hat, sparsity
 
@@ -168,10 +126,11 @@ def _resample(
     p["W_dec"][idx] = directions
     p["W_enc"][:, idx] = directions.T * enc_norm * 0.2
     p["b_enc"][idx] = 0.0
-    if "log_threshold" in p:
-        p["log_threshold"][idx] = math.log(s.jumprelu_init_threshold)
-    for name in ("W_dec", "W_enc", "b_enc", "log_threshold"):
-        if name not in p or p[name] not in opt.state:
+    extra = _training(s).extra_params(s)
+    for name, initial in extra.items():
+        p[name][idx] = initial[idx]
+    for name in ("W_dec", "W_enc", "b_enc", *extra):
+        if p[name] not in opt.state:
             continue
         state = opt.state[p[name]]
         for key in ("exp_avg", "exp_avg_sq"):
@@ -206,7 +165,7 @@ def fit_sae(
     from tqdm import tqdm
 
     if not get_architecture(settings.architecture).trainable:
-        from steerpatch.sae.registry import trainable_architectures
+        from steerpatch.sae.architectures import trainable_architectures
 
         raise SAEError(
             f"SAE architecture {settings.architecture!r} can be loaded but not trained here; "
@@ -216,8 +175,10 @@ def fit_sae(
         raise SAEError(
             f"need a (tokens, width) activation matrix with at least 2 rows, got {tuple(acts.shape)}"
         )
-    if settings.architecture == "topk" and not 0 < settings.k <= settings.d_sae:
-        raise SAEError(f"k={settings.k} must be between 1 and the number of latents ({settings.d_sae})")
+    training = _training(settings)
+    problem = training.problem(settings)
+    if problem is not None:
+        raise SAEError(problem)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     acts = acts.float()
@@ -225,17 +186,18 @@ def fit_sae(
     scale = float(math.sqrt(d_in) / acts.norm(dim=-1).mean().clamp_min(1e-12))
     x_all = acts * scale
     params = _init_params(d_in, settings, x_all.mean(0), generator)
-    groups: list[dict[str, Any]] = [{"params": [t for name, t in params.items() if name != "log_threshold"]}]
-    if "log_threshold" in params:
+    extra = list(training.extra_params(settings))
+    groups: list[dict[str, Any]] = [{"params": [t for name, t in params.items() if name not in extra]}]
+    if extra:
         # the L0 surrogate moves only the thresholds; a faster rate lets short CPU runs reach sparsity
         groups.append(
-            {"params": [params["log_threshold"]], "lr": settings.lr * settings.threshold_lr_multiplier}
+            {"params": [params[name] for name in extra], "lr": settings.lr * settings.threshold_lr_multiplier}
         )
     opt = torch.optim.Adam(groups, lr=settings.lr, betas=(0.9, 0.999))
     log = FitLog(scale=scale)
     n = len(x_all)
     fired = torch.zeros(settings.d_sae, dtype=torch.bool)
-    coefficient = settings.l1_coefficient if settings.architecture == "standard" else settings.l0_coefficient
+    coefficient = training.coefficient(settings)
     warmup = max(1, int(settings.warmup_fraction * settings.steps))
     order = torch.randperm(n, generator=generator)
     cursor = 0
@@ -279,20 +241,19 @@ def _fold(
     p: dict[str, torch.Tensor], s: FitSettings, d_in: int, scale: float, metadata: dict[str, Any]
 ) -> SAE:
     """Undo the training-time input scale: every latent is positively homogeneous, so divide biases by it."""
+    training = _training(s)
     tensors = {
         "W_enc": p["W_enc"].detach().clone(),
         "b_enc": p["b_enc"].detach() / scale,
         "W_dec": p["W_dec"].detach().clone(),
         "b_dec": p["b_dec"].detach() / scale,
+        **training.fold(p, scale),
     }
-    if s.architecture == "jumprelu":
-        tensors["threshold"] = p["log_threshold"].detach().exp() / scale
     fields: dict[str, Any] = {
         "d_in": d_in,
         "d_sae": s.d_sae,
         "architecture": s.architecture,
         "metadata": metadata,
+        **training.cfg_fields(s),
     }
-    if s.architecture == "topk":
-        fields["k"] = s.k
     return SAE(SAEConfig(**fields), tensors)

@@ -16,10 +16,10 @@ import torch
 
 from steerpatch.errors import SAEError
 from steerpatch.io import atomic_dir, refuse_special_file
+from steerpatch.sae.architectures import ARCHITECTURES, get_architecture
 from steerpatch.sae.config import check_token_scope, config_from_saelens
 from steerpatch.sae.module import SAE
 from steerpatch.sae.prisma import is_prisma_folder, load_prisma
-from steerpatch.sae.registry import SAE_REGISTRY, get_architecture
 from steerpatch.sae.saev import load_saev
 from steerpatch.sae.weights import describe_magic, is_safetensors, read_safetensors, starts_with_json_line
 
@@ -103,7 +103,7 @@ def load_sae(
         if architecture is None:
             raise SAEError(
                 f"'{path}' is a plain safetensors state dict, which does not record its architecture; "
-                f"pass --arch (one of {', '.join(sorted(SAE_REGISTRY))})"
+                f"pass --arch (one of {', '.join(sorted(ARCHITECTURES))})"
             )
         sae = _load_plain(path, architecture, k=k, apply_b_dec_to_input=apply_b_dec_to_input)
         architecture = None

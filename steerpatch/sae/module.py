@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from steerpatch.errors import SAEError
+from steerpatch.sae.architectures import Architecture, get_architecture
 from steerpatch.sae.config import HookSpec, SAEConfig, hook_from_metadata, validate_config
 from steerpatch.sae.normalization import Normalization, NormState, get_normalization
-from steerpatch.sae.registry import Architecture, get_architecture
 
 
 class SAE(torch.nn.Module):

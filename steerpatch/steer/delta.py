@@ -11,11 +11,16 @@ rescale activations by decoder norm) and s(x) is the per-token factor of the SAE
 (1 for none, std for layer_norm, ||x|| / sqrt(d_in) for constant_norm_rescale): the normalisation's
 way back is affine, so this is exactly decode(z') - decode(z) in the residual stream. An empty
 patch, or one whose edits change nothing, returns x bit for bit.
+
+Both the torch hooks and the exported ONNX module (`steerpatch.compile.steering`) compute the edit
+from the same pieces here: `EditColumns` (the edits grouped by their registered op), the
+architecture's `latent_tensors`/`latent_codes`, `latent_change` and `direction_shift`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,11 +28,75 @@ import torch
 
 from steerpatch.errors import PatchError, shorten
 from steerpatch.patch.format import Edit, Patch
-from steerpatch.patch.ops import get_op
-from steerpatch.sae.registry import SAE_REGISTRY
+from steerpatch.patch.ops import Op, get_op
+from steerpatch.sae.architectures import ARCHITECTURES
 
 # a view of the registry's `elementwise` flag (its one home), kept for importers of this name
-ELEMENTWISE_ARCHITECTURES = frozenset(name for name, arch in SAE_REGISTRY.items() if arch.elementwise)
+ELEMENTWISE_ARCHITECTURES = frozenset(name for name, arch in ARCHITECTURES.items() if arch.elementwise)
+
+
+@dataclass(frozen=True)
+class EditColumns:
+    """A patch's edits as columns in patch order, each resolved to its registered op.
+
+    Attributes:
+        latents: latents of the latent-op edits (their activation is rewritten).
+        values: those edits' values.
+        ops: the latent ops used, each once, in order of first use.
+        op_of: for each latent edit, its op's position in `ops`.
+        add_latents: latents of the direction-op edits (value * W_dec[i] is added).
+        add_values: those edits' values.
+    """
+
+    latents: tuple[int, ...]
+    values: tuple[float, ...]
+    ops: tuple[Op, ...]
+    op_of: tuple[int, ...]
+    add_latents: tuple[int, ...]
+    add_values: tuple[float, ...]
+
+    @classmethod
+    def from_edits(cls, edits: Iterable[Any]) -> EditColumns:
+        """Split edits (objects with `latent`, `op`, `value`) by their op's kind.
+
+        Raises:
+            PatchError: for an op that is not registered.
+        """
+        latent, direction, ops = [], [], []
+        for edit in edits:
+            op = get_op(edit.op)
+            if op.kind == "direction":
+                direction.append(edit)
+                continue
+            if op not in ops:
+                ops.append(op)
+            latent.append((edit, ops.index(op)))
+        return cls(
+            latents=tuple(int(e.latent) for e, _ in latent),
+            values=tuple(float(e.value) for e, _ in latent),
+            ops=tuple(ops),
+            op_of=tuple(i for _, i in latent),
+            add_latents=tuple(int(e.latent) for e in direction),
+            add_values=tuple(float(e.value) for e in direction),
+        )
+
+
+def latent_change(z: torch.Tensor, ops: Sequence[Op], op_of: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """z' - z for the codes z (..., k) of k edited latents: column j goes through ops[op_of[j]] with values[j].
+
+    Each op runs once on all k columns and `where` keeps its own columns, so the exported graph
+    holds one node group per op, whatever the number of edits.
+    """
+    new = z
+    for i, op in enumerate(ops):
+        new = torch.where(op_of == i, op.rewrite(z, values), new)
+    return new - z
+
+
+def direction_shift(W_dec: torch.Tensor, latents: Sequence[int], values: Sequence[float]) -> torch.Tensor:
+    """sum_i value_i * W_dec[latent_i], (d_in,): what the direction ops add."""
+    rows = W_dec[torch.tensor(list(latents), dtype=torch.long, device=W_dec.device)]
+    return torch.tensor(list(values), dtype=rows.dtype, device=rows.device) @ rows
 
 
 def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]:
@@ -67,24 +136,13 @@ def _rescaled(sae: Any) -> bool:
 def latent_codes(sae: Any, sae_in: torch.Tensor, latents: Sequence[int]) -> torch.Tensor:
     """Codes of a few latents from the encoder's input (normalised, b_dec already handled), (..., k).
 
-    Elementwise architectures read only the named encoder columns (the registry's own encoder over a
-    column view); the others (topk) run the full encoder, because whether a latent survives depends
-    on all the others.
+    The architecture says which tensors that takes (`latent_tensors`: the named encoder columns for
+    elementwise architectures, every latent for topk, where whether a latent survives depends on
+    all the others) and computes the codes from them, as the exported graph does.
     """
     idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
-    if not sae.spec.elementwise:
-        return sae.spec.encode(sae, sae.cfg, sae_in)[..., idx]
-    return sae.spec.encode(column_view(sae, idx), sae.cfg, sae_in)
-
-
-def column_view(sae: Any, idx: torch.Tensor) -> SimpleNamespace:
-    """The SAE's per-latent tensors restricted to latents `idx`, in the shape its encoder reads."""
-    fields: dict[str, Any] = {"cfg": sae.cfg, "W_enc": sae.W_enc[:, idx], "dec_norms": sae.dec_norms[idx]}
-    if sae.spec.uses_b_enc:
-        fields["b_enc"] = sae.b_enc[idx]
-    for name in sae.spec.extra_tensors:
-        fields[name] = getattr(sae, name)[idx]
-    return SimpleNamespace(**fields)
+    view = SimpleNamespace(cfg=sae.cfg, **sae.spec.latent_tensors(sae, idx))
+    return sae.spec.latent_codes(view, sae_in, idx)
 
 
 def latent_activations(sae: Any, x: torch.Tensor, latents: Sequence[int]) -> torch.Tensor:
@@ -139,25 +197,18 @@ def edits_delta(sae: Any, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tenso
     Returns:
         The change, in the SAE's dtype, broadcastable to x; None when there is nothing to add.
     """
-    latent = [e for e in edits if get_op(e.op).kind == "latent"]
-    direction = [e for e in edits if get_op(e.op).kind == "direction"]
-    if not latent and not direction:
+    cols = EditColumns.from_edits(edits)
+    if not cols.latents and not cols.add_latents:
         return None
     x_n, back = sae.normalize(x)
     delta: torch.Tensor | None = None
-    if latent:
-        ids = [e.latent for e in latent]
-        z = latent_codes(sae, x_n - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_n, ids)
-        change = torch.stack(
-            [get_op(e.op).rewrite(z[..., j], e.value) - z[..., j] for j, e in enumerate(latent)], -1
-        )
-        delta = change @ decoder_directions(sae, ids)
-    if direction:
-        rows = sae.W_dec[
-            torch.tensor([e.latent for e in direction], dtype=torch.long, device=sae.W_dec.device)
-        ]
-        values = torch.tensor([e.value for e in direction], dtype=rows.dtype, device=rows.device)
-        shift = values @ rows
+    if cols.latents:
+        z = latent_codes(sae, x_n - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_n, cols.latents)
+        op_of = torch.tensor(cols.op_of, dtype=torch.long, device=z.device)
+        values = torch.tensor(cols.values, dtype=z.dtype, device=z.device)
+        delta = latent_change(z, cols.ops, op_of, values) @ decoder_directions(sae, cols.latents)
+    if cols.add_latents:
+        shift = direction_shift(sae.W_dec, cols.add_latents, cols.add_values)
         delta = shift if delta is None else delta + shift
     return None if delta is None else back.restore_delta(delta)
 

@@ -79,7 +79,7 @@ def test_an_unregistered_architecture_is_refused_by_patch_check(runner, tmp_path
     path.write_text(json.dumps(patch.to_dict()))
     result = runner.invoke(cli, ["patch", "check", str(path)])
     assert result.exit_code == 2
-    from steerpatch.sae.registry import SAE_REGISTRY
+    from steerpatch.sae.architectures import SAE_REGISTRY
 
     known = ", ".join(sorted(SAE_REGISTRY))
     assert (

@@ -7,7 +7,7 @@ import torch
 
 from steerpatch.errors import SAEError
 from steerpatch.sae import FitSettings, fit_sae, reconstruction_metrics
-from steerpatch.sae.registry import trainable_architectures
+from steerpatch.sae.architectures import trainable_architectures
 
 
 def _sparse_data(n: int = 6000, d: int = 16, m: int = 48, seed: int = 0) -> torch.Tensor:

@@ -13,7 +13,7 @@ from steerpatch.sae import SAE_REGISTRY, save_sae
 
 
 def test_cli_choices_follow_the_registry():
-    from steerpatch.sae.registry import trainable_architectures
+    from steerpatch.sae.architectures import trainable_architectures
 
     assert sorted(READ_ARCHITECTURES) == sorted(SAE_REGISTRY)
     assert sorted(ARCHITECTURES) == list(trainable_architectures())
