@@ -181,8 +181,9 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
     Raises:
         CompileError: for an SAE architecture the compiler does not support.
     """
-    from steerpatch.compile.graph import MODES, EditTable, EncoderGraph, SteeringModule, n_tokens
-    from steerpatch.steer.delta import token_index
+    from steerpatch.compile.graph import EncoderGraph, n_tokens, token_mask
+    from steerpatch.compile.steering import MODES, SteeringModule
+    from steerpatch.steer.delta import EditColumns, token_index
 
     head_weights = head.weights if head is not None else None
     logit_scale = float(head.logit_scale) if head is not None else 100.0
@@ -198,9 +199,9 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
     mode, why = MODES[sae.architecture]
     # the same check eager steering makes, so compile refuses what validate refuses, with the same words
     token_index(patch.tokens, n_tokens(visual))
-    table = EditTable.from_edits(patch.edits)
+    columns = EditColumns.from_edits(patch.edits)
     batch_first = bool(getattr(visual.transformer, "batch_first", True))
-    steering = SteeringModule(sae, table, patch.tokens, n_tokens(visual), mode, batch_first=batch_first)
+    steering = SteeringModule(sae, columns, token_mask(patch.tokens, n_tokens(visual)), batch_first=batch_first)
     module = EncoderGraph(visual, patch.hook.block, steering, head_weights, logit_scale).eval()
     return module, mode, why, steering.extra_weights()
 

@@ -2,7 +2,7 @@
 
 The graph takes a second input, `patch_index` (int64, one per batch row): 0 runs the unpatched
 model, i runs the i-th patch given. Each patch keeps its own SAE, token scope and compile mode; the
-steering modules are the ones a single-patch compile builds (`steerpatch.compile.graph`), put side
+steering modules are the ones a single-patch compile builds (`steerpatch.compile.steering`), put side
 by side in a `PatchSelector`. The parity gate checks every index against the torch hooks, and once
 more with a batch that mixes them. Nothing is written unless every index passes.
 """
@@ -59,15 +59,9 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
     Raises:
         CompileError: for an SAE architecture the compiler does not support.
     """
-    from steerpatch.compile.graph import (
-        MODES,
-        EditTable,
-        EncoderGraph,
-        PatchSelector,
-        SteeringModule,
-        n_tokens,
-    )
-    from steerpatch.steer.delta import token_index
+    from steerpatch.compile.graph import EncoderGraph, n_tokens, token_mask
+    from steerpatch.compile.steering import MODES, PatchSelector, SteeringModule
+    from steerpatch.steer.delta import EditColumns, token_index
 
     visual = loaded.model.visual
     batch_first = bool(getattr(visual.transformer, "batch_first", True))
@@ -77,8 +71,8 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
             raise CompileError(f"SAE architecture {sae.architecture!r} cannot be compiled; supported: {', '.join(MODES)}")
         mode = MODES[sae.architecture][0]
         token_index(patch.tokens, n_tokens(visual))  # the check eager steering makes, with its words
-        table = EditTable.from_edits(patch.edits)
-        modules.append(SteeringModule(sae, table, patch.tokens, n_tokens(visual), mode, batch_first=batch_first))
+        mask = token_mask(patch.tokens, n_tokens(visual))
+        modules.append(SteeringModule(sae, EditColumns.from_edits(patch.edits), mask, batch_first=batch_first))
         modes.append(mode)
     selector = PatchSelector(modules, batch_first=batch_first)
     head_weights = head.weights if head is not None else None
