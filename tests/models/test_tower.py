@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerpatch.attribute.forward import encode_prefix, encode_suffix, num_blocks
 from steerpatch.errors import ModelError
+from steerpatch.models.tower import encode_prefix, encode_suffix, num_blocks
 
 
 def _pixels(loaded, n=3):
