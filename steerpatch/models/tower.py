@@ -74,7 +74,7 @@ def check_block(model: Any, block: int, error: type[SteerpatchError] = ModelErro
     """
     n = num_blocks(model)
     if not 0 <= block < n:
-        raise error(f"block {block} is out of range: this model's vision tower has blocks 0..{n - 1}")
+        raise error(f"block {block} does not exist: this model's vision tower has blocks 0..{n - 1}")
 
 
 def residual_width(model: Any) -> int:

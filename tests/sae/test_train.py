@@ -114,7 +114,7 @@ def test_check_sae_fits(trained, concept_model, make_sae):
     check_sae_fits(trained.sae, concept_model)
     with pytest.raises(SAEError, match=f"SAE d_in=6 does not match the model's width {width} at block 1"):
         check_sae_fits(make_sae("standard"), concept_model)
-    with pytest.raises(SAEError, match="block 9 is out of range"):
+    with pytest.raises(SAEError, match="block 9 does not exist"):
         check_sae_fits(make_sae("standard", d_in=width, block=9), concept_model)
     with pytest.raises(SAEError, match="records no hook block"):
         check_sae_fits(make_sae("standard", d_in=width, block=None), concept_model)
