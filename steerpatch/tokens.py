@@ -47,12 +47,13 @@ def select_tokens(tokens: str | Sequence[int], n_tokens: int | None = None) -> s
     negative = [t for t in indices if t < 0]
     if negative:
         raise PatchError(f"patch token indices [{shorten(negative)}] are negative; fix 'tokens' (0 is the class token)")
-    bad = [t for t in indices if n_tokens is not None and t >= n_tokens]
-    if bad:
-        raise PatchError(
-            f"patch token indices [{shorten(bad)}] are past the last token ({n_tokens - 1}) of this model; "
-            "fix 'tokens'"
-        )
+    if n_tokens is not None:
+        past = [t for t in indices if t >= n_tokens]
+        if past:
+            raise PatchError(
+                f"patch token indices [{shorten(past)}] are past the last token ({n_tokens - 1}) of this model; "
+                "fix 'tokens'"
+            )
     return indices
 
 
