@@ -13,9 +13,9 @@ from steerpatch.attribute.exemplars import (
     selective_latents,
     top_groups,
 )
-from steerpatch.attribute.forward import encode_prefix, encode_suffix, num_blocks
 from steerpatch.attribute.heatmap import latent_grid, overlay, write_overlay
 from steerpatch.attribute.scores import ablation_effects, latent_scores, margin
+from steerpatch.models.tower import encode_prefix, encode_suffix, num_blocks
 
 __all__ = [
     "Attribution",

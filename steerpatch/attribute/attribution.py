@@ -22,10 +22,10 @@ from steerpatch.attribute.exemplars import (
     exemplar_source,
     top_groups,
 )
-from steerpatch.attribute.forward import encode_suffix
 from steerpatch.attribute.heatmap import latent_grid, latent_grid_cls, write_overlay
 from steerpatch.attribute.scores import ablation_effects, latent_scores, prefix, resolve_target
 from steerpatch.errors import DatasetError, SAEError, SteerpatchError
+from steerpatch.models.tower import encode_suffix
 
 
 class LatentAttribution(BaseModel):

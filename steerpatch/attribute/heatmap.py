@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from steerpatch.tokens import select_tokens
+
 OVERLAY_SIZE = 256  # pixels per side of the written overlay; small world images are upscaled to it
 
 
@@ -28,10 +30,10 @@ def latent_grid(model, sae, hidden: torch.Tensor, latent: int) -> np.ndarray:
     Returns:
         A float array of shape `model.visual.grid_size`.
     """
+    from steerpatch.models.tower import vision_tower
     from steerpatch.steer import latent_activations
-
-    rows, cols = model.visual.grid_size
-    values = latent_activations(sae, hidden[0, 1:], [latent])[:, 0]
+    rows, cols = vision_tower(model).grid_size
+    values = latent_activations(sae, hidden[0, select_tokens("patches")], [latent])[:, 0]
     return values.reshape(rows, cols).float().numpy()
 
 
@@ -40,7 +42,7 @@ def latent_grid_cls(sae, hidden: torch.Tensor, latent: int) -> float:
     """A latent's activation on the class token, which the patch grid does not show."""
     from steerpatch.steer import latent_activations
 
-    return float(latent_activations(sae, hidden[0, :1], [latent])[0, 0])
+    return float(latent_activations(sae, hidden[0, select_tokens("cls")], [latent])[0, 0])
 
 
 SCALE_HEIGHT = 40  # pixels of the strip under the overlay: caption and colour bar

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from steerpatch.attribute.forward import encode_prefix, encode_suffix
 from steerpatch.errors import SteerpatchError
+from steerpatch.models.tower import encode_prefix, encode_suffix
 
 
 def margin(logits: torch.Tensor, target: int, against: int | None) -> torch.Tensor:

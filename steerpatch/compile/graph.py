@@ -14,28 +14,19 @@ import torch
 from torch import nn
 
 from steerpatch.compile.steering import PatchSelector
+from steerpatch.models.tower import n_tokens as n_tokens  # re-exported: the compilers read it here
+from steerpatch.models.tower import resblocks
+from steerpatch.tokens import select_tokens
 
 
 def token_mask(tokens: str | Sequence[int], n_tokens: int) -> torch.Tensor:
-    """A (n_tokens,) float mask of the tokens a patch edits (token 0 is the class token).
+    """A (n_tokens,) float mask of the tokens a patch edits: 1 on `select_tokens`' positions.
 
     Raises:
-        ValueError: for an unknown scope name or an index outside the sequence.
+        PatchError: for an unknown scope name or an index outside the sequence.
     """
     mask = torch.zeros(n_tokens)
-    if tokens == "all":
-        mask[:] = 1.0
-    elif tokens == "cls":
-        mask[0] = 1.0
-    elif tokens == "patches":
-        mask[1:] = 1.0
-    elif isinstance(tokens, str):
-        raise ValueError(f"token scope {tokens!r} is not one of cls, patches, all or a list of indices")
-    else:
-        for index in tokens:
-            if not 0 <= int(index) < n_tokens:
-                raise ValueError(f"token index {index} is outside the model's {n_tokens} tokens")
-            mask[int(index)] = 1.0
+    mask[select_tokens(tokens, n_tokens)] = 1.0
     return mask
 
 
@@ -72,7 +63,7 @@ class EncoderGraph(nn.Module):
         super().__init__()
         tower: Any = copy.deepcopy(visual).float().eval()
         if steering is not None and block is not None:
-            blocks = tower.transformer.resblocks
+            blocks = resblocks(tower)
             blocks[block] = SteeredBlock(blocks[block], steering)
         self.visual = tower
         self.selector = steering if isinstance(steering, PatchSelector) else None
@@ -101,7 +92,3 @@ class EncoderGraph(nn.Module):
         logits = self.logit_scale * features @ self.head_weights.T
         return embedding, logits, torch.softmax(logits, dim=-1)
 
-
-def n_tokens(visual: Any) -> int:
-    """Sequence length of an open_clip vision tower (class token + patch grid)."""
-    return int(visual.positional_embedding.shape[0])

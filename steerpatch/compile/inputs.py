@@ -183,11 +183,13 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
     """
     from steerpatch.compile.graph import EncoderGraph, n_tokens, token_mask
     from steerpatch.compile.steering import MODES, SteeringModule
+    from steerpatch.models.tower import is_batch_first, vision_tower
     from steerpatch.steer.delta import EditColumns, token_index
 
     head_weights = head.weights if head is not None else None
     logit_scale = float(head.logit_scale) if head is not None else 100.0
-    visual = loaded.model.visual
+
+    visual = vision_tower(loaded)
     if patch is None or not patch.edits:
         module = EncoderGraph(visual, head_weights=head_weights, logit_scale=logit_scale).eval()
         why = "no patch" if patch is None else "the patch has no edits, so the graph is the plain encoder"
@@ -200,7 +202,7 @@ def build_graph(loaded: Any, patch: Any = None, sae: Any = None, head: Any = Non
     # the same check eager steering makes, so compile refuses what validate refuses, with the same words
     token_index(patch.tokens, n_tokens(visual))
     columns = EditColumns.from_edits(patch.edits)
-    batch_first = bool(getattr(visual.transformer, "batch_first", True))
+    batch_first = is_batch_first(visual)
     steering = SteeringModule(sae, columns, token_mask(patch.tokens, n_tokens(visual)), batch_first=batch_first)
     module = EncoderGraph(visual, patch.hook.block, steering, head_weights, logit_scale).eval()
     return module, mode, why, steering.extra_weights()

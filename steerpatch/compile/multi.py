@@ -61,10 +61,11 @@ def build_multi_graph(loaded: Any, patches: Sequence[Any], saes: Sequence[Any], 
     """
     from steerpatch.compile.graph import EncoderGraph, n_tokens, token_mask
     from steerpatch.compile.steering import MODES, PatchSelector, SteeringModule
+    from steerpatch.models.tower import is_batch_first, vision_tower
     from steerpatch.steer.delta import EditColumns, token_index
 
-    visual = loaded.model.visual
-    batch_first = bool(getattr(visual.transformer, "batch_first", True))
+    visual = vision_tower(loaded)
+    batch_first = is_batch_first(visual)
     modules, modes = [], []
     for patch, sae in zip(patches, saes, strict=True):
         if sae.architecture not in MODES:

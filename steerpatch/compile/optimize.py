@@ -85,8 +85,9 @@ def top1_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.nda
 
 def tower_shape(loaded: Any) -> tuple[int, int]:
     """(attention heads, width) of an open_clip vision tower, for the optimiser."""
-    transformer = loaded.model.visual.transformer
-    return int(transformer.resblocks[0].attn.num_heads), int(transformer.width)
+    from steerpatch.models.tower import resblocks, residual_width
+
+    return int(resblocks(loaded)[0].attn.num_heads), residual_width(loaded)
 
 
 @dataclass

@@ -8,10 +8,9 @@ from steerpatch.models.loading import (
     load_model,
     read_checkpoint,
     register_concept_clip,
-    resblocks,
-    width_at_block,
     zoo_dir,
 )
+from steerpatch.models.tower import resblocks, width_at_block
 from steerpatch.models.zeroshot import (
     DEFAULT_TEMPLATES,
     ZeroShotHead,

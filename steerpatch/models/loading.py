@@ -299,24 +299,3 @@ def load_model(
                 ) from error
     return _finish(model, preprocess, tokenizer, spec, device)
 
-
-def resblocks(model: Any) -> torch.nn.ModuleList:
-    """The vision transformer's residual blocks (`model.visual.transformer.resblocks`)."""
-    try:
-        return model.visual.transformer.resblocks
-    except AttributeError as error:
-        raise ModelError(
-            f"model {type(model).__name__} has no visual.transformer.resblocks; steering needs a ViT CLIP"
-        ) from error
-
-
-def width_at_block(model: Any, block: int) -> int:
-    """Residual-stream width at the output of vision block `block`.
-
-    Raises:
-        ModelError: if `block` is out of range.
-    """
-    blocks = resblocks(model)
-    if not 0 <= block < len(blocks):
-        raise ModelError(f"block {block} is out of range; this model has vision blocks 0..{len(blocks) - 1}")
-    return int(model.visual.transformer.width)

@@ -21,9 +21,7 @@ from tqdm import tqdm
 from steerpatch.io import atomic_file, atomic_write_text
 from steerpatch.models.fingerprint import fingerprint_model
 from steerpatch.models.loading import CONCEPT_CLIP, register_concept_clip
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from steerpatch.pixels import OPENAI_MEAN, OPENAI_STD
 
 
 @dataclass

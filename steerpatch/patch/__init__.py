@@ -4,7 +4,7 @@ This package never imports torch; the engine that applies patches lives in `stee
 """
 
 from steerpatch.patch.algebra import PatchDiff, bump, compose, diff_patches
-from steerpatch.patch.create import new_patch, parse_edit, parse_tokens
+from steerpatch.patch.create import new_patch, parse_edit
 from steerpatch.patch.document import (
     MAX_PATCH_BYTES,
     dumps_patch,
@@ -27,6 +27,7 @@ from steerpatch.patch.format import (
     patch_json_schema,
 )
 from steerpatch.patch.ops import OPS, Op, get_op, register_op
+from steerpatch.tokens import parse_tokens
 
 __all__ = [
     "FORMAT_VERSION",

@@ -32,26 +32,6 @@ def parse_edit(text: str) -> Edit:
     return Edit(latent=latent, op=op, value=value)
 
 
-def parse_tokens(text: str) -> str | list[int]:
-    """Parse a token scope: 'cls', 'patches', 'all', or comma-separated indices such as '0,5,6'.
-
-    Raises:
-        PatchError: naming the text and the accepted forms.
-    """
-    text = text.strip()
-    if text in ("cls", "patches", "all"):
-        return text
-    try:
-        indices = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        indices = []
-    if not indices or any(i < 0 for i in indices):
-        raise PatchError(
-            f"token scope {text!r} is not valid; use cls, patches, all, or indices such as 0,5,6"
-        )
-    return indices
-
-
 def _plain(value: Any) -> Any:
     # numpy and torch scalars (from attribution code) become Python numbers; anything else is left
     # for validation to judge, so a string latent is still refused rather than converted

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from steerpatch.errors import SAEError
+from steerpatch.models import tower
+from steerpatch.models.tower import run_to_block
 from steerpatch.sae.config import check_token_scope
-
-
-class _StopForward(Exception):
-    """Raised inside a hook to skip the blocks after the one being read."""
+from steerpatch.tokens import select_tokens
 
 
 def token_slice(tokens: str) -> slice:
-    """The token positions of a scope in a (batch, tokens, width) block output: cls is position 0."""
+    """The token positions of an SAE's scope in a (batch, tokens, width) block output: cls is position 0.
+
+    Raises:
+        SAEError: for a scope other than cls, patches or all.
+    """
     check_token_scope(tokens)
-    return {"cls": slice(0, 1), "patches": slice(1, None), "all": slice(None)}[tokens]
-
-
-def batch_first(model: Any) -> bool:
-    """Whether the vision transformer's block outputs are (batch, tokens, width)."""
-    return bool(getattr(model.visual.transformer, "batch_first", True))
-
-
-def as_batch_first(output: torch.Tensor, is_batch_first: bool) -> torch.Tensor:
-    """Block output as (batch, tokens, width) whatever the transformer's layout."""
-    return output if is_batch_first else output.transpose(0, 1)
+    return select_tokens(tokens)  # type: ignore[return-value]  # a named scope is always a slice
 
 
 def check_block(model: Any, block: int) -> None:
@@ -38,48 +30,7 @@ def check_block(model: Any, block: int) -> None:
     Raises:
         SAEError: naming the block and the valid range.
     """
-    from steerpatch.models import resblocks
-
-    n = len(resblocks(model))
-    if not 0 <= block < n:
-        raise SAEError(f"block {block} does not exist; this model's vision tower has blocks 0..{n - 1}")
-
-
-@contextlib.contextmanager
-def capture_block(model: Any, block: int, *, stop: bool = True) -> Iterator[list[torch.Tensor]]:
-    """Record the (batch, tokens, width) output of vision block `block` on each forward.
-
-    Args:
-        model: an open_clip CLIP.
-        block: the block index.
-        stop: abort the forward pass right after the block (the later blocks are not needed).
-
-    Yields:
-        A list that receives one detached tensor per forward pass.
-    """
-    from steerpatch.models import resblocks
-
-    check_block(model, block)
-    captured: list[torch.Tensor] = []
-    layout = batch_first(model)
-
-    def hook(module, inputs, output):
-        captured.append(as_batch_first(output, layout).detach())
-        if stop:
-            raise _StopForward
-
-    handle = resblocks(model)[block].register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
-def run_to_block(model: Any, pixels: torch.Tensor, block: int) -> torch.Tensor:
-    """The (batch, tokens, width) residual output of `block` for preprocessed `pixels`."""
-    with capture_block(model, block) as captured, torch.no_grad(), contextlib.suppress(_StopForward):
-        model.encode_image(pixels)
-    return captured[-1]
+    tower.check_block(model, block, SAEError)
 
 
 def iter_batches(n: int, batch_size: int) -> Iterator[range]:
@@ -161,12 +112,10 @@ def check_sae_fits(sae: Any, model: Any) -> None:
     Raises:
         SAEError: naming both widths and the block, or a block the model lacks.
     """
-    from steerpatch.models import width_at_block
-
     model = getattr(model, "model", model)
     hook = sae.require_hook()
     check_block(model, hook.block)
-    width = int(width_at_block(model, hook.block))
+    width = tower.residual_width(model)
     if width != sae.d_in:
         raise SAEError(
             f"SAE d_in={sae.d_in} does not match the model's width {width} at block {hook.block}; "

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steerpatch.errors import SAEError
 from steerpatch.sae.architectures import get_architecture
+from steerpatch.tokens import SCOPES
 
 TokenScope = Literal["cls", "patches", "all"]
-TOKEN_SCOPES: tuple[str, ...] = ("cls", "patches", "all")
+TOKEN_SCOPES: tuple[str, ...] = SCOPES  # the scope names an SAE hook may carry (`steerpatch.tokens`)
 SUPPORTED_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16", "float64")
 HOOK_NAME_TEMPLATE = "visual.transformer.resblocks.{block}"
 

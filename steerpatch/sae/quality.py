@@ -12,7 +12,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from steerpatch.errors import SAEError
-from steerpatch.sae.activations import as_batch_first, batch_first, iter_batches, token_slice
+from steerpatch.models.tower import edit_block_output
+from steerpatch.sae.activations import iter_batches, token_slice
 from steerpatch.sae.module import SAE
 
 QUALITY_FILENAME = "quality.json"
@@ -67,21 +68,15 @@ def reconstruction_metrics(sae: SAE, acts: torch.Tensor, *, batch_size: int = 81
 @contextlib.contextmanager
 def splice(model: Any, sae: SAE, block: int, tokens: str) -> Iterator[None]:
     """Replace the tokens in scope of block `block`'s output by the SAE reconstruction (error term dropped)."""
-    from steerpatch.models import resblocks
-
     sl = token_slice(tokens)
-    layout = batch_first(model)
 
-    def hook(module, inputs, output):
-        x = as_batch_first(output, layout).clone()
+    def reconstruct(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
         x[:, sl, :] = sae(x[:, sl, :]).to(x.dtype)
-        return as_batch_first(x, layout)  # transposing twice restores the model's own layout
+        return x
 
-    handle = resblocks(model)[block].register_forward_hook(hook)
-    try:
+    with edit_block_output(model, block, reconstruct):
         yield
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()

@@ -1,10 +1,8 @@
-"""Image bytes -> the graph's `pixels` input, reproducing open_clip's eval transform without torch.
+"""Image bytes -> the graph's `pixels` input: a checked decode, then open_clip's eval transform.
 
-open_clip resizes the shortest side (bicubic by default), centre-crops, converts to RGB, scales to
-[0, 1] and normalises; each step below is the same PIL call torchvision makes on PIL images, so the
-server and the torch model see the same numbers.
+The transform itself is `steerpatch.pixels.to_pixels`, shared with the Spark executors.
 
-This module is also the one place that decides whether untrusted image bytes may be decoded at all
+This module is the one place that decides whether untrusted image bytes may be decoded at all
 (the server and the studio both call `decode_image`): width, height, aspect ratio and pixel count
 are read from the file header and checked before a single pixel is decoded, because a few hundred
 bytes of PNG can declare an image whose decode or resize needs gigabytes.
@@ -20,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from steerpatch.compile.metadata import Preprocessing
+from steerpatch.pixels import to_pixels
 
-_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST}
 MAX_PIXELS = 64_000_000
 MAX_SIDE = 16_384
 # a shortest-side resize scales the long side by size/short: at 1x60,000 that is a 224x13,440,000
@@ -120,32 +117,6 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, limits: ImageLim
     except Exception as error:  # noqa: BLE001 - PIL raises many types for corrupt or foreign data
         raise ImageRejected(f"the upload is not a decodable image ({type(error).__name__}: {error})") from error
     return image
-
-
-def to_pixels(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """One image -> float32 (3, size, size), normalised like open_clip's eval transform."""
-    size = spec.image_size
-    resample = _FILTERS[spec.interpolation]
-    width, height = image.size
-    if spec.resize_mode == "squash":
-        if image.size != (size, size):
-            image = image.resize((size, size), resample)
-    else:
-        short, long = min(width, height), max(width, height)
-        new_long = int(size * long / short)
-        target = (size, new_long) if width <= height else (new_long, size)
-        if image.size != target:
-            image = image.resize(target, resample)
-        width, height = image.size
-        top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    array = array.transpose(2, 0, 1)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return np.ascontiguousarray((array - mean) / std, dtype=np.float32)
 
 
 def image_to_pixels(data: bytes, spec: Preprocessing, *, max_pixels: int | None = None,

@@ -2,7 +2,8 @@
 
 This module is shipped to executors by value (see `steerpatch.spark.session.ship_runner`), so a
 cluster needs only numpy, pillow, pandas, pyarrow and onnxruntime there, not steerpatch itself.
-It must therefore import nothing from steerpatch, and its heavy imports stay inside functions.
+It must therefore import nothing from steerpatch but `steerpatch.pixels` (shipped by value with it),
+and its heavy imports stay inside functions.
 
 One ONNX Runtime session is created per partition (not per batch), and per-image results are
 computed here, so only small rows travel back to the driver.
@@ -17,9 +18,8 @@ from typing import Any
 
 import numpy as np
 
-# open_clip's default normalization (the OpenAI CLIP statistics)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from steerpatch.pixels import OPENAI_MEAN, OPENAI_STD, to_pixels
+
 SPARK_FILE_PREFIX = "sparkfile:"
 
 
@@ -66,33 +66,12 @@ def preprocess_image(data: bytes, spec: Preprocess) -> np.ndarray:
     """
     from PIL import Image, UnidentifiedImageError
 
-    resample = {
-        "bicubic": Image.Resampling.BICUBIC,
-        "bilinear": Image.Resampling.BILINEAR,
-        "nearest": Image.Resampling.NEAREST,
-    }[spec.interpolation]
     try:
         image: Any = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"not a decodable image ({error})") from None
-    size = spec.image_size
-    width, height = image.size
-    if spec.resize_mode == "squash":
-        new_w, new_h = size, size
-    elif width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_w, new_h = int(size * width / height), size
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), resample)
-    if (new_w, new_h) != (size, size):
-        top = int(round((new_h - size) / 2.0))
-        left = int(round((new_w - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-    scaled = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255.0)
-    normalized = (scaled - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+    return to_pixels(image, spec)
 
 
 def decode_batch(images: Sequence[bytes | None], spec: Preprocess) -> tuple[np.ndarray, list[str | None]]:

@@ -174,6 +174,8 @@ def ship_runner() -> None:
     """
     from pyspark import cloudpickle
 
+    from steerpatch import pixels
     from steerpatch.spark import runner
 
     cloudpickle.register_pickle_by_value(runner)
+    cloudpickle.register_pickle_by_value(pixels)  # the image transform the runner calls

@@ -1,5 +1,6 @@
 """The steering engine: error-preserving SAE edits on the residual stream of open_clip vision blocks."""
 
+from steerpatch.models.tower import vision_tower
 from steerpatch.patch.ops import OPS
 from steerpatch.steer.binding import Override, check_binding
 from steerpatch.steer.delta import (
@@ -12,7 +13,7 @@ from steerpatch.steer.delta import (
     steering_delta,
     token_index,
 )
-from steerpatch.steer.engine import SteeringSession, load_patch_sae, steer, vision_tower
+from steerpatch.steer.engine import SteeringSession, load_patch_sae, steer
 
 __all__ = [
     "ELEMENTWISE_ARCHITECTURES",

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from steerpatch.errors import PatchError, shorten
+from steerpatch.errors import PatchError
 from steerpatch.patch.format import Edit, Patch
 from steerpatch.patch.ops import Op, get_op
 from steerpatch.sae.architectures import ARCHITECTURES
+from steerpatch.tokens import select_tokens as token_index  # the one token-scope function, by its public name
 
 # a view of the registry's `elementwise` flag (its one home), kept for importers of this name
 ELEMENTWISE_ARCHITECTURES = frozenset(name for name, arch in ARCHITECTURES.items() if arch.elementwise)
@@ -97,36 +98,6 @@ def direction_shift(W_dec: torch.Tensor, latents: Sequence[int], values: Sequenc
     """sum_i value_i * W_dec[latent_i], (d_in,): what the direction ops add."""
     rows = W_dec[torch.tensor(list(latents), dtype=torch.long, device=W_dec.device)]
     return torch.tensor(list(values), dtype=rows.dtype, device=rows.device) @ rows
-
-
-def token_index(tokens: str | Sequence[int], n_tokens: int) -> slice | list[int]:
-    """The positions a token scope covers: cls = token 0, patches = tokens 1.., all, or explicit indices.
-
-    Args:
-        tokens: "cls", "patches", "all" or a list of token indices.
-        n_tokens: tokens in the residual stream, class token included.
-
-    Returns:
-        A slice or a list of indices over the token axis.
-
-    Raises:
-        PatchError: if an explicit index is past the last token.
-    """
-    if tokens == "cls":
-        return slice(0, 1)
-    if tokens == "patches":
-        return slice(1, None)
-    if tokens == "all":
-        return slice(None)
-    if isinstance(tokens, str):
-        raise PatchError(f"token scope {tokens!r} is not one of cls, patches, all or a list of token indices")
-    bad = [t for t in tokens if t >= n_tokens]
-    if bad:
-        raise PatchError(
-            f"patch token indices [{shorten(bad)}] are past the last token ({n_tokens - 1}) of this model; "
-            "fix 'tokens'"
-        )
-    return list(tokens)
 
 
 def _rescaled(sae: Any) -> bool:

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from steerpatch.errors import ModelError, PatchError, SAEError
+from steerpatch.errors import PatchError, SAEError
+from steerpatch.models.tower import edit_block_output, num_blocks, residual_width, vision_tower
 from steerpatch.patch.format import Patch
 from steerpatch.steer.binding import Override, check_binding
 from steerpatch.steer.delta import steer_block_output
@@ -36,22 +37,6 @@ class SteeringSession:
     overrides: list[Override] = field(default_factory=list)
 
 
-def vision_tower(model: Any) -> Any:
-    """The open_clip vision transformer of a LoadedModel, a CLIP model, or a vision tower itself.
-
-    Raises:
-        ModelError: if the object has no open_clip ViT `transformer.resblocks`.
-    """
-    model = getattr(model, "model", model)
-    tower = getattr(model, "visual", model)
-    if not hasattr(getattr(tower, "transformer", None), "resblocks"):
-        raise ModelError(
-            f"{type(model).__name__} has no visual.transformer.resblocks; steerpatch steers the residual "
-            "stream of open_clip ViT image towers only"
-        )
-    return tower
-
-
 def _model_fingerprint(target: Any) -> str:
     fingerprint = getattr(target, "fingerprint", None)
     if isinstance(fingerprint, str):
@@ -59,12 +44,6 @@ def _model_fingerprint(target: Any) -> str:
     from steerpatch.models import fingerprint_state_dict
 
     return fingerprint_state_dict(getattr(target, "model", target).state_dict())
-
-
-def _block_width(block: torch.nn.Module) -> int | None:
-    norm = getattr(block, "ln_1", None)
-    shape = getattr(norm, "normalized_shape", None)
-    return int(shape[0]) if shape else None
 
 
 def _saes_for(patches: list[Patch], sae: Any) -> list[Any]:
@@ -135,14 +114,13 @@ def _check_devices(tower: Any, saes: list[Any]) -> None:
             )
 
 
-def _make_hook(items: list[tuple[Patch, Any]], batch_first: bool):
-    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        x = output if batch_first else output.transpose(0, 1)
+def _apply(items: list[tuple[Patch, Any]]):
+    def edit(x: torch.Tensor) -> torch.Tensor:
         for patch, sae in items:
             x = steer_block_output(x, sae, patch)
-        return x if batch_first else x.transpose(0, 1)
+        return x
 
-    return hook
+    return edit
 
 
 @contextlib.contextmanager
@@ -181,31 +159,25 @@ def steer(
     """
     patch_list = [patches] if isinstance(patches, Patch) else list(patches)
     tower = vision_tower(loaded_or_model)
-    blocks = tower.transformer.resblocks
+    n_blocks = num_blocks(tower)
     saes = _saes_for(patch_list, sae)
     fingerprint = _model_fingerprint(loaded_or_model) if patch_list else None
     session = SteeringSession(patches=patch_list, saes=saes, blocks=[])
     groups: dict[int, list[tuple[Patch, Any]]] = {}
     for patch, patch_sae in zip(patch_list, saes, strict=True):
         block = patch.hook.block
-        width = _block_width(blocks[block]) if block < len(blocks) else None
         session.overrides += check_binding(
             patch,
             model_fingerprint=fingerprint,
             sae=patch_sae,
-            n_blocks=len(blocks),
-            width=width,
+            n_blocks=n_blocks,
+            width=residual_width(tower) if block < n_blocks else None,
             allow_fingerprint_mismatch=allow_fingerprint_mismatch,
         )
         groups.setdefault(block, []).append((patch, patch_sae))
     _check_devices(tower, saes)
-    batch_first = getattr(tower.transformer, "batch_first", True)
-    handles = []
-    try:
+    with contextlib.ExitStack() as hooks:
         for block, items in sorted(groups.items()):
-            handles.append(blocks[block].register_forward_hook(_make_hook(items, batch_first)))
+            hooks.enter_context(edit_block_output(tower, block, _apply(items)))
             session.blocks.append(block)
         yield session
-    finally:
-        for handle in handles:
-            handle.remove()

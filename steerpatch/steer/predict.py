@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from steerpatch.errors import DatasetError, SteerpatchError
+from steerpatch.models.tower import num_blocks
 from steerpatch.patch.format import Patch
 from steerpatch.steer.binding import check_binding
-from steerpatch.steer.engine import load_patch_sae, steer, vision_tower
+from steerpatch.steer.engine import load_patch_sae, steer
 
 # the embedded default model names its classes after the concept world's shapes
 _DEFAULT_CLASSES_MODULE = {"concept-clip": ("steerpatch.world", "SHAPES")}
@@ -92,9 +93,8 @@ def predict_before_after(
     loaded = load_model(model_spec or patch.model.id)
     sae = load_sae(sae_path) if sae_path else load_patch_sae(patch)
     # refuse a mismatch before the costly part (the steer context checks again, cheaply)
-    blocks = vision_tower(loaded).transformer.resblocks
     check_binding(
-        patch, model_fingerprint=loaded.fingerprint, sae=sae, n_blocks=len(blocks),
+        patch, model_fingerprint=loaded.fingerprint, sae=sae, n_blocks=num_blocks(loaded),
         allow_fingerprint_mismatch=allow_fingerprint_mismatch,
     )  # fmt: skip
     head = build_zero_shot_head(loaded, names)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from steerpatch.attribute.forward import encode_prefix, encode_suffix
 from steerpatch.data import ImageDataset
 from steerpatch.models import LoadedModel, build_zero_shot_head, preprocess_batch
+from steerpatch.models.tower import encode_prefix, encode_suffix
 from steerpatch.patch import OPS, Edit, Patch, new_patch
 from steerpatch.sae import SAE
 from steerpatch.steer import steer_block_output

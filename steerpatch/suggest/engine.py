@@ -48,8 +48,8 @@ def _say(progress: Callable[[str], Any] | None, text: str) -> None:
 
 @torch.no_grad()
 def _prefix(loaded, images, block: int) -> torch.Tensor:
-    from steerpatch.attribute.forward import encode_prefix
     from steerpatch.models import preprocess_batch
+    from steerpatch.models.tower import encode_prefix
 
     return encode_prefix(loaded.model, preprocess_batch(loaded, images), block)
 
@@ -113,8 +113,8 @@ def suggest(
         >>> found = suggest(loaded, sae, ["w/circle/test-00012.png"], "circle", "pool/")  # doctest: +SKIP
         >>> found.candidates[0].objective["failure_moved"]  # doctest: +SKIP
     """
-    from steerpatch.attribute.forward import encode_suffix
     from steerpatch.models import build_zero_shot_head
+    from steerpatch.models.tower import encode_suffix
     from steerpatch.suggest.neighbours import find_lookalikes, image_codes, relative_attribution
     from steerpatch.suggest.pool import check_label, load_pool, load_targets, resolve_classes
     from steerpatch.suggest.search import distinct, objective, propose_latents, rank, refine, sweep

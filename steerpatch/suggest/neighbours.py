@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerpatch.attribute.forward import encode_suffix
+from steerpatch.models.tower import encode_suffix
 from steerpatch.steer import token_index
 
 

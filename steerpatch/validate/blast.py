@@ -135,7 +135,7 @@ def estimate_blast(
     Returns:
         {"predicted", "low", "high", "sample", "touched", "method"}; shares of all images.
     """
-    from steerpatch.attribute.forward import encode_suffix
+    from steerpatch.models.tower import encode_suffix
     from steerpatch.steer import steer_block_output, steering_delta
 
     n = len(cached.ids)

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from steerpatch.attribute.forward import encode_prefix, encode_suffix
 from steerpatch.disk import check_cache_dir
 from steerpatch.errors import DatasetError
+from steerpatch.models.tower import encode_prefix, encode_suffix, residual_width, vision_tower
 from steerpatch.validate.shards import (
     CorruptShard,
     Shard,
@@ -411,7 +411,7 @@ def compute_activations(
     bar.close()
     return CachedActivations(
         ids=ids,
-        hidden=sink.finish(loaded.model.visual.transformer.width),
-        features=torch.cat(features) if features else torch.zeros(0, loaded.model.visual.output_dim),
+        hidden=sink.finish(residual_width(loaded)),
+        features=torch.cat(features) if features else torch.zeros(0, vision_tower(loaded).output_dim),
         undecodable=bad,
     )

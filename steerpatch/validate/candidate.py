@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from steerpatch.attribute.forward import encode_suffix
+from steerpatch.models.tower import encode_suffix
 from steerpatch.patch.ops import get_op
 from steerpatch.steer import steer_block_output
 from steerpatch.validate.metrics import ImageResults

@@ -248,16 +248,16 @@ class Validator:
             PatchError: the patch does not fit the model or SAE.
             DatasetError: empty data, unknown ids or attributes, labels without class prompts, unreadable images.
         """
+        from steerpatch.models.tower import num_blocks, residual_width
         from steerpatch.patch import load_patch
         from steerpatch.steer import check_binding
 
         started = time.perf_counter()
         if isinstance(patch, (str, Path)):
             patch = load_patch(patch)
-        transformer = self.model.model.visual.transformer
         overrides = check_binding(
-            patch, model_fingerprint=self.model.fingerprint, sae=self.sae, n_blocks=len(transformer.resblocks),
-            width=int(transformer.width), allow_fingerprint_mismatch=allow_fingerprint_mismatch,
+            patch, model_fingerprint=self.model.fingerprint, sae=self.sae, n_blocks=num_blocks(self.model),
+            width=residual_width(self.model), allow_fingerprint_mismatch=allow_fingerprint_mismatch,
         )
         target_set = self._resolve_set(targets, "target")
         same_set = self._resolve_set(same_failure, "same-failure")

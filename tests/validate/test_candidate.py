@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from steerpatch.attribute.forward import encode_prefix, encode_suffix
 from steerpatch.models import build_zero_shot_head
+from steerpatch.models.tower import encode_prefix, encode_suffix
 from steerpatch.patch import Edit, new_patch
 from steerpatch.steer import steer
 from steerpatch.validate import CachedActivations, at_strength, score_patch
