@@ -9,7 +9,8 @@ This is the only core package that imports mlflow (inside functions, so importin
     patch, folder = resolve_patch_ref(f"{v.name}@production")
 """
 
-from steerpatch.registry.artifacts import parse_ref, resolve_patch_ref
+from steerpatch.refs import parse_ref
+from steerpatch.registry.artifacts import resolve_patch_ref
 from steerpatch.registry.audit import (
     audit_model,
     diff_versions,
