@@ -22,6 +22,7 @@ from steerpatch.errors import RegistryError
 _REGISTRY_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9._-]+$")
 
 LATEST = "latest"
+MODEL_URI_PREFIX = "models:/"
 
 
 def split_ref(text: str) -> tuple[str, str] | None:
@@ -79,3 +80,21 @@ def alias_of(ref: str) -> str | None:
         return None
     selector = parts[1]
     return None if not selector or selector.isdecimal() or selector == LATEST else selector
+
+
+def ref_of_model_uri(uri: str) -> str | None:
+    """The reference an MLflow model URI names: `models:/NAME/VERSION` -> `NAME@VERSION`, `models:/NAME@ALIAS` as is.
+
+    None for text that is not a `models:/` URI, or one naming no version or alias.
+
+    Example:
+        >>> ref_of_model_uri("models:/concept-clip.water/3"), ref_of_model_uri("models:/concept-clip.water")
+        ('concept-clip.water@3', None)
+    """
+    if not uri.startswith(MODEL_URI_PREFIX):
+        return None
+    rest = uri[len(MODEL_URI_PREFIX) :].strip("/")
+    if split_ref(rest) is not None:
+        return rest
+    name, _, version = rest.rpartition("/")
+    return f"{name}@{version}" if name and version else None

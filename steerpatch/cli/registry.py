@@ -10,7 +10,7 @@ tracking_option = click.option(
     "--tracking-uri",
     default=None,
     metavar="URI",
-    help="MLflow tracking URI (sqlite:///…, http://host:port). Default: $MLFLOW_TRACKING_URI, else registry/mlflow.db.",
+    help="MLflow tracking URI (sqlite:///…, http://host:port). Default: $MLFLOW_TRACKING_URI, else .steerpatch/registry/mlflow.db.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 

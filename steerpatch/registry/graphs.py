@@ -8,7 +8,9 @@ before anything opens the graph, so a swapped or altered graph is never served. 
 model with a tensor signature and the graph inline, so `mlflow models serve -m
 models:/<name>@production --env-manager local` serves it without steerpatch.
 
-This is the only module of the compile and serve packages that imports mlflow.
+It lives in the registry package, beside the patch registration, because this package is the one
+that imports mlflow: the compile and serve packages call it (`steerpatch.compile` re-exports
+`register_graph`, `resolve_graph`, `download_graph`) and never import mlflow themselves.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class GraphVersion:
 
 def compiled_name(model_id: str, patch_name: str) -> str:
     """The registered name of a patch's compiled graphs (sibling of the patch's own model)."""
-    from steerpatch.registry import registered_name
+    from steerpatch.registry.register import registered_name
 
     return registered_name(model_id, patch_name) + SUFFIX
 
@@ -233,7 +235,8 @@ def resolve_graph(ref: str, *, tracking_uri: str | None = None) -> GraphVersion:
     Raises:
         RegistryError: for an unknown reference, or a patch version that was never compiled.
     """
-    from steerpatch.registry.artifacts import get_version, parse_ref
+    from steerpatch.refs import parse_ref
+    from steerpatch.registry.artifacts import get_version
     from steerpatch.registry.store import client, resolve_store, with_retry
 
     store = resolve_store(tracking_uri)
