@@ -1,4 +1,7 @@
-"""`steerpatch register|promote|history|diff|verify|audit`: the MLflow registry from the command line."""
+"""`steerpatch register|promote|history|diff|verify|audit`: the MLflow registry from the command line.
+
+Named, like every CLI module, after the package it fronts (`steerpatch.registry`).
+"""
 
 from __future__ import annotations
 
