@@ -128,7 +128,7 @@ def steer(
             (a raw module is fingerprinted from its state dict).
         patches: one patch or a stack.
         sae: the SAE for every patch, a list with one SAE per patch, or None to load each patch's
-            `sae.location`.
+            own SAE (`load_patch_sae`: its recorded location, else the shipped SAE, by fingerprint).
         allow_fingerprint_mismatch: apply even when fingerprints differ; each override is recorded
             in the session and logged.
 
