@@ -276,11 +276,10 @@ def load_verified_pyfunc(ref: str, tracking_uri: str | None = None) -> Any:
     """
     import mlflow.pyfunc
 
+    from steerpatch.refs import ref_of_model_uri
     from steerpatch.registry import resolve_patch_ref
 
-    if ref.startswith("models:/"):
-        rest = ref[len("models:/") :].strip("/")
-        ref = rest if "@" in rest else "@".join(rest.rsplit("/", 1))
+    ref = ref_of_model_uri(ref) or ref  # an unresolvable models:/ URI is refused below, naming it
     _, folder = resolve_patch_ref(ref, tracking_uri=tracking_uri)
     return mlflow.pyfunc.load_model(str(folder))
 

@@ -64,13 +64,12 @@ Predict input
 
 def _source_of(model_uri: str) -> str:
     """`models:/NAME/VERSION` or `models:/NAME@ALIAS` -> the `NAME@…` reference `steerpatch serve` takes."""
-    if model_uri.startswith("models:/"):
-        rest = model_uri[len("models:/") :].strip("/")
-        if "@" in rest:
-            return rest
-        name, _, version = rest.rpartition("/")
-        if name and version:
-            return f"{name}@{version}"
+    from steerpatch.refs import MODEL_URI_PREFIX, ref_of_model_uri
+
+    if model_uri.startswith(MODEL_URI_PREFIX):
+        ref = ref_of_model_uri(model_uri)
+        if ref is not None:
+            return ref
         raise MlflowException(
             f"model URI '{model_uri}' names no version or alias; use models:/NAME/VERSION or models:/NAME@ALIAS"
         )

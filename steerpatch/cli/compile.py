@@ -19,12 +19,9 @@ def _classes(value: str | None) -> list[str] | None:
 
 def _alias_of(source: str) -> str | None:
     """The alias of a `NAME@ALIAS` ref (None for a file, a version number or `latest`)."""
-    from steerpatch.compile.compiler import is_registry_ref
+    from steerpatch.refs import alias_of, is_registry_ref
 
-    if not is_registry_ref(source):
-        return None
-    selector = source.rpartition("@")[2]
-    return None if selector.isdecimal() or selector == "latest" else selector
+    return alias_of(source) if is_registry_ref(source) else None
 
 
 @click.command("compile")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import time
 from pathlib import Path
 
@@ -72,6 +71,7 @@ def _shortcut_latent(attribution):
 def _next_version(tracking_uri: str | None, model_id: str) -> tuple[str, str | None]:
     """1.0.0 for the first run; after that one patch version above the newest registered one."""
     from steerpatch.patch.algebra import next_version
+    from steerpatch.refs import split_ref
     from steerpatch.registry import registered_name
     from steerpatch.registry.store import client, resolve_store
 
@@ -81,9 +81,9 @@ def _next_version(tracking_uri: str | None, model_id: str) -> tuple[str, str | N
         versions = c.search_model_versions(f"name='{name}'")
     except Exception:  # noqa: BLE001 - a store with no such model yet
         versions = []
-    refs = [v.tags.get("steerpatch.patch_ref", "") for v in versions]
+    refs = [split_ref(v.tags.get("steerpatch.patch_ref", "")) for v in versions]
     numbers = sorted(
-        (tuple(int(p) for p in ref.split("@", 1)[1].split(".")) for ref in refs if ref.startswith(PATCH_NAME + "@")),
+        (tuple(int(p) for p in ref[1].split(".")) for ref in refs if ref is not None and ref[0] == PATCH_NAME),
     )
     if not numbers:
         return "1.0.0", None
@@ -122,6 +122,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     from steerpatch.sae import default_sae_path, load_sae
     from steerpatch.serve import ServerThread, create_app
     from steerpatch.suggest import suggest
+    from steerpatch.user import current_user
     from steerpatch.validate import validate_patch, write_report
 
     started = time.monotonic()
@@ -175,7 +176,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
         rationale=(f"Suppress the {len(best.latents)} latents that fire selectively on look-alikes of "
                    f"{item.id} (predicted {predicted}, truly {item.label}) in an unlabelled pool; "
                    f"found by `steerpatch suggest`, top attributed latent {chosen.latent}."),
-        author=os.environ.get("STEERPATCH_USER", "steerpatch-demo"), tokens=hook.tokens,
+        author=current_user(default="steerpatch-demo"), tokens=hook.tokens,
         provenance=found.patches[0].provenance, version=version, parent=parent,
     )
     patch_path = save_patch(patch, run / f"{PATCH_NAME}-{version}.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -15,13 +14,6 @@ from steerpatch.errors import PatchError, SAEError, SteerpatchError, shorten, sh
 _EDIT_HELP = (
     "An edit LATENT:OP:VALUE, e.g. 123:scale:0 (ops: scale, clamp, clamp_if_active, add). Repeatable."
 )
-
-
-def _default_author() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _write(patch: Any, out: str | None, default: Path, force: bool) -> Path:
@@ -57,7 +49,7 @@ def patch() -> None:
     "e.g. background=water: an SAE often splits one concept over many latents. Repeatable.",
 )  # fmt: skip
 @click.option("--rationale", required=True, help="Why this patch exists, for reviewers.")
-@click.option("--author", default=None, help="Who made it (default: the current user).")
+@click.option("--author", default=None, help="Who made it (default: $STEERPATCH_USER, else the login name).")
 @click.option(
     "--tokens", default="all", show_default=True, help="cls, patches, all, or indices such as 0,3,4."
 )
@@ -81,13 +73,14 @@ def new(name, model_spec, sae_path, edits, groups, rationale, author, tokens, bl
     scope = parse_tokens(tokens)
     from steerpatch.models import load_model
     from steerpatch.sae import default_sae_path, load_sae
+    from steerpatch.user import current_user
 
     loaded = load_model(model_spec)
     sae = load_sae(sae_path or default_sae_path())
     if groups:
         parsed += _selective_edits(sae, groups, {e.latent for e in parsed})
     created = new_patch(
-        name, loaded, sae, parsed, rationale=rationale, author=author or _default_author(),
+        name, loaded, sae, parsed, rationale=rationale, author=author or current_user(),
         tokens=scope, version=version, block=block,
     )  # fmt: skip
     path = _write(created, out, Path(f"{created.name}-{created.version}.json"), force)

@@ -1,4 +1,7 @@
-"""`steerpatch register|promote|history|diff|verify|audit`: the MLflow registry from the command line."""
+"""`steerpatch register|promote|history|diff|verify|audit`: the MLflow registry from the command line.
+
+Named, like every CLI module, after the package it fronts (`steerpatch.registry`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ tracking_option = click.option(
     "--tracking-uri",
     default=None,
     metavar="URI",
-    help="MLflow tracking URI (sqlite:///…, http://host:port). Default: $MLFLOW_TRACKING_URI, else registry/mlflow.db.",
+    help="MLflow tracking URI (sqlite:///…, http://host:port). Default: $MLFLOW_TRACKING_URI, else .steerpatch/registry/mlflow.db.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 

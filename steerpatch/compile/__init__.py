@@ -7,14 +7,17 @@
 
 from steerpatch.compile.compiler import DEFAULT_TOLERANCE, HEADS, CompileResult, build_graph, compile_patch
 from steerpatch.compile.metadata import GraphInfo, Preprocessing
-from steerpatch.compile.registry import (
+from steerpatch.compile.runtime import create_session, execution_providers, session_metadata
+
+# registering and fetching graphs is MLflow work, owned by the registry package; re-exported here
+# because it is part of compiling's public API
+from steerpatch.registry.graphs import (
     GraphVersion,
     compiled_name,
     download_graph,
     register_graph,
     resolve_graph,
 )
-from steerpatch.compile.runtime import create_session, execution_providers, session_metadata
 
 __all__ = [
     "DEFAULT_TOLERANCE",

@@ -19,7 +19,6 @@ from steerpatch.compile.inputs import (  # noqa: F401 - re-exported: the compile
     ResolvedPatch,
     bind,
     build_graph,
-    default_classes,
     find_sae,
     is_registry_ref,
     load_data,

@@ -6,15 +6,14 @@ Shared by the single-patch compiler and the multi-patch graph builder, so neithe
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import CompileError, SAEError
+from steerpatch.errors import CompileError
+from steerpatch.refs import is_registry_ref
 
 HEADS = ("zero-shot", "embedding")
-_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[A-Za-z0-9._-]+$")
 
 
 @dataclass
@@ -77,11 +76,6 @@ class ResolvedPatch:
     classes: list[str] | None = None
 
 
-def is_registry_ref(source: str) -> bool:
-    """True for `NAME@ALIAS` / `NAME@VERSION` strings that are not existing files."""
-    return not Path(source).exists() and bool(_REF.match(source))
-
-
 def resolve_patch(source: Any, *, tracking_uri: str | None = None) -> ResolvedPatch:
     """A `Patch` object, a patch file, or a registry ref `NAME@ALIAS|NAME@VERSION`.
 
@@ -108,33 +102,14 @@ def resolve_patch(source: Any, *, tracking_uri: str | None = None) -> ResolvedPa
 
 
 def find_sae(patch: Any, sae_dir: Path | None) -> Any:
-    """The SAE a patch was made with: the registry copy, its recorded location, or the shipped default.
+    """The SAE a patch was made with: the registry copy first, then `load_patch_sae`'s rule.
 
     Raises:
-        SAEError: when none of them has the patch's SAE fingerprint.
+        PatchError: when none of them has the patch's SAE fingerprint.
     """
-    from steerpatch.sae import default_sae_path, load_sae
+    from steerpatch.steer.sae_lookup import load_patch_sae
 
-    candidates = [sae_dir] if sae_dir is not None else []
-    candidates += [Path(patch.sae.location).expanduser(), default_sae_path()]
-    for candidate in candidates:
-        if candidate is not None and candidate.exists():
-            sae = load_sae(candidate)
-            if sae.fingerprint == patch.sae.fingerprint:
-                return sae
-    raise SAEError(
-        f"cannot find the SAE of patch {patch.ref} (fingerprint {patch.sae.fingerprint}, location "
-        f"'{patch.sae.location}'); pass the SAE object the patch was made with"
-    )
-
-
-def default_classes(loaded: Any) -> list[str] | None:
-    """Class names when none are given: the concept world's shapes for the embedded default model."""
-    if loaded.name == "concept-clip":
-        from steerpatch.world import SHAPES
-
-        return sorted(SHAPES)
-    return None
+    return load_patch_sae(patch, stored=sae_dir)
 
 
 def preprocessing_of(loaded: Any) -> Any:
@@ -230,14 +205,14 @@ def zero_shot_head(model: Any, head: str, classes: list[str] | None, dataset: An
     """
     if head != "zero-shot":
         return None, []
-    class_names = list(classes or (dataset.classes if dataset else None) or default_classes(model) or [])
+    from steerpatch.models import build_zero_shot_head, default_classes
+
+    class_names = list(classes or (dataset.classes if dataset else None) or default_classes(model.name) or [])
     if not class_names:
         raise CompileError(
             f"the zero-shot head needs class names for model {model.name!r}; pass classes (--classes a,b,c), "
             "held-out data (--data DIR), or use --head embedding"
         )
-    from steerpatch.models import build_zero_shot_head
-
     return build_zero_shot_head(model, class_names), class_names
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from steerpatch.models.loading import LoadedModel
+from steerpatch.models.loading import CONCEPT_CLIP, LoadedModel
 
 # Phrased like the concept world's captions; generic enough for real CLIPs too.
 DEFAULT_TEMPLATES: list[str] = [
@@ -42,6 +42,23 @@ class ZeroShotHead:
     def predict(self, image_features: torch.Tensor) -> list[str]:
         """Class names of the arg-max logits."""
         return [self.classes[i] for i in self.logits(image_features).argmax(dim=-1).tolist()]
+
+
+def default_classes(model_name: str) -> list[str] | None:
+    """The class names a known model is evaluated on, when none are given; None for other models.
+
+    Sorted, as an image folder lists its classes (`ImageDataset.classes`): a graph compiled without
+    `--data` then has the logit columns of one compiled with the concept world's held-out folder.
+
+    Example:
+        >>> default_classes("concept-clip")
+        ['circle', 'cross', 'heart', 'square', 'star', 'triangle']
+    """
+    if model_name == CONCEPT_CLIP:  # the embedded default names the concept world's shapes
+        from steerpatch.world import SHAPES
+
+        return sorted(SHAPES)
+    return None
 
 
 @torch.no_grad()

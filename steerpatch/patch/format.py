@@ -85,12 +85,15 @@ def check_version(value: str) -> str:
 
 def check_ref(value: str) -> str:
     """Validate a patch reference 'name@version'."""
-    name, sep, version = value.rpartition("@")
-    if not sep:
+    from steerpatch.refs import split_ref  # the one NAME@SELECTOR parser
+
+    parts = split_ref(value)
+    if parts is None:
         raise _error(
             "patch_ref",
             f"{_clip(value)} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
         )
+    name, version = parts
     check_name(name)
     check_version(version)
     return value

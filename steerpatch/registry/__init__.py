@@ -1,4 +1,5 @@
-"""The MLflow registry: register validated patches, promote them through gates, audit and verify them.
+"""The MLflow registry: register validated patches and their compiled graphs, promote them through gates,
+audit and verify them.
 
 This is the only core package that imports mlflow (inside functions, so importing it stays cheap).
 
@@ -7,9 +8,11 @@ This is the only core package that imports mlflow (inside functions, so importin
     history(v.name); diff_versions(f"{v.name}@1", f"{v.name}@2"); verify_version(f"{v.name}@2")
     audit_model(v.name)["problems"]                             # [] when every version and move verifies
     patch, folder = resolve_patch_ref(f"{v.name}@production")
+    register_graph(compile_patch(f"{v.name}@production"), alias="production")  # graphs.py: NAME-onnx
 """
 
-from steerpatch.registry.artifacts import parse_ref, resolve_patch_ref
+from steerpatch.refs import parse_ref
+from steerpatch.registry.artifacts import resolve_patch_ref
 from steerpatch.registry.audit import (
     audit_model,
     diff_versions,
@@ -20,6 +23,13 @@ from steerpatch.registry.audit import (
     verify_version,
 )
 from steerpatch.registry.bundle import FLAVOR_NAME, build_bundle, check_manifest, write_manifest
+from steerpatch.registry.graphs import (
+    GraphVersion,
+    compiled_name,
+    download_graph,
+    register_graph,
+    resolve_graph,
+)
 from steerpatch.registry.promotion import AliasMove, alias_moves, promote, recheck_report, rollback
 from steerpatch.registry.register import RegisteredVersion, register_patch, registered_name
 from steerpatch.registry.store import default_registry_dir, resolve_store, resolve_tracking
@@ -27,13 +37,16 @@ from steerpatch.registry.store import default_registry_dir, resolve_store, resol
 __all__ = [
     "FLAVOR_NAME",
     "AliasMove",
+    "GraphVersion",
     "RegisteredVersion",
     "alias_moves",
     "audit_model",
     "build_bundle",
     "check_manifest",
+    "compiled_name",
     "default_registry_dir",
     "diff_versions",
+    "download_graph",
     "format_audit",
     "format_diff",
     "format_history",
@@ -41,8 +54,10 @@ __all__ = [
     "parse_ref",
     "promote",
     "recheck_report",
+    "register_graph",
     "register_patch",
     "registered_name",
+    "resolve_graph",
     "resolve_patch_ref",
     "resolve_store",
     "resolve_tracking",

@@ -12,27 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from steerpatch.errors import RegistryError
+from steerpatch.refs import LATEST, parse_ref
 from steerpatch.registry.bundle import PATCH_FILE
 from steerpatch.registry.integrity import MANIFEST_TAG, verify_patch_folder
 from steerpatch.registry.store import Store, client, resolve_store, with_retry
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """Split `NAME@VERSION|NAME@ALIAS` into its two parts.
-
-    Raises:
-        RegistryError: when there is no `@` or either side is empty.
-
-    Example:
-        >>> parse_ref("concept-clip.water@production")
-        ('concept-clip.water', 'production')
-    """
-    name, sep, selector = ref.rpartition("@")
-    if not sep or not name or not selector:
-        raise RegistryError(
-            f"'{ref}' is not a registry reference; use NAME@VERSION or NAME@ALIAS, e.g. concept-clip.water@production"
-        )
-    return name, selector
 
 
 def get_version(c: Any, name: str, selector: str) -> Any:
@@ -46,7 +29,7 @@ def get_version(c: Any, name: str, selector: str) -> Any:
     try:
         if selector.isdecimal():
             return with_retry(lambda: c.get_model_version(name, selector), what=f"read {name}@{selector}")
-        if selector == "latest":
+        if selector == LATEST:
             versions = with_retry(lambda: c.search_model_versions(f"name = '{name}'"), what=f"list {name}")
             if not versions:
                 raise RegistryError(_missing_message(c, name, selector))

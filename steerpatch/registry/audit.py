@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steerpatch.registry.artifacts import download_file, get_version, parse_ref
+from steerpatch.refs import parse_ref
+from steerpatch.registry.artifacts import download_file, get_version
 from steerpatch.registry.bundle import PATCH_FILE
 from steerpatch.registry.promotion import alias_moves, failed_gates_of, verified_evidence
 from steerpatch.registry.register import TAG

@@ -123,30 +123,17 @@ def _html_beside(report_path: Path) -> Path | None:
 
 
 def _resolve_sae(patch: Any, sae_path: str | Path | None) -> Any:
+    """The patch's SAE, found by `load_patch_sae`; a bundle never carries another one, whatever was passed."""
     from steerpatch.errors import SAEError
-    from steerpatch.sae import default_sae_path, load_sae
+    from steerpatch.steer.sae_lookup import load_patch_sae
 
-    candidates: list[Path] = []
-    if sae_path is not None:
-        candidates.append(Path(sae_path))
-    else:
-        candidates.append(Path(patch.sae.location).expanduser())
-        candidates.append(default_sae_path())
-    for candidate in candidates:
-        if not candidate.exists():
-            continue
-        sae = load_sae(candidate)
-        if sae.fingerprint == patch.sae.fingerprint:
-            return sae
-        if sae_path is not None:
-            raise SAEError(
-                f"SAE '{candidate}' has fingerprint {sae.fingerprint} but patch {patch.ref} was made for "
-                f"{patch.sae.fingerprint}; pass the SAE the patch was made with"
-            )
-    raise SAEError(
-        f"cannot find the SAE of patch {patch.ref} (fingerprint {patch.sae.fingerprint}, location "
-        f"'{patch.sae.location}'); pass its folder with --sae"
-    )
+    sae = load_patch_sae(patch, path=sae_path)
+    if sae.fingerprint != patch.sae.fingerprint:
+        raise SAEError(
+            f"SAE '{sae_path}' has fingerprint {sae.fingerprint} but patch {patch.ref} was made for "
+            f"{patch.sae.fingerprint}; pass the SAE the patch was made with"
+        )
+    return sae
 
 
 def write_mlmodel(path: Path, *, patch_hash: str, mlflow_model: Any = None) -> Any:
@@ -207,7 +194,7 @@ def build_bundle(
         dest: folder to write; created, must be empty.
         patch_path: the patch JSON file.
         report_path: the validation report JSON (its HTML twin is taken from beside it, or rendered).
-        sae_path: the SAE folder; default: the patch's recorded location, then the shipped default SAE.
+        sae_path: the SAE folder; default: the patch's own SAE, found by `load_patch_sae`.
         classes: class names for the pyfunc; default: those the report measured.
         mlflow_model: an `mlflow.models.Model` to write the flavors into (see `write_mlmodel`).
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from steerpatch.errors import GateFailed, IntegrityError, RegistryError
 from steerpatch.registry.artifacts import download_version, get_version
-from steerpatch.registry.register import TAG, current_user
+from steerpatch.registry.register import TAG
 from steerpatch.registry.store import Store, client, resolve_store, store_lock, with_retry
+from steerpatch.user import current_user
 
 MOVE_PREFIX = TAG + "alias_move."
 _ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,254}")

@@ -10,9 +10,7 @@ are deleted again.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -30,6 +28,7 @@ from steerpatch.registry.store import (
     store_lock,
     with_retry,
 )
+from steerpatch.user import current_user
 
 TAG = "steerpatch."
 
@@ -59,11 +58,6 @@ class RegisteredVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def current_user() -> str:
-    """Who is acting: `STEERPATCH_USER`, else the login name."""
-    return os.environ.get("STEERPATCH_USER") or getpass.getuser()
 
 
 def registered_name(model_id: str, patch_name: str) -> str:

@@ -1,9 +1,14 @@
 """Where the registry lives, and safe access to it from many processes at once.
 
 With no `--tracking-uri` and no `MLFLOW_TRACKING_URI`, steerpatch uses an explicit sqlite database
-and artifact root under `registry/` of the checkout it runs from (or `~/.steerpatch/registry` when
-installed elsewhere) — never the current directory, so running from another folder cannot scatter
+and artifact root under `.steerpatch/registry/` of the checkout it runs from (or `~/.steerpatch/registry`
+when installed elsewhere) — never the current directory, so running from another folder cannot scatter
 stores around. `STEERPATCH_REGISTRY_DIR` moves that folder (the test suite uses it).
+
+The store is not kept in the committed `registry/` folder: that one holds what is reviewed in git (the
+promotion policy, the patch schema, vetted patches), the store is this machine's state. A checkout whose
+`registry/mlflow.db` predates this keeps using it there, since MLflow records absolute artifact paths
+and moving the files would break every version in it.
 
 A sqlite store is one file that several processes write: every write is done under an exclusive
 `fcntl` lock on `<db folder>/.lock`, and transient "database is locked" errors are retried with
@@ -28,6 +33,7 @@ from steerpatch.errors import RegistryError
 T = TypeVar("T")
 
 EXPERIMENT_NAME = "steerpatch"
+STATE_DIR = ".steerpatch"  # git-ignored machine state: the default store lives in STATE_DIR/registry
 _RETRIES = 8
 
 
@@ -49,7 +55,10 @@ class Store:
 
 
 def default_registry_dir() -> Path:
-    """The folder of the default local store: `<checkout>/registry`, else `~/.steerpatch/registry`.
+    """The folder of the default local store: `<checkout>/.steerpatch/registry`, else `~/.steerpatch/registry`.
+
+    `STEERPATCH_REGISTRY_DIR` overrides it; a checkout with an older store in `registry/mlflow.db`
+    keeps that one (see the module docstring).
 
     Returns:
         An absolute folder path (not created here).
@@ -57,10 +66,16 @@ def default_registry_dir() -> Path:
     override = os.environ.get("STEERPATCH_REGISTRY_DIR")
     if override:
         return Path(override).expanduser().resolve()
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "registry").is_dir() and (checkout / "pyproject.toml").is_file():
-        return checkout / "registry"
-    return Path.home() / ".steerpatch" / "registry"
+    return store_dir_in(Path(__file__).resolve().parents[2])
+
+
+def store_dir_in(checkout: Path) -> Path:
+    """The default store folder when steerpatch runs from `checkout` (see `default_registry_dir`)."""
+    if (checkout / "registry").is_dir() and (checkout / "pyproject.toml").is_file():  # a source checkout
+        if (checkout / "registry" / "mlflow.db").is_file():
+            return checkout / "registry"
+        return checkout / STATE_DIR / "registry"
+    return Path.home() / STATE_DIR / "registry"
 
 
 def _sqlite_path(uri: str) -> Path | None:

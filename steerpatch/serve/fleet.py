@@ -125,7 +125,9 @@ class Fleet:
     @classmethod
     def single(cls, source: Any) -> Fleet:
         """A fleet of one `GraphSource`, labelled by its alias (`NAME@ALIAS`) or `default` (a file)."""
-        label = source.source.rpartition("@")[2] if source.follows else "default"
+        from steerpatch.refs import parse_ref
+
+        label = parse_ref(source.source)[1] if source.follows else "default"
         return cls({label: source})
 
     def route(self, pinned: str | None) -> str:
@@ -164,6 +166,9 @@ class Fleet:
 
 
 def _model_name(source: str) -> str:
-    if "@" in source and not source.endswith(".onnx"):
-        return source.rpartition("@")[0]
+    from steerpatch.refs import split_ref
+
+    parts = split_ref(source)
+    if parts is not None and not source.endswith(".onnx"):
+        return parts[0]
     return Path(source).stem

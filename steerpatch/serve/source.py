@@ -2,7 +2,7 @@
 
 A `GraphSource` holds the current ONNX Runtime session. For `NAME@ALIAS` a background thread asks the
 registry every few seconds which graph the alias points at; when it moved, the new graph is
-downloaded, checked against the registry's record (`steerpatch.compile.registry.download_graph`:
+downloaded, checked against the registry's record (`steerpatch.registry.graphs.download_graph`:
 manifest, graph hash, patch hash, model fingerprint, the patch version it came from), opened, and
 swapped in under a lock, so requests always see one whole verified graph. Verification happens only
 here, at load and reload: requests never pay for it. A failed or refused reload keeps the previous
@@ -102,7 +102,7 @@ class GraphSource:
 
     def __init__(self, source: str | Path, *, tracking_uri: str | None = None, poll_seconds: float = 5.0,
                  providers: list[str] | None = None) -> None:
-        from steerpatch.compile.compiler import is_registry_ref
+        from steerpatch.refs import is_registry_ref
 
         self.source = str(source)
         self.tracking_uri = tracking_uri
@@ -125,7 +125,7 @@ class GraphSource:
             return self._current
 
     def _fetch(self, graph: Any = None) -> LoadedGraph:
-        from steerpatch.compile.registry import download_graph, resolve_graph
+        from steerpatch.registry.graphs import download_graph, resolve_graph
 
         graph = graph or resolve_graph(self.source, tracking_uri=self.tracking_uri)
         folder = Path(tempfile.mkdtemp(prefix="steerpatch-serve-"))
@@ -145,7 +145,7 @@ class GraphSource:
         """
         if not self.follows:
             return False
-        from steerpatch.compile.registry import resolve_graph
+        from steerpatch.registry.graphs import resolve_graph
 
         self.last_check = datetime.now(UTC).isoformat(timespec="seconds")
         try:

@@ -18,6 +18,7 @@ from steerpatch.models.tower import edit_block_output, num_blocks, residual_widt
 from steerpatch.patch.format import Patch
 from steerpatch.steer.binding import Override, check_binding
 from steerpatch.steer.delta import steer_block_output
+from steerpatch.steer.sae_lookup import load_patch_sae
 
 
 @dataclass
@@ -55,51 +56,14 @@ def _saes_for(patches: list[Patch], sae: Any) -> list[Any]:
         return list(sae)
     if sae is not None:
         return [sae] * len(patches)
-    loaded: dict[str, Any] = {}
+    loaded: dict[tuple[str, str], Any] = {}
     out = []
     for patch in patches:
-        location = patch.sae.location
-        if location not in loaded:
-            loaded[location] = load_patch_sae(patch)
-        out.append(loaded[location])
+        key = (patch.sae.location, patch.sae.fingerprint)
+        if key not in loaded:
+            loaded[key] = load_patch_sae(patch)
+        out.append(loaded[key])
     return out
-
-
-def load_patch_sae(patch: Patch) -> Any:
-    """Load the SAE a patch names by `sae.location`.
-
-    A patch made on another checkout records a path that may not exist here; the shipped default
-    SAE is then used if, and only if, its fingerprint is the one the patch records.
-
-    Raises:
-        PatchError: if the location is empty or missing and no shipped SAE has the patch's fingerprint.
-    """
-    from pathlib import Path
-
-    from steerpatch.sae import default_sae_path, load_sae
-
-    location = patch.sae.location
-    if location and Path(location).exists():
-        return load_sae(location)
-    default = default_sae_path()
-    if default.exists():
-        sae = load_sae(default)
-        if sae.fingerprint == patch.sae.fingerprint:
-            return sae
-        mismatch = (
-            f"the shipped default SAE has fingerprint {sae.fingerprint}, not the patch's {patch.sae.fingerprint}"
-        )
-        if location and default.as_posix().endswith(Path(location).as_posix()):
-            # the patch names the shipped SAE: what is wrong is the fingerprint, not the path
-            raise PatchError(
-                f"patch {patch.ref}: SAE fingerprint mismatch: it names the shipped SAE '{location}' but {mismatch}; "
-                "use the SAE it was made for (--sae PATH)"
-            )
-    else:
-        mismatch = ""
-    where = f"'{location}' does not exist" if location else "records no SAE location"
-    also = f" ({mismatch}: an SAE fingerprint mismatch)" if mismatch else ""
-    raise PatchError(f"patch {patch.ref}: its SAE {where}; pass the SAE explicitly (--sae PATH){also}")
 
 
 def _check_devices(tower: Any, saes: list[Any]) -> None:
@@ -142,7 +106,7 @@ def steer(
             (a raw module is fingerprinted from its state dict).
         patches: one patch or a stack.
         sae: the SAE for every patch, a list with one SAE per patch, or None to load each patch's
-            `sae.location`.
+            own SAE (`load_patch_sae`: its recorded location, else the shipped SAE, by fingerprint).
         allow_fingerprint_mismatch: apply even when fingerprints differ; each override is recorded
             in the session and logged.
 

@@ -12,10 +12,8 @@ from steerpatch.errors import DatasetError, SteerpatchError
 from steerpatch.models.tower import num_blocks
 from steerpatch.patch.format import Patch
 from steerpatch.steer.binding import check_binding
-from steerpatch.steer.engine import load_patch_sae, steer
-
-# the embedded default model names its classes after the concept world's shapes
-_DEFAULT_CLASSES_MODULE = {"concept-clip": ("steerpatch.world", "SHAPES")}
+from steerpatch.steer.engine import steer
+from steerpatch.steer.sae_lookup import load_patch_sae
 
 
 def _open_images(paths: Sequence[Path]) -> list[Any]:
@@ -33,20 +31,6 @@ def _open_images(paths: Sequence[Path]) -> list[Any]:
                 f"image '{path}' cannot be decoded ({error}); pass a PNG or JPEG file"
             ) from None
     return images
-
-
-def default_classes(model_id: str) -> list[str]:
-    """The class names a known model is evaluated on.
-
-    Raises:
-        SteerpatchError: for a model without known classes, asking for --classes or --data.
-    """
-    if model_id in _DEFAULT_CLASSES_MODULE:
-        import importlib
-
-        module, attr = _DEFAULT_CLASSES_MODULE[model_id]
-        return list(getattr(importlib.import_module(module), attr))
-    raise SteerpatchError(f"model {model_id!r} has no default class list; pass --classes a,b,c or --data DIR")
 
 
 def _top(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -74,7 +58,7 @@ def predict_before_after(
         patch: the patch.
         image_paths: image files.
         model_spec: model to load (default: the patch's model id).
-        sae_path: SAE to load (default: the patch's SAE location).
+        sae_path: SAE to load (default: the patch's own SAE, found by `load_patch_sae`).
         classes: zero-shot class names (default: the model's known classes).
         top_k: how many classes to list per image.
         allow_fingerprint_mismatch: apply to a different model or SAE, recording the override.
@@ -85,13 +69,16 @@ def predict_before_after(
     Raises:
         PatchError: binding problems; DatasetError: unreadable images; ModelError/SAEError from loading.
     """
-    from steerpatch.models import build_zero_shot_head, load_model, preprocess_batch
-    from steerpatch.sae import load_sae
+    from steerpatch.models import build_zero_shot_head, default_classes, load_model, preprocess_batch
 
     images = _open_images(image_paths)
     names = classes or default_classes(patch.model.id)
+    if not names:
+        raise SteerpatchError(
+            f"model {patch.model.id!r} has no default class list; pass --classes a,b,c or --data DIR"
+        )
     loaded = load_model(model_spec or patch.model.id)
-    sae = load_sae(sae_path) if sae_path else load_patch_sae(patch)
+    sae = load_patch_sae(patch, path=sae_path or None)
     # refuse a mismatch before the costly part (the steer context checks again, cheaply)
     check_binding(
         patch, model_fingerprint=loaded.fingerprint, sae=sae, n_blocks=num_blocks(loaded),

@@ -7,7 +7,6 @@ Saved patches live as `<patch_dir>/<name>.json`; a patch's validation report goe
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,7 @@ from steerpatch.patch import Patch, load_patch, save_patch
 from steerpatch.patch.format import check_name
 from steerpatch.studio.imaging import StudioInputError
 from steerpatch.studio.workbench import Workbench
-
-
-def default_author() -> str:
-    """The local user name, or 'studio' when the system cannot say."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "studio"
+from steerpatch.user import current_user
 
 
 def patch_path(bench: Workbench, name: str) -> Path:
@@ -74,7 +66,7 @@ def save_draft(
         raw_edits: the edits, as sent by the page.
         name: the patch name (a slug); the file is `<patch_dir>/<name>.json`.
         rationale: why the patch exists.
-        author: who made it (default: the local user).
+        author: who made it (default: `current_user()`).
         tokens: token scope.
         scores: attribution score per latent on the instance, for provenance.
 
@@ -97,7 +89,7 @@ def save_draft(
         bench.check_tokens(tokens),
         name=name,
         rationale=rationale.strip(),
-        author=(author or "").strip() or default_author(),
+        author=(author or "").strip() or current_user(),
         provenance=provenance_for(bench, key, scores, note="made in steerpatch studio"),
     )
     save_patch(patch, path)

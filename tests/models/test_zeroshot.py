@@ -63,3 +63,16 @@ def test_training_input_matches_the_inference_preprocess(concept_model):
     expected = preprocess_batch(concept_model, images)
     got = to_model_input(np.stack([np.asarray(img) for img in images]))
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_default_classes_are_in_the_order_an_image_folder_lists_them(concept_model, tmp_path):
+    """`patch apply` and a compiled graph's logit columns use one order: the held-out world folder's."""
+    from steerpatch.compile.inputs import zero_shot_head
+    from steerpatch.data import ImageDataset, Item
+    from steerpatch.models import default_classes
+
+    world = ImageDataset(tmp_path, [Item(f"{s}/0.png", tmp_path / s / "0.png", s) for s in SHAPES])
+    assert default_classes("concept-clip") == world.classes != list(SHAPES)
+    _, compiled = zero_shot_head(concept_model, "zero-shot", None, None)
+    assert compiled == world.classes
+    assert default_classes("ViT-B-32") is None

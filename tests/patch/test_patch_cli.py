@@ -96,6 +96,16 @@ def test_new_refuses_bad_edits(runner, sae_dirs, tmp_path, edit, fragment):
     assert not out.exists()
 
 
+def test_new_without_author_records_the_current_user(runner, sae_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERPATCH_USER", "grace")  # the same rule as the studio and `register`
+    out = tmp_path / "p.json"
+    args = ["patch", "new", "--name", "x", "--model", "ViT-B-32", "--sae", str(sae_dirs[0]),
+            "--edit", "3:scale:0", "--rationale", "r", "--out", str(out)]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert load_patch(out).author == "grace"
+
+
 def test_new_refuses_to_overwrite(runner, made, sae_dirs):
     before = made.read_bytes()
     args = ["patch", "new", "--name", "drop-3", "--model", "ViT-B-32", "--sae", str(sae_dirs[0]),

@@ -9,6 +9,7 @@ import pytest
 import steerpatch
 from steerpatch.errors import RegistryError
 from steerpatch.registry import default_registry_dir, resolve_store, resolve_tracking
+from steerpatch.registry.store import store_dir_in
 
 
 def test_default_store_is_under_the_registry_dir_not_the_cwd(tmp_path, monkeypatch):
@@ -24,10 +25,21 @@ def test_default_store_is_under_the_registry_dir_not_the_cwd(tmp_path, monkeypat
     assert not any(p.name in ("mlruns", "mlflow.db") for p in Path(tmp_path).iterdir())
 
 
-def test_checkout_default_is_the_repo_registry_folder(monkeypatch):
+def test_checkout_default_is_the_ignored_state_folder_not_the_committed_one(monkeypatch):
     monkeypatch.delenv("STEERPATCH_REGISTRY_DIR", raising=False)
     repo = Path(steerpatch.__file__).resolve().parents[1]
-    assert default_registry_dir() == repo / "registry"
+    assert default_registry_dir() == store_dir_in(repo)
+    assert store_dir_in(repo) in (repo / ".steerpatch" / "registry", repo / "registry")
+
+
+def test_store_folder_of_a_checkout_an_older_checkout_and_an_install(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "registry").mkdir(parents=True)  # the committed folder: policy, schema, vetted patches
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    assert store_dir_in(checkout) == checkout / ".steerpatch" / "registry"
+    (checkout / "registry" / "mlflow.db").write_bytes(b"")  # a store made before the default moved
+    assert store_dir_in(checkout) == checkout / "registry"
+    assert store_dir_in(tmp_path / "site-packages") == Path.home() / ".steerpatch" / "registry"
 
 
 def test_environment_uri_wins_over_the_default(tmp_path, monkeypatch):

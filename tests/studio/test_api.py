@@ -149,3 +149,13 @@ def test_save_refuses_bad_patches(client, mistake):
     assert again.status_code == 409 and "already saved" in again.json()["error"]
     assert client.post("/api/patches/never-saved/validate").status_code == 404
     assert client.post("/api/patches/twice/register").status_code == 409
+
+
+def test_a_patch_saved_without_an_author_is_the_current_users(client, mistake, monkeypatch):
+    from steerpatch.patch import load_patch
+
+    monkeypatch.setenv("STEERPATCH_USER", "grace")  # the same rule as `patch new` and `register`
+    edit = {"latent": 0, "op": "scale", "value": 0}
+    saved = client.post("/api/patches", json={"key": mistake, "edits": [edit], "rationale": "why", "name": "by-grace"})
+    assert saved.status_code == 200, saved.text
+    assert load_patch(saved.json()["path"]).author == "grace"
