@@ -31,10 +31,13 @@ import click
 @click.option("--sae", "sae_path", default=None, help="SAE folder (default: the shipped default SAE).")
 @click.option("--classes", default=None, help="Comma-separated class names (default: from the SAE statistics).")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the pool's hook activations here.")
+@click.option("--name", default=None,
+              help="Patch name of every candidate (alternatives for one fix), files NAME-c1.json... "
+                   "[default: suggest-LABEL-cN].")
 @click.option("--json", "as_json", is_flag=True, help='Print {"candidates": [...]} as JSON, best first.')
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def suggest(images, label, pool, out_dir, budget, refine_budget, keep, max_ripple, neighbours, model_spec, sae_path, classes,
-            cache_dir, as_json, quiet) -> None:
+            cache_dir, name, as_json, quiet) -> None:
     """Search for patches that fix IMAGES (truly --label), their look-alikes in the pool, and little else.
 
     Latents are proposed from the images' attribution and from how selectively they fire on look-alike
@@ -47,6 +50,14 @@ def suggest(images, label, pool, out_dir, budget, refine_budget, keep, max_rippl
     from steerpatch.suggest import suggest as run_suggest
     from steerpatch.suggest import write_suggestion
 
+    if name is not None:
+        from steerpatch.errors import SteerpatchError
+        from steerpatch.patch.format import check_name
+
+        try:
+            check_name(name)
+        except ValueError as error:
+            raise SteerpatchError(f"--name {error}") from None
     out = ensure_empty_dir(Path(out_dir))  # refuse before any model work
     loaded = load_model(model_spec)
     sae = load_sae(sae_path or default_sae_path())
@@ -57,7 +68,7 @@ def suggest(images, label, pool, out_dir, budget, refine_budget, keep, max_rippl
 
     found = run_suggest(
         loaded, sae, list(images), label, pool, classes=class_list, budget=budget, refine_budget=refine_budget, keep=keep,
-        neighbours=neighbours, max_ripple=max_ripple, cache_dir=cache_dir, progress=None if quiet else say,
+        neighbours=neighbours, max_ripple=max_ripple, cache_dir=cache_dir, progress=None if quiet else say, name=name,
     )
     doc = write_suggestion(found, out)
     if as_json:

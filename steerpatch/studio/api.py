@@ -27,6 +27,7 @@ from steerpatch.studio import latents, lifecycle, tryon
 from steerpatch.studio.guard import TOKEN_PLACEHOLDER, StudioGuard, new_token
 from steerpatch.studio.imaging import MAX_UPLOAD_BYTES, StudioInputError, decode_upload, png_bytes
 from steerpatch.studio.index import CORRECTNESS
+from steerpatch.studio.suggesting import MAX_BUDGET, Suggester
 from steerpatch.studio.workbench import Workbench
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -61,6 +62,13 @@ class SaveIn(SteerIn):
     scores: dict[str, float] = Field(default_factory=dict)
 
 
+class SuggestIn(_Request):
+    key: str
+    label: str
+    budget: int = Field(default=24, ge=1, le=MAX_BUDGET)
+    refine: int = Field(default=8, ge=0, le=MAX_BUDGET)
+
+
 def _edits(body: SteerIn) -> list[dict[str, Any]]:
     return [e.model_dump() for e in body.edits]
 
@@ -90,6 +98,7 @@ def create_app(bench: Workbench, *, allow_hosts: tuple[str, ...] = (), token: st
     """
     app = FastAPI(title="steerpatch studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.bench = bench
+    suggester = Suggester(bench)
     app.state.token = token = token or new_token()
     # an upload plus multipart framing; the guard runs first, so a foreign Host is refused unread
     app.add_middleware(BodyLimit, max_bytes=MAX_UPLOAD_BYTES + 64 * 1024)
@@ -194,6 +203,18 @@ def create_app(bench: Workbench, *, allow_hosts: tuple[str, ...] = (), token: st
     @app.post("/api/patches/{name}/register")
     def register(name: str) -> dict[str, Any]:
         return lifecycle.register_saved(bench, name)
+
+    @app.post("/api/suggest")
+    def suggest(body: SuggestIn) -> dict[str, Any]:
+        return suggester.start(body.key, body.label, budget=body.budget, refine=body.refine).view()
+
+    @app.get("/api/suggest/{job_id}")
+    def suggestion(job_id: str) -> dict[str, Any]:
+        return suggester.job(job_id).view()
+
+    @app.get("/api/suggest/{job_id}/plot.png", include_in_schema=False)
+    def suggestion_plot(job_id: str) -> FileResponse:
+        return FileResponse(suggester.plot(job_id), media_type="image/png")
 
     @app.get("/reports/{name}/report.html", include_in_schema=False)
     def report(name: str) -> FileResponse:

@@ -32,6 +32,8 @@ class Suggestion:
         inputs: what the search was given (images, label, pool size, neighbourhood, budget).
         timings: wall seconds per stage, and evaluations per second.
         patches: the patch of each of `candidates`, same order.
+        name: the name every candidate patch carries (they are alternatives for one fix); None names
+            them `suggest-<label>-c<rank>`.
     """
 
     candidates: list[Candidate]
@@ -39,6 +41,11 @@ class Suggestion:
     inputs: dict[str, Any]
     timings: dict[str, float]
     patches: list[Any] = field(default_factory=list)
+    name: str | None = None
+
+    def file_stem(self, rank: int) -> str:
+        """The file name (without `.json`) of the rank-th candidate's patch (1 = best)."""
+        return f"{self.name}-c{rank}" if self.name else self.patches[rank - 1].name
 
 
 def _say(progress: Callable[[str], Any] | None, text: str) -> None:
@@ -81,6 +88,7 @@ def suggest(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], Any] | None = None,
+    name: str | None = None,
 ) -> Suggestion:
     """Search for patches that fix `images` (truly `label`), fix their look-alikes in `pool`, and change little else.
 
@@ -101,6 +109,8 @@ def suggest(
         seed: seed of the search sample.
         cache_dir: keep the pool's hook activations here between runs.
         progress: called with one line per stage and per candidate.
+        name: the patch name of every candidate (a slug, checked before any work); None names them
+            `suggest-<label>-c<rank>`.
 
     Returns:
         The `Suggestion` (patches built, not written; see `write_suggestion`).
@@ -121,6 +131,13 @@ def suggest(
     from steerpatch.validate.cache import ActivationCache
     from steerpatch.validate.candidate import score_patch
 
+    if name is not None:
+        from steerpatch.patch.format import check_name
+
+        try:
+            check_name(name)
+        except ValueError as error:
+            raise SteerpatchError(f"--name {error}") from None
     if budget < 1 or keep < 1 or refine_budget < 0:
         raise SteerpatchError(
             f"--budget {budget}, --keep {keep} and --refine {refine_budget} must be at least 1, 1 and 0"
@@ -250,18 +267,21 @@ def suggest(
         "evaluations": float(len(trace) + len(final)),
         "evaluations_per_s": len(trace) / max(t_sweep - t_propose, 1e-9),
     }
-    found = Suggestion(candidates=final, trace=trace, inputs=inputs, timings=timings)
+    found = Suggestion(candidates=final, trace=trace, inputs=inputs, timings=timings, name=name)
     found.patches = [
         build_patch(loaded, sae, c, label=label, tokens=tokens, rank_=i + 1, inputs=inputs, images=images,
-                    target_pred=[classes[q] for q in target_pred], target_share=target_share)
+                    target_pred=[classes[q] for q in target_pred], target_share=target_share, name=name)
         for i, c in enumerate(final)
     ]
     return found
 
 
 def build_patch(loaded, sae, candidate: Candidate, *, label: str, tokens, rank_: int = 0, inputs=None, images=(),
-                target_pred=(), target_share=None):
-    """The patch of a candidate; with `inputs`, its provenance records the method, inputs and objective."""
+                target_pred=(), target_share=None, name: str | None = None):
+    """The patch of a candidate; with `inputs`, its provenance records the method, inputs and objective.
+
+    Its name is `name`, else `suggest-<label>-c<rank>` (`suggest-<label>` without a rank).
+    """
     import json
 
     from steerpatch.io import sha256_file
@@ -285,7 +305,7 @@ def build_patch(loaded, sae, candidate: Candidate, *, label: str, tokens, rank_:
         provenance = Provenance(instances=instances, note="steerpatch suggest " + json.dumps(record, sort_keys=True))
     slug = "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-") or "class"
     return new_patch(
-        f"suggest-{slug}-c{rank_}" if rank_ else f"suggest-{slug}", loaded, sae, candidate.edits,
+        name or (f"suggest-{slug}-c{rank_}" if rank_ else f"suggest-{slug}"), loaded, sae, candidate.edits,
         rationale=(f"Suppress {len(candidate.latents)} latents (scale {candidate.value:g}) that fire selectively on "
                    f"look-alikes of images wrongly given {', '.join(target_pred) or 'another class'} instead of {label!r}."),
         author="steerpatch suggest", tokens=tokens, provenance=provenance,

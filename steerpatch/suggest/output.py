@@ -21,8 +21,8 @@ def summary(found: Suggestion, out: Path) -> dict[str, Any]:
     """The `--json` document: candidates best first, with the path each patch will have under `out`."""
     return {
         "candidates": [
-            {"patch": str(out / f"{patch.name}.json"), "edits": len(patch.edits), "objective": c.objective}
-            for c, patch in zip(found.candidates, found.patches, strict=True)
+            {"patch": str(out / f"{found.file_stem(rank)}.json"), "edits": len(patch.edits), "objective": c.objective}
+            for rank, (c, patch) in enumerate(zip(found.candidates, found.patches, strict=True), 1)
         ],
         "inputs": found.inputs,
         "timings": found.timings,
@@ -79,8 +79,8 @@ def write_suggestion(found: Suggestion, out: str | Path) -> dict[str, Any]:
     out = Path(out)
     doc = summary(found, out)
     with atomic_dir(out) as tmp:
-        for patch in found.patches:
-            save_patch(patch, tmp / f"{patch.name}.json")
+        for rank, patch in enumerate(found.patches, 1):
+            save_patch(patch, tmp / f"{found.file_stem(rank)}.json")
         rows = [
             json.dumps({"latents": c.latents, "op": c.op, "value": c.value, "objective": c.objective})
             for c in found.trace

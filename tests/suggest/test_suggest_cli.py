@@ -16,11 +16,14 @@ def test_json_lists_candidates_best_first_with_patch_files(runner, tmp_path, mis
     path, label, _ = mistake
     out = tmp_path / "out"
     result = runner.invoke(cli, ["suggest", str(path), "--label", label, "--data", str(small_pool), "--out", str(out),
-                                 "--budget", "6", "--keep", "2", "--json", "--quiet"])
+                                 "--budget", "6", "--keep", "2", "--name", "water-fix", "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert set(doc) == {"candidates"} and 1 <= len(doc["candidates"]) <= 2
-    for row in doc["candidates"]:
+    for rank, row in enumerate(doc["candidates"], 1):
+        # every candidate is an alternative for the one fix the user named; files tell them apart
+        assert row["patch"] == str(out / f"water-fix-c{rank}.json")
+        assert load_patch(row["patch"]).name == "water-fix"
         assert load_patch(row["patch"]).edits and len(load_patch(row["patch"]).edits) == row["edits"]
         assert set(row["objective"]) >= {"targets_fixed", "failure_moved", "ripple", "kl_rest", "score"}
     assert (out / "fix_vs_ripple.png").is_file()
@@ -63,6 +66,12 @@ def test_a_pool_of_another_models_classes_is_refused(runner, tmp_path, mistake, 
             shutil.copy(image, foreign / name / image.name)
     line = _bad(runner, tmp_path, [str(mistake[0]), "--label", mistake[1], "--data", str(foreign)])
     assert "['cat', 'dog']" in line and "does not know" in line
+
+
+def test_a_name_that_is_not_a_slug_is_refused(runner, tmp_path, mistake, small_pool):
+    line = _bad(runner, tmp_path, [str(mistake[0]), "--label", mistake[1], "--data", str(small_pool),
+                                   "--name", "Water Fix"])
+    assert "--name" in line and "'Water Fix' is not a slug" in line
 
 
 def test_a_non_empty_out_folder_is_refused_before_any_work(runner, tmp_path, mistake, small_pool):

@@ -70,6 +70,7 @@ async function loadInfo() {
   for (const c of info.classes) {
     $("#f-class").append(el("option", { value: c }, c));
     $("#against").append(el("option", { value: c }, c));
+    $("#suggest-label").append(el("option", { value: c }, c));
   }
   if (info.group_by) {
     $("#f-group").previousSibling.textContent = `Group (${info.group_by}) `;
@@ -132,6 +133,9 @@ async function selectInstance(key) {
     `label: ${inst.label ?? "unknown"}` + (inst.group ? ` · group: ${inst.group}` : "");
   const against = inst.label && inst.label !== inst.prediction.predicted ? inst.label : "";
   $("#against").value = against;
+  $("#suggest-label").value = against || state.info.classes.find((c) => c !== inst.prediction.predicted);
+  $("#suggest-progress").hidden = true;
+  $("#suggest-result").replaceChildren();
   for (const id of ["#tryon-result", "#save-result", "#validate-result", "#register-result"]) $(id).replaceChildren();
   $("#validate-btn").disabled = true;
   $("#register-btn").disabled = true;
@@ -288,6 +292,64 @@ async function addLatent() {
   showMessage("");
 }
 
+// ---- suggest: a label-free search for a fix that generalises (steerpatch suggest, as a job) ---------
+
+async function suggestFix() {
+  const key = state.key;
+  const button = $("#suggest-btn");
+  const progress = $("#suggest-progress");
+  button.disabled = true;
+  $("#suggest-result").replaceChildren();
+  progress.hidden = false;
+  progress.textContent = "starting…";
+  try {
+    const budget = Math.round(Number($("#suggest-budget").value));
+    // a third of the budget refines the best of the grid sweep greedily (the CLI's --refine)
+    let job = await postJSON("/api/suggest", { key, label: $("#suggest-label").value, budget, refine: Math.floor(budget / 3) });
+    while (job.state === "running") {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      job = await api(`/api/suggest/${job.job}`);
+      progress.textContent = job.progress.join("\n") || "caching the pool…";
+    }
+    if (job.state === "failed") { showMessage(job.error); return; }
+    if (key === state.key) renderSuggestion(job);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function renderSuggestion(job) {
+  const table = el("table", { id: "suggest-table" }, el("thead", {}, el("tr", {},
+    ...["#", "edits", "image fixed", "look-alikes moved", "ripple", ""].map((h) => el("th", {}, h)))));
+  const body = el("tbody");
+  job.candidates.forEach((c, i) => {
+    const o = c.objective;
+    body.append(el("tr", { dataset: { rank: String(i + 1) } },
+      el("td", {}, i + 1), el("td", {}, c.edits), el("td", {}, pct(o.targets_fixed)),
+      el("td", {}, pct(o.lookalikes_moved)), el("td", {}, pct(o.ripple)),
+      el("td", {}, el("button", { type: "button", class: "use", onclick: () => useCandidate(c, job) }, "load into edits"))));
+  });
+  table.append(body);
+  $("#suggest-result").replaceChildren(table,
+    el("p", { class: "muted" }, `patches and search trace in `, el("code", {}, job.out)),
+    el("img", { id: "suggest-plot", src: job.plot_url, alt: "fix against ripple of the candidates" }));
+}
+
+function useCandidate(candidate, job) {
+  state.edits.clear();
+  for (const e of candidate.edit_list) {
+    state.edits.set(e.latent, { op: e.op, value: e.value });
+    if (!state.latents.some((r) => r.latent === e.latent)) state.latents.push({ latent: e.latent });
+  }
+  if (!$("#patch-rationale").value) {
+    $("#patch-rationale").value = `suggested: ${candidate.edits} latents that push look-alikes of this image ` +
+      `toward ${job.label} (steerpatch suggest, ${job.out})`;
+  }
+  renderLatents();
+  renderEdits();
+  scheduleSteer();
+}
+
 // ---- beyond the instance: try-on, save, validate, register ---------------------------------------
 
 async function tryOn() {
@@ -357,6 +419,7 @@ window.addEventListener("DOMContentLoaded", guard(async () => {
   $("#tokens").addEventListener("change", scheduleSteer);
   $("#add-latent-btn").addEventListener("click", guard(addLatent));
   $("#clear-edits").addEventListener("click", () => { state.edits.clear(); renderLatents(); renderEdits(); scheduleSteer(); });
+  $("#suggest-btn").addEventListener("click", guard(suggestFix));
   $("#tryon-btn").addEventListener("click", guard(tryOn));
   $("#save-form").addEventListener("submit", guard(savePatch));
   $("#validate-btn").addEventListener("click", guard(validatePatch));
