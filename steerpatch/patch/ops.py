@@ -35,6 +35,8 @@ class Op:
         identity: the value for which the op changes nothing (None when no value does for all z).
         max_abs: the largest |value| a patch may give; beyond it float32 activations overflow or
             dwarf the residual stream, so no useful edit lies there.
+        editor_range: (low, high) the studio's controls accept: wide enough for any real edit,
+            narrow enough to refuse a typo.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Op:
     summary: str
     identity: float | None
     max_abs: float = 1e4
+    editor_range: tuple[float, float] = (-1000.0, 1000.0)
 
     def check_value(self, value: float) -> str | None:
         """Why `value` is outside this op's domain, or None when it is inside."""
@@ -105,9 +108,10 @@ def _clamp_if_active(z: Any, value: Any) -> Any:
     return torch.where(z > 0, value, z)
 
 
-register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0, 1e3))
-register_op(Op("clamp", "latent", _clamp, "z_i <- value on every scoped token", None))
-register_op(Op("clamp_if_active", "latent", _clamp_if_active, "z_i <- value where z_i > 0", None))
+register_op(Op("scale", "latent", _scale, "z_i <- value * z_i (0 suppresses the latent)", 1.0, 1e3, (0.0, 10.0)))
+register_op(Op("clamp", "latent", _clamp, "z_i <- value on every scoped token", None, editor_range=(0.0, 1000.0)))
+register_op(Op("clamp_if_active", "latent", _clamp_if_active, "z_i <- value where z_i > 0", None,
+               editor_range=(0.0, 1000.0)))
 register_op(Op("add", "direction", None, "x <- x + value * W_dec[i] (a steering vector)", 0.0))
 
 OP_NAMES: tuple[str, ...] = tuple(OPS)

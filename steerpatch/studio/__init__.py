@@ -23,12 +23,11 @@ from steerpatch.studio.server import (
     serve_in_thread,
     url_of,
 )
-from steerpatch.studio.workbench import VALUE_RANGES, Workbench
+from steerpatch.studio.workbench import Workbench
 
 __all__ = [
     "MAX_UPLOAD_BYTES",
     "RunningStudio",
-    "VALUE_RANGES",
     "StudioInputError",
     "Workbench",
     "bind_socket",

@@ -22,20 +22,13 @@ from PIL import Image
 from steerpatch.data import ImageDataset
 from steerpatch.models import LoadedModel, build_zero_shot_head, preprocess_batch
 from steerpatch.models.tower import encode_prefix, encode_suffix
-from steerpatch.patch import OPS, Edit, Patch, new_patch
+from steerpatch.patch import OPS, Edit, Patch, get_op, new_patch
 from steerpatch.sae import SAE
 from steerpatch.steer import steer_block_output
 from steerpatch.studio.imaging import StudioInputError, image_sha256
 from steerpatch.studio.index import build_index
 from steerpatch.validate import ActivationCache
 
-# Bounds for one edit's value, per op: wide enough for any real use, narrow enough to refuse typos.
-VALUE_RANGES: dict[str, tuple[float, float]] = {
-    "scale": (0.0, 10.0),
-    "clamp": (0.0, 1000.0),
-    "clamp_if_active": (0.0, 1000.0),
-    "add": (-1000.0, 1000.0),
-}
 TOKEN_SCOPES = ("all", "cls", "patches")
 MAX_EDITS = 64
 MAX_INSTANCES = 64
@@ -132,7 +125,7 @@ class Workbench:
             "n_items": len(self.dataset),
             "accuracy": round(float(self.index.correct.float().mean()), 4) if len(self.dataset) else None,
             "ops": list(OPS),
-            "value_ranges": VALUE_RANGES,
+            "value_ranges": {name: op.editor_range for name, op in OPS.items()},  # each op's own bounds
             "token_scopes": list(TOKEN_SCOPES),
             "default_tokens": self.default_tokens,
             "patch_dir": str(self.patch_dir),
@@ -243,7 +236,7 @@ class Workbench:
                 )
             if op not in OPS:
                 raise StudioInputError(f"unknown op {op!r} for latent {latent}; use one of: {', '.join(OPS)}", 422)
-            low, high = VALUE_RANGES[op]
+            low, high = get_op(op).editor_range
             if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
                 raise StudioInputError(f"{op} value {value!r} for latent {latent} is not a finite number", 422)
             if not low <= value <= high:
