@@ -22,30 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steerpatch.errors import IntegrityError, RegistryError, SteerpatchError
-from steerpatch.io import sha256_file
-from steerpatch.refs import parse_ref
-from steerpatch.registry.artifacts import download_version, get_version
-from steerpatch.registry.bundle import write_manifest
-from steerpatch.registry.integrity import (
-    GRAPH_FILE,
-    GRAPH_KIND,
-    GRAPH_SUFFIX,
-    GRAPH_TAG,
-    MANIFEST_TAG,
-    TAG,
-    check_graph_links,
-    verify_graph_folder,
-)
-from steerpatch.registry.register import ensure_registered_model, registered_name
-from steerpatch.registry.store import (
-    client,
-    experiment_id,
-    mlflow_uris,
-    resolve_store,
-    store_lock,
-    with_retry,
-)
-from steerpatch.registry.verification import verify_model_version
+from steerpatch.registry.integrity import GRAPH_FILE, GRAPH_KIND, GRAPH_SUFFIX, GRAPH_TAG, MANIFEST_TAG, TAG
 
 KIND = GRAPH_KIND
 SUFFIX = GRAPH_SUFFIX
@@ -81,6 +58,8 @@ class GraphVersion:
 
 def compiled_name(model_id: str, patch_name: str) -> str:
     """The registered name of a patch's compiled graphs (sibling of the patch's own model)."""
+    from steerpatch.registry.register import registered_name
+
     return registered_name(model_id, patch_name) + SUFFIX
 
 
@@ -135,6 +114,16 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     import onnx
 
     from steerpatch.compile.runtime import execution_providers
+    from steerpatch.io import sha256_file
+    from steerpatch.registry.bundle import write_manifest
+    from steerpatch.registry.store import (
+        client,
+        experiment_id,
+        mlflow_uris,
+        resolve_store,
+        store_lock,
+        with_retry,
+    )
 
     info = result.info
     store = resolve_store(tracking_uri)
@@ -208,6 +197,8 @@ def _patch_version_by_hash(c: Any, patch_model: str, patch_hash: str | None) -> 
 
 
 def _ensure_model(c: Any, name: str, info: Any) -> bool:
+    from steerpatch.registry.register import ensure_registered_model
+
     return ensure_registered_model(
         c, name, tags={TAG + "kind": KIND, TAG + "patch_name": info.patch_name, TAG + "model_id": info.model_id},
         description=f"Compiled ONNX graphs of steerpatch patch '{info.patch_name}' for '{info.model_id}'",
@@ -244,6 +235,10 @@ def resolve_graph(ref: str, *, tracking_uri: str | None = None) -> GraphVersion:
     Raises:
         RegistryError: for an unknown reference, or a patch version that was never compiled.
     """
+    from steerpatch.refs import parse_ref
+    from steerpatch.registry.artifacts import get_version
+    from steerpatch.registry.store import client, resolve_store, with_retry
+
     store = resolve_store(tracking_uri)
     c = client(store)
     name, selector = parse_ref(ref)
@@ -275,6 +270,10 @@ def resolve_graph(ref: str, *, tracking_uri: str | None = None) -> GraphVersion:
 
 def _verified_files(c: Any, store: Any, name: str, version: str, dst: Path) -> tuple[Any, Path]:
     """Download a graph version and check its files against the registry's record; (version, graph file)."""
+    from steerpatch.registry.artifacts import download_version
+    from steerpatch.registry.integrity import verify_graph_folder
+    from steerpatch.registry.store import with_retry
+
     mv = with_retry(lambda: c.get_model_version(name, version), what=f"read {name}@{version}")
     what = f"{name}@{version}"
     if (mv.tags or {}).get(TAG + "kind") != KIND:
@@ -312,6 +311,10 @@ def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | 
         IntegrityError: (exit 1) naming the version, the file and what differs.
         RegistryError: when the version holds no steerpatch graph.
     """
+    from steerpatch.registry.integrity import check_graph_links
+    from steerpatch.registry.store import client, resolve_store
+    from steerpatch.registry.verification import verify_model_version
+
     store = resolve_store(tracking_uri)
     c = client(store)
     mv, path = _verified_files(c, store, graph.name, graph.version, Path(dst))
