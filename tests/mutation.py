@@ -59,6 +59,11 @@ TARGETS: dict[str, Target] = {
         "steerpatch/validate/report.py",
         ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py"),
     ),
+    "gates": Target(
+        "steerpatch/validate/gates.py",
+        ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py",
+         "tests/validate/test_unmeasured.py"),
+    ),
     "bundle": Target(
         "steerpatch/registry/bundle.py", ("tests/registry/test_register.py", "tests/registry/test_manifest_bite.py")
     ),

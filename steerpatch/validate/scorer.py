@@ -19,7 +19,6 @@ from steerpatch.errors import DatasetError
 if TYPE_CHECKING:  # pragma: no cover
     from steerpatch.validate.metrics import ImageResults
     from steerpatch.validate.policy import DataPolicy
-    from steerpatch.validate.runner import Validator
 
 MISSING_GROUP = "none"  # as `ImageDataset.groups` counts items without the attribute
 
@@ -27,13 +26,16 @@ MISSING_GROUP = "none"  # as `ImageDataset.groups` counts items without the attr
 class Scorer(Protocol):
     """The per-image work of a validation, called by `Validator` with itself as the first argument.
 
+    A scorer reads from the validator what it was set up with (`model`, `sae`, `head`, `classes`,
+    `group_by`, `policy`, `cache`, `batch_size`, `progress`, `workers`, `fingerprint(dataset)`).
+
     Attributes:
         engine: the engine name a report scored this way records ("local", "spark").
     """
 
     engine: str
 
-    def session(self, validator: Validator, patch: Any, strengths: Sequence[float]) -> AbstractContextManager[Any]:
+    def session(self, validator: Any, patch: Any, strengths: Sequence[float]) -> AbstractContextManager[Any]:
         """A context around one patch's validation, for work done once per patch (e.g. compiling it).
 
         Args:
@@ -43,12 +45,12 @@ class Scorer(Protocol):
         """
         ...
 
-    def activations(self, validator: Validator, dataset: Any, block: int) -> Any:
+    def activations(self, validator: Any, dataset: Any, block: int) -> Any:
         """What `score` reads for a dataset, with `ids` and `undecodable`, checked against the data policy."""
         ...
 
     def score(
-        self, validator: Validator, patch: Any, dataset: Any, cached: Any, *, strength: float = 1.0,
+        self, validator: Any, patch: Any, dataset: Any, cached: Any, *, strength: float = 1.0,
         grouped: bool = False,
     ) -> ImageResults:
         """The per-image results of the patch at `strength` on `dataset` (groups filled when `grouped`)."""
@@ -101,11 +103,11 @@ class LocalScorer:
 
     engine = "local"
 
-    def session(self, validator: Validator, patch: Any, strengths: Sequence[float]) -> AbstractContextManager[Any]:
+    def session(self, validator: Any, patch: Any, strengths: Sequence[float]) -> AbstractContextManager[Any]:
         """Nothing to prepare: the activation cache is filled on first use."""
         return nullcontext()
 
-    def activations(self, validator: Validator, dataset: Any, block: int) -> Any:
+    def activations(self, validator: Any, dataset: Any, block: int) -> Any:
         """Hook activations of a dataset, from the cache, checked against the undecodable-image policy.
 
         Raises:
@@ -120,7 +122,7 @@ class LocalScorer:
         return cached
 
     def score(
-        self, validator: Validator, patch: Any, dataset: Any, cached: Any, *, strength: float = 1.0,
+        self, validator: Any, patch: Any, dataset: Any, cached: Any, *, strength: float = 1.0,
         grouped: bool = False,
     ) -> ImageResults:
         """The patch's results from the cached activations, running the model after the hook."""
