@@ -1,6 +1,6 @@
 """Community SAE files load exactly as their own libraries compute them.
 
-Each golden in tests/sae/golden/ was written from its format's documented layout (format_writers.py);
+Each golden in tests/sae/golden/ was written from its format's documented layout (tests/helpers/format_writers.py);
 the reference math below is each library's documented encode/decode, written out independently of
 steerpatch: saev (raw TopK, BatchTopK's inference threshold, both b_dec conventions), ViT-Prisma
 (layer_norm default, gated) and SAELens (normalize_activations, finetuning_scaling_factor).
