@@ -90,6 +90,9 @@ def _predict_blast(patch, sae, cached: CachedActivations, labels, classes, group
 class Validator:
     """Validate several candidate patches against the same data, sharing the hook-activation cache.
 
+    The per-image work is the `scorer`'s (default `LocalScorer`; `steerpatch.spark.SparkScorer` runs
+    it on Spark executors); resolving inputs, baselines, the report and its verdict are the same for all.
+
     Example:
         >>> validator = Validator(loaded, sae, "world/test", group_by="shortcut")  # doctest: +SKIP
         >>> reports = [validator.validate(p) for p in candidates]
