@@ -44,6 +44,10 @@ TARGETS: dict[str, Target] = {
         "steerpatch/patch/format.py",
         ("tests/patch/test_patch_format.py", "tests/patch/test_patch_malformed.py", "tests/patch/test_format_bite.py"),
     ),
+    "fields": Target(
+        "steerpatch/patch/fields.py",
+        ("tests/patch/test_patch_format.py", "tests/patch/test_patch_malformed.py", "tests/patch/test_format_bite.py"),
+    ),
     "ops": Target("steerpatch/patch/ops.py", ("tests/patch/test_ops_bite.py",)),
     "metrics": Target(
         "steerpatch/validate/metrics.py", ("tests/validate/test_metrics.py", "tests/validate/test_metrics_bite.py")
@@ -54,6 +58,11 @@ TARGETS: dict[str, Target] = {
     "report": Target(
         "steerpatch/validate/report.py",
         ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py"),
+    ),
+    "gates": Target(
+        "steerpatch/validate/gates.py",
+        ("tests/validate/test_report.py", "tests/validate/test_report_bite.py", "tests/validate/test_gates_bite.py",
+         "tests/validate/test_unmeasured.py"),
     ),
     "bundle": Target(
         "steerpatch/registry/bundle.py", ("tests/registry/test_register.py", "tests/registry/test_manifest_bite.py")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mutation import EXPLAINED, ROOT, TARGETS, _pyproject, explained
+from tests.mutation import EXPLAINED, ROOT, TARGETS, _pyproject, explained
 
 
 def test_every_target_module_and_test_file_exists():

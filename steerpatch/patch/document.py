@@ -1,7 +1,9 @@
 """Reading and writing patch files, with every problem of a document collected into one PatchError.
 
 Patch files are hand-edited, so a bad one must produce a message a person can act on: each problem
-names its field path (`edits[2].value`) and the fix, and all problems come out at once.
+names its field path (`edits[2].value`) and the fix, and all problems come out at once
+(`format.validate_document`, worded by `problems.py`). This module adds strict JSON parsing,
+size limits and atomic writes.
 """
 
 from __future__ import annotations
@@ -11,142 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from steerpatch.errors import PatchError
 from steerpatch.io import atomic_write_text, refuse_special_file
-from steerpatch.patch.format import FORMAT_VERSION, MAX_D_SAE, Patch
+from steerpatch.patch.format import MAX_D_SAE, Patch, validate_document
 
 MAX_PATCH_BYTES = 10 * 1024 * 1024
 
-# pydantic error type -> what to tell the reader; the offending value is appended
-_WANTED: dict[str, str] = {
-    "int_type": "expected an integer",
-    "float_type": "expected a number",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected an object",
-    "model_type": "expected an object",
-    "model_attributes_type": "expected an object",
-    "bool_type": "expected true or false",
-}
-# our own validators write messages that already name the field path
-_SELF_NAMING = {"latent_range", "duplicate_latent", "hash_mismatch"}
-# our own validators whose message needs the path in front
-_OWN = {
-    "patch_name",
-    "patch_version",
-    "patch_ref",
-    "sha256",
-    "timestamp",
-    "patch_op",
-    "score_key",
-    "instance_id",
-    "tokens",
-    "control_chars",
-    "text_length",
-    "edit_value",
-}
 # no patch field needs a longer integer (d_sae < 2**27); longer ones are refused while parsing,
 # before Python's int() meets a 5,000-digit number
 MAX_INT_DIGITS = 20
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif "[" in item or "(" in item or item == "str":
-            continue  # union branch labels such as 'list[int]' or 'function-after[...]'
-        else:
-            parts.append(("." if parts else "") + item)
-    return "".join(parts) or "(document)"
-
-
-def _short(value: Any) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _describe(error: Any) -> str:
-    kind, path, given = error["type"], _path(tuple(error["loc"])), error.get("input")
-    if kind in _SELF_NAMING:
-        return error["msg"]
-    if kind == "extra_forbidden":
-        return f"{path}: unknown key; remove it or check its spelling"
-    if kind == "missing":
-        return f"{path}: required key is missing; add it"
-    if kind == "finite_number":
-        return f"{path}: NaN or infinity is not allowed; use a finite number"
-    if kind == "greater_than_equal":
-        return f"{path}: {_short(given)} is too small; use a value >= {error['ctx']['ge']}"
-    if kind == "string_too_short":
-        return f"{path}: must not be empty; fill it in"
-    if kind in ("less_than", "less_than_equal"):
-        bound = error["ctx"].get("lt", error["ctx"].get("le"))
-        op = "<" if kind == "less_than" else "<="
-        return f"{path}: {_short(given)} is too large; use a value {op} {bound}"
-    if kind == "too_long":
-        return f"{path}: has {error['ctx'].get('actual_length')} items; use at most {error['ctx']['max_length']}"
-    if kind == "string_pattern_mismatch" and path == "sae.architecture":
-        return f"{path}: {_short(given)} is not an architecture name; use a registered one such as 'standard', 'topk' or 'jumprelu'"
-    if kind in _WANTED:
-        return f"{path}: {_WANTED[kind]}, got {_short(given)}"
-    if kind in _OWN:
-        return f"{path}: {error['msg']}"
-    if path == "tokens":
-        return f"tokens: {_short(given)} is not a token scope; use 'cls', 'patches', 'all' or a list of token indices"
-    return f"{path}: {error['msg']}"
-
-
-def _problems(error: ValidationError) -> list[str]:
-    errors = error.errors()
-    # A value failing every branch of the `tokens` union is reported once per branch; when the list
-    # branch got as far as an element, that element's error is the useful one.
-    if any(e["loc"][:1] == ("tokens",) and any(isinstance(x, int) for x in e["loc"]) for e in errors):
-        errors = [e for e in errors if e["loc"] != ("tokens", "literal['cls','patches','all']")]
-    return list(dict.fromkeys(_describe(e) for e in errors))
-
-
-def validate_document(data: Any, *, source: str = "patch", rehash: bool = False) -> Patch:
-    """Turn a parsed JSON document into a Patch, or raise one PatchError listing every problem.
-
-    Args:
-        data: the parsed document.
-        source: how to name the document in the message (a path, or "patch").
-        rehash: compute `content_hash` instead of checking it (for building new patches).
-
-    Returns:
-        The validated Patch.
-
-    Raises:
-        PatchError: with one entry per problem, each naming its field and the fix.
-    """
-    if not isinstance(data, dict):
-        raise PatchError(
-            f"{source} is invalid", [f"(document): expected a JSON object, got {type(data).__name__}"]
-        )
-    version = data.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        # Other versions may give fields other meanings: report only this.
-        raise PatchError(
-            f"{source} is invalid",
-            [
-                f"format_version: {_short(version)} is not supported; this steerpatch reads format_version "
-                f"{FORMAT_VERSION} (upgrade steerpatch, or set format_version to {FORMAT_VERSION} if the file is v1)"
-            ],
-        )
-    try:
-        return Patch.model_validate(data, context={"rehash": rehash})
-    except ValidationError as error:
-        problems = _problems(error)
-    raise PatchError(
-        f"{source} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''})", problems
-    )
 
 
 class _Duplicates:

@@ -10,161 +10,57 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from steerpatch.errors import PatchError
+from steerpatch.patch.fields import (
+    MAX_D_SAE,
+    MAX_NAME_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_TOKENS,
+    LatentIndex,
+    Line,
+    Name,
+    OpName,
+    Ref,
+    Sha256,
+    Text,
+    Timestamp,
+    Version,
+    check_line,
+    check_name,
+    check_op,
+    check_ref,
+    check_sha256,
+    check_text,
+    check_timestamp,
+    check_version,
+    clip_value,
+    field_error,
+    utc_now,
+)
 from steerpatch.patch.ops import OPS
+from steerpatch.patch.problems import problems, short_value
+
+# the field checks are part of the format's public surface, importable from here as before
+__all__ = [
+    "FORMAT_VERSION", "MAX_D_SAE", "MAX_NAME_LENGTH", "MAX_TEXT_LENGTH", "MAX_TOKENS", "Edit", "HookRef", "Instance",
+    "ModelRef", "Patch", "Provenance", "SAERef", "Tokens", "canonical_json", "check_line", "check_name", "check_op",
+    "check_ref", "check_sha256", "check_text", "check_timestamp", "check_version", "patch_json_schema",
+    "utc_now", "validate_document",
+]
 
 FORMAT_VERSION = 1
-MAX_NAME_LENGTH = 128
-# far beyond any published SAE (34M latents) and any ViT's sequence, yet small enough that every
-# index fits int32 and no number in a patch needs more than 10 digits
-MAX_D_SAE = 1 << 27
-MAX_TOKENS = 1 << 16
-MAX_TEXT_LENGTH = 4096
-# words of letters and digits joined by single '.', '_' or '-': no '..', no trailing '.', so the name
-# is the same file name on every file system and MLflow accepts '<model>.<name>' as a registered model
-_SLUG = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
-# semver.org 2.0.0, without leading zeros in numeric identifiers
-_SEMVER = re.compile(
-    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
-)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
-# free text (rationale, note) may span lines; nothing else may
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x85\u2028\u2029]")
-
-
-def _error(kind: str, message: str) -> PydanticCustomError:
-    # Braces in user values must not be read as template fields.
-    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
-
-
-def check_name(value: str) -> str:
-    """Validate a patch name: a slug of lowercase letters, digits, '-', '_' and '.'."""
-    if _CONTROL.search(value):
-        raise _error(
-            "patch_name", f"name {_clip(value)} contains control characters; use a slug like 'water-shortcut'"
-        )
-    if "/" in value or "\\" in value:
-        raise _error(
-            "patch_name", f"name {_clip(value)} contains a path separator; use a slug like 'water-shortcut'"
-        )
-    if not value or len(value) > MAX_NAME_LENGTH or not _SLUG.fullmatch(value):
-        raise _error(
-            "patch_name",
-            f"name {_clip(value)} is not a slug; use 1-{MAX_NAME_LENGTH} lowercase letters and digits, words joined "
-            "by single '-', '_' or '.' (no '..', no leading or trailing separator), such as 'water-shortcut'",
-        )
-    return value
-
-
-def check_version(value: str) -> str:
-    """Validate a semantic version such as '1.2.0'."""
-    if not _SEMVER.fullmatch(value):
-        raise _error(
-            "patch_version",
-            f"version {_clip(value)} is not a semantic version; use MAJOR.MINOR.PATCH such as '1.0.0'",
-        )
-    return value
-
-
-def check_ref(value: str) -> str:
-    """Validate a patch reference 'name@version'."""
-    from steerpatch.refs import split_ref  # the one NAME@SELECTOR parser
-
-    parts = split_ref(value)
-    if parts is None:
-        raise _error(
-            "patch_ref",
-            f"{_clip(value)} is not a patch reference; use 'name@version' such as 'water-shortcut@1.0.0'",
-        )
-    name, version = parts
-    check_name(name)
-    check_version(version)
-    return value
-
-
-def check_sha256(value: str) -> str:
-    """Validate a lowercase SHA-256 hex digest."""
-    if not _SHA256.fullmatch(value):
-        raise _error("sha256", f"{_clip(value)} is not a SHA-256 hex digest; use 64 lowercase hex characters")
-    return value
-
-
-def check_timestamp(value: str) -> str:
-    """Validate an ISO 8601 UTC timestamp such as '2024-05-01T12:00:00Z'."""
-    try:
-        offset = datetime.fromisoformat(value).utcoffset()
-    except ValueError:
-        offset = None
-    if offset is None or offset.total_seconds() != 0:
-        raise _error(
-            "timestamp",
-            f"{_clip(value)} is not an ISO 8601 UTC timestamp; use the form '2024-05-01T12:00:00Z'",
-        )
-    return value
-
-
-def check_op(value: str) -> str:
-    """Validate an operation name against the op registry."""
-    if value not in OPS:
-        raise _error("patch_op", f"unknown op {_clip(value)}; use one of: {', '.join(OPS)}")
-    return value
-
-
-def check_line(value: str) -> str:
-    """Validate one line of text: no control characters (a newline would forge lines in listings)."""
-    if _CONTROL.search(value):
-        raise _error(
-            "control_chars", f"{_clip(value)} contains a control character or line break; remove it"
-        )
-    if len(value) > MAX_TEXT_LENGTH:
-        raise _error("text_length", f"is {len(value)} characters long; keep it under {MAX_TEXT_LENGTH}")
-    return value
-
-
-def check_text(value: str) -> str:
-    """Validate free text (rationale, note): line breaks and tabs allowed, other control characters not."""
-    if _CONTROL_BUT_LINES.search(value):
-        raise _error("control_chars", f"{_clip(value)} contains a control character; remove it")
-    return value
-
-
-def _clip(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def utc_now() -> str:
-    """The current time as an ISO 8601 UTC timestamp with second precision."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-Name = Annotated[str, AfterValidator(check_name)]
-Version = Annotated[str, AfterValidator(check_version)]
-Ref = Annotated[str, AfterValidator(check_ref)]
-Sha256 = Annotated[str, AfterValidator(check_sha256)]
-Timestamp = Annotated[str, AfterValidator(check_timestamp)]
-OpName = Annotated[str, AfterValidator(check_op), Field(json_schema_extra={"enum": list(OPS)})]
-Line = Annotated[str, AfterValidator(check_line)]
-Text = Annotated[str, AfterValidator(check_text)]
-LatentIndex = Annotated[int, Field(ge=0, lt=MAX_D_SAE)]
-
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
@@ -181,7 +77,7 @@ class Edit(BaseModel):
     def _value_in_domain(self) -> Edit:
         problem = OPS[self.op].check_value(self.value)
         if problem:
-            raise _error("edit_value", f"value {problem}")
+            raise field_error("edit_value", f"value {problem}")
         return self
 
 
@@ -232,15 +128,15 @@ class Instance(BaseModel):
     def _latent_keys(cls, scores: dict[str, float]) -> dict[str, float]:
         bad = [k for k in scores if not (k.isascii() and k.isdecimal() and int(k) < MAX_D_SAE)]
         if bad:
-            raise _error(
-                "score_key", f"score keys must be latent indices such as '123'; found {_clip(bad[0])}"
+            raise field_error(
+                "score_key", f"score keys must be latent indices such as '123'; found {clip_value(bad[0])}"
             )
         return scores
 
     @model_validator(mode="after")
     def _identified(self) -> Instance:
         if self.id is None and self.image_sha256 is None:
-            raise _error("instance_id", "an instance needs 'id' or 'image_sha256'; add one of them")
+            raise field_error("instance_id", "an instance needs 'id' or 'image_sha256'; add one of them")
         return self
 
 
@@ -299,9 +195,9 @@ class Patch(BaseModel):
     def _unique_tokens(cls, tokens: Any) -> Any:
         if isinstance(tokens, list):
             if not tokens:
-                raise _error("tokens", "an explicit token list is empty; list token indices or use 'all'")
+                raise field_error("tokens", "an explicit token list is empty; list token indices or use 'all'")
             if len(set(tokens)) != len(tokens):
-                raise _error("tokens", "token indices repeat; list each index once")
+                raise field_error("tokens", "token indices repeat; list each index once")
         return tokens
 
     @field_validator("edits")
@@ -310,7 +206,7 @@ class Patch(BaseModel):
         seen: dict[int, int] = {}
         for i, edit in enumerate(edits):
             if edit.latent in seen:
-                raise _error(
+                raise field_error(
                     "duplicate_latent",
                     f"edits[{i}].latent: latent {edit.latent} is already edited by edits[{seen[edit.latent]}]; "
                     "keep one edit per latent",
@@ -320,7 +216,7 @@ class Patch(BaseModel):
         if d_sae is not None:
             for i, edit in enumerate(edits):
                 if edit.latent >= d_sae:
-                    raise _error(
+                    raise field_error(
                         "latent_range",
                         f"edits[{i}].latent: {edit.latent} is out of range for an SAE with d_sae={d_sae}; "
                         f"use an index in 0..{d_sae - 1}",
@@ -333,7 +229,7 @@ class Patch(BaseModel):
         if info.context and info.context.get("rehash"):
             object.__setattr__(self, "content_hash", expected)
         elif self.content_hash != expected:
-            raise _error(
+            raise field_error(
                 "hash_mismatch",
                 f"content_hash: {self.content_hash} does not match the content ({expected}): the document was "
                 "changed after it was saved; if the change is intended run `steerpatch patch check --rehash FILE`",
@@ -364,8 +260,6 @@ class Patch(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Patch:
         """Validate a document (its hash must match). Raises PatchError listing every problem."""
-        from steerpatch.patch.document import validate_document
-
         return validate_document(data)
 
     @classmethod
@@ -377,8 +271,6 @@ class Patch(BaseModel):
         Raises:
             PatchError: listing every invalid field.
         """
-        from steerpatch.patch.document import validate_document
-
         fields = {"format_version": FORMAT_VERSION, "created_at": utc_now(), "parent": None, **fields}
         fields["content_hash"] = "0" * 64
         return validate_document(fields, rehash=True)
@@ -392,6 +284,41 @@ class Patch(BaseModel):
             e.model_dump(mode="json") if isinstance(e, BaseModel) else e for e in fields["edits"]
         ]
         return Patch.create(**fields)
+
+
+def validate_document(data: Any, *, source: str = "patch", rehash: bool = False) -> Patch:
+    """Turn a parsed JSON document into a Patch, or raise one PatchError listing every problem.
+
+    Args:
+        data: the parsed document.
+        source: how to name the document in the message (a path, or "patch").
+        rehash: compute `content_hash` instead of checking it (for building new patches).
+
+    Returns:
+        The validated Patch.
+
+    Raises:
+        PatchError: with one entry per problem, each naming its field and the fix.
+    """
+    if not isinstance(data, dict):
+        raise PatchError(
+            f"{source} is invalid", [f"(document): expected a JSON object, got {type(data).__name__}"]
+        )
+    version = data.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        # Other versions may give fields other meanings: report only this.
+        raise PatchError(
+            f"{source} is invalid",
+            [
+                f"format_version: {short_value(version)} is not supported; this steerpatch reads format_version "
+                f"{FORMAT_VERSION} (upgrade steerpatch, or set format_version to {FORMAT_VERSION} if the file is v1)"
+            ],
+        )
+    try:
+        return Patch.model_validate(data, context={"rehash": rehash})
+    except ValidationError as error:
+        found = problems(error)
+    raise PatchError(f"{source} is invalid ({len(found)} problem{'s' if len(found) != 1 else ''})", found)
 
 
 def canonical_json(data: Any) -> bytes:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from steerpatch.spark.scoring import ship_graph, task_threads
 from steerpatch.spark.session import ship_runner, spark_session
 from steerpatch.spark.sources import folder_frame
 from steerpatch.validate import ImageResults, Validator
-from steerpatch.validate.runner import group_values
+from steerpatch.validate.scorer import _labels, check_decoded, group_values
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import SparkSession
@@ -71,8 +73,151 @@ class CompiledSet:
     folder: Any = field(repr=False)
 
 
+class SparkScorer:
+    """A scorer (`steerpatch.validate.scorer.Scorer`) that runs compiled ONNX graphs on Spark executors.
+
+    For each patch it compiles the unsteered graph and the steered one per strength, and scores each
+    dataset once with all of them; `score` then only picks a strength's rows.
+
+    Args:
+        spark: a running SparkSession.
+        partitions: Spark partitions per dataset pass (default: see `spark_frame`).
+    """
+
+    engine = "spark"
+
+    def __init__(self, spark: SparkSession, partitions: int | None = None) -> None:
+        self.spark = spark
+        self.partitions = partitions
+        self.compiled: CompiledSet | None = None
+        self._runs: dict[str, SparkRun] = {}
+
+    @contextmanager
+    def session(self, validator: Validator, patch: Any, strengths: Sequence[float]) -> Iterator[CompiledSet]:
+        """Compile the patch at 1.0 and every strength for the validation inside; clean up after it."""
+        self.compiled = self.compile(validator, patch, sorted({1.0, *strengths}))
+        self._runs.clear()
+        try:
+            yield self.compiled
+        finally:
+            self.compiled.folder.cleanup()
+            self.compiled = None
+
+    def compile(self, validator: Validator, patch: Any, strengths: list[float]) -> CompiledSet:
+        """Compile the unsteered graph and the patch at each strength into a temporary folder.
+
+        Raises:
+            PatchError / SAEError: the patch does not fit the model or SAE.
+            CompileError: a graph fails its parity check.
+        """
+        from steerpatch.compile import build_graph, compile_patch
+        from steerpatch.compile.export import export_graph, serialize
+        from steerpatch.validate import at_strength
+
+        folder = tempfile.TemporaryDirectory(prefix="steerpatch-spark-")
+        root = Path(folder.name)
+        after: dict[float, Path] = {}
+        info = None
+        for i, strength in enumerate(strengths):
+            edits = at_strength(patch.edits, strength) if strength != 1.0 else list(patch.edits)
+            result = compile_patch(
+                patch.model_copy(update={"edits": edits}), model=validator.model, sae=validator.sae,
+                classes=validator.classes, out=root / f"steered-{i}.onnx",
+            )
+            after[strength] = root / f"steered-{i}.onnx"
+            info = result.info
+        module, _, _, _ = build_graph(validator.model, None, None, validator.head)
+        before = root / "unsteered.onnx"
+        before.write_bytes(serialize(export_graph(module, validator.model.image_size, module.output_names)))
+        if info is None:  # pragma: no cover - strengths always holds 1.0
+            raise PatchError(f"patch {patch.ref} compiled to no graph")
+        preprocess = runner.Preprocess.from_dict(info.preprocessing.model_dump()).to_dict()
+        return CompiledSet(before, after, preprocess, folder)
+
+    def activations(self, validator: Validator, dataset: Any, block: int) -> SparkRun:
+        """Score a dataset on Spark with every compiled graph (once per dataset), then apply the data policy.
+
+        Raises:
+            DatasetError: undecodable images beyond the policy, or none decodable.
+        """
+        key = str(dataset.root)
+        if key not in self._runs:
+            self._runs[key] = self._run(validator, dataset, block)
+        run = self._runs[key]
+        if run.undecodable and validator.policy.data.on_undecodable == "fail":
+            raise DatasetError(run.undecodable[0][1])
+        check_decoded(dataset, run.ids, run.undecodable, validator.policy.data)
+        return run
+
+    def _run(self, validator: Validator, dataset: Any, block: int) -> SparkRun:
+        from pyspark.sql import functions as F
+
+        if self.compiled is None:
+            raise PatchError("SparkScorer.activations needs a compiled patch; call Validator.validate(patch)")
+        compiled = self.compiled
+        strengths = list(compiled.after)
+        ship_runner()
+        spark = self.spark
+        with spark_progress(spark, f"validating on spark ({len(dataset)} images)", enabled=validator.progress):
+            items = spark.createDataFrame([(item.id,) for item in dataset.items], "id string")
+            frame = folder_frame(spark, str(Path(dataset.root).resolve()))
+            frame = frame.join(F.broadcast(items), on="id", how="inner")
+            partitions = self.partitions or max(spark.sparkContext.defaultParallelism, -(-len(dataset) // 256))
+            body = runner.partition_function(
+                runner.compare_frames,
+                before=ship_graph(spark, compiled.before),
+                after=[ship_graph(spark, compiled.after[s]) for s in strengths],
+                preprocess=compiled.preprocess, batch_size=validator.batch_size, threads=task_threads(spark),
+            )
+            rows: Any = frame.repartition(partitions).mapInPandas(body, runner.COMPARE_SCHEMA).toPandas()
+        by_id = {row.id: row for row in rows.itertuples(index=False)}
+        ids, undecodable = [], []
+        for item in dataset.items:
+            row = by_id.get(item.id)
+            if row is None:
+                undecodable.append((item.id, f"cannot read image '{item.id}': the file is missing"))
+            elif isinstance(row.error, str):  # pandas reads a null string as None or NaN
+                undecodable.append((item.id, f"cannot read image '{item.id}': {row.error}"))
+            else:
+                ids.append(item.id)
+        decoded = [by_id[i] for i in ids]
+        n_classes = len(validator.classes)
+
+        def matrix(values: list[Any], width: int) -> np.ndarray:
+            return np.asarray([np.asarray(v, dtype=np.float64) for v in values]).reshape(len(values), width)
+
+        probs_before = matrix([r.probs_before for r in decoded], n_classes)
+        probs_after = {s: matrix([r.probs_after[j] for r in decoded], n_classes) for j, s in enumerate(strengths)}
+        cos = {s: np.asarray([r.cos[j] for r in decoded], dtype=np.float64) for j, s in enumerate(strengths)}
+
+        def local() -> Any:
+            return validator.cache.get(validator.model, dataset, block, batch_size=validator.batch_size,
+                                       on_undecodable=validator.policy.data.on_undecodable,
+                                       progress=validator.progress)
+
+        return SparkRun(ids, undecodable, probs_before, probs_after, cos, _local=local)
+
+    def score(self, validator: Validator, patch: Any, dataset: Any, cached: SparkRun, *, strength: float = 1.0,
+              grouped: bool = False) -> ImageResults:
+        """The rows of one compiled strength as `ImageResults`."""
+        if strength not in cached.probs_after:
+            raise PatchError(f"strength {strength} was not compiled for this run; compiled: {sorted(cached.probs_after)}")
+        probs_after = cached.probs_after[strength]
+        return ImageResults(
+            ids=list(cached.ids),
+            labels=_labels(dataset, cached.ids, validator.classes),
+            pred_before=cached.probs_before.argmax(-1),
+            pred_after=probs_after.argmax(-1),
+            probs_before=cached.probs_before,
+            probs_after=probs_after,
+            cos=cached.cos[strength],
+            classes=list(validator.classes),
+            groups=group_values(dataset, cached.ids, validator.group_by) if grouped else None,
+        )
+
+
 class SparkValidator(Validator):
-    """A `Validator` whose per-image work runs on Spark executors over compiled ONNX graphs.
+    """A `Validator` whose scorer is a `SparkScorer`: per-image work on Spark executors over compiled graphs.
 
     Args:
         model, sae, dataset: as for `Validator`.
@@ -97,149 +242,8 @@ class SparkValidator(Validator):
         partitions: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, sae, dataset, **kwargs)
-        self.spark = spark if spark is not None else spark_session(master)
-        self.partitions = partitions
-        self.compiled: CompiledSet | None = None
-        self._runs: dict[str, SparkRun] = {}
-
-    def validate(self, patch: Any, **kwargs: Any) -> Any:
-        """Validate one patch with the images scored on Spark (arguments as `Validator.validate`)."""
-        from steerpatch.patch import load_patch
-
-        if isinstance(patch, (str, Path)):
-            patch = load_patch(patch)
-        kwargs.setdefault("engine", "spark")
-        dose = kwargs.get("dose", True)
-        strengths = sorted({1.0, *(self.policy.dose_response.strengths if dose and patch.edits else [])})
-        self.compiled = self.compile(patch, strengths)
-        self._runs.clear()
-        try:
-            return super().validate(patch, **kwargs)
-        finally:
-            self.compiled.folder.cleanup()
-            self.compiled = None
-
-    def compile(self, patch: Any, strengths: list[float]) -> CompiledSet:
-        """Compile the unsteered graph and the patch at each strength into a temporary folder.
-
-        Raises:
-            PatchError / SAEError: the patch does not fit the model or SAE.
-            CompileError: a graph fails its parity check.
-        """
-        from steerpatch.compile import build_graph, compile_patch
-        from steerpatch.compile.export import export_graph, serialize
-        from steerpatch.validate import at_strength
-
-        folder = tempfile.TemporaryDirectory(prefix="steerpatch-spark-")
-        root = Path(folder.name)
-        after: dict[float, Path] = {}
-        info = None
-        for i, strength in enumerate(strengths):
-            edits = at_strength(patch.edits, strength) if strength != 1.0 else list(patch.edits)
-            result = compile_patch(
-                patch.model_copy(update={"edits": edits}), model=self.model, sae=self.sae,
-                classes=self.classes, out=root / f"steered-{i}.onnx",
-            )
-            after[strength] = root / f"steered-{i}.onnx"
-            info = result.info
-        module, _, _, _ = build_graph(self.model, None, None, self.head)
-        before = root / "unsteered.onnx"
-        before.write_bytes(serialize(export_graph(module, self.model.image_size, module.output_names)))
-        if info is None:  # pragma: no cover - strengths always holds 1.0
-            raise PatchError(f"patch {patch.ref} compiled to no graph")
-        preprocess = runner.Preprocess.from_dict(info.preprocessing.model_dump()).to_dict()
-        return CompiledSet(before, after, preprocess, folder)
-
-    def activations(self, dataset: Any, block: int) -> SparkRun:  # type: ignore[override]
-        """Score a dataset on Spark with every compiled graph (once per dataset), then apply the data policy.
-
-        Raises:
-            DatasetError: undecodable images beyond the policy, or none decodable.
-        """
-        key = str(dataset.root)
-        if key not in self._runs:
-            self._runs[key] = self._run(dataset, block)
-        run = self._runs[key]
-        data_policy = self.policy.data
-        bad = len(run.undecodable)
-        if bad and data_policy.on_undecodable == "fail":
-            raise DatasetError(run.undecodable[0][1])
-        if bad and bad / len(dataset) > data_policy.max_undecodable_rate:
-            raise DatasetError(
-                f"{bad} of {len(dataset)} images in '{dataset.root}' cannot be decoded (first: "
-                f"{run.undecodable[0][0]}), above the policy's max_undecodable_rate "
-                f"{data_policy.max_undecodable_rate}; fix or remove them"
-            )
-        if not run.ids:
-            raise DatasetError(f"no image of '{dataset.root}' could be decoded; check the files")
-        return run
-
-    def _run(self, dataset: Any, block: int) -> SparkRun:
-        from pyspark.sql import functions as F
-
-        if self.compiled is None:
-            raise PatchError("SparkValidator.activations needs a compiled patch; call validate(patch)")
-        compiled = self.compiled
-        strengths = list(compiled.after)
-        ship_runner()
-        spark = self.spark
-        with spark_progress(spark, f"validating on spark ({len(dataset)} images)", enabled=self.progress):
-            items = spark.createDataFrame([(item.id,) for item in dataset.items], "id string")
-            frame = folder_frame(spark, str(Path(dataset.root).resolve()))
-            frame = frame.join(F.broadcast(items), on="id", how="inner")
-            partitions = self.partitions or max(spark.sparkContext.defaultParallelism, -(-len(dataset) // 256))
-            body = runner.partition_function(
-                runner.compare_frames,
-                before=ship_graph(spark, compiled.before),
-                after=[ship_graph(spark, compiled.after[s]) for s in strengths],
-                preprocess=compiled.preprocess, batch_size=self.batch_size, threads=task_threads(spark),
-            )
-            rows: Any = frame.repartition(partitions).mapInPandas(body, runner.COMPARE_SCHEMA).toPandas()
-        by_id = {row.id: row for row in rows.itertuples(index=False)}
-        ids, undecodable = [], []
-        for item in dataset.items:
-            row = by_id.get(item.id)
-            if row is None:
-                undecodable.append((item.id, f"cannot read image '{item.id}': the file is missing"))
-            elif isinstance(row.error, str):  # pandas reads a null string as None or NaN
-                undecodable.append((item.id, f"cannot read image '{item.id}': {row.error}"))
-            else:
-                ids.append(item.id)
-        decoded = [by_id[i] for i in ids]
-        n_classes = len(self.classes)
-
-        def matrix(values: list[Any], width: int) -> np.ndarray:
-            return np.asarray([np.asarray(v, dtype=np.float64) for v in values]).reshape(len(values), width)
-
-        probs_before = matrix([r.probs_before for r in decoded], n_classes)
-        probs_after = {s: matrix([r.probs_after[j] for r in decoded], n_classes) for j, s in enumerate(strengths)}
-        cos = {s: np.asarray([r.cos[j] for r in decoded], dtype=np.float64) for j, s in enumerate(strengths)}
-
-        def local() -> Any:
-            return self.cache.get(self.model, dataset, block, batch_size=self.batch_size,
-                                  on_undecodable=self.policy.data.on_undecodable, progress=self.progress)
-
-        return SparkRun(ids, undecodable, probs_before, probs_after, cos, _local=local)
-
-    def _score(self, patch: Any, dataset: Any, cached: SparkRun, *, strength: float = 1.0,  # type: ignore[override]
-               grouped: bool = False) -> ImageResults:
-        if strength not in cached.probs_after:
-            raise PatchError(f"strength {strength} was not compiled for this run; compiled: {sorted(cached.probs_after)}")
-        index = {c: i for i, c in enumerate(self.classes)}
-        by_id = {item.id: item.label for item in dataset.items}
-        probs_after = cached.probs_after[strength]
-        return ImageResults(
-            ids=list(cached.ids),
-            labels=np.asarray([index[by_id[i]] for i in cached.ids], dtype=np.int64),
-            pred_before=cached.probs_before.argmax(-1),
-            pred_after=probs_after.argmax(-1),
-            probs_before=cached.probs_before,
-            probs_after=probs_after,
-            cos=cached.cos[strength],
-            classes=list(self.classes),
-            groups=group_values(dataset, cached.ids, self.group_by) if grouped else None,
-        )
+        scorer = SparkScorer(spark if spark is not None else spark_session(master), partitions)
+        super().__init__(model, sae, dataset, scorer=scorer, **kwargs)
 
 
 def validate_on_spark(

@@ -11,7 +11,7 @@ import io
 import math
 from pathlib import Path
 
-from steerpatch.validate.report import ValidationReport
+from steerpatch.validate.report_model import ValidationReport
 
 TEMPLATES = Path(__file__).with_name("templates")
 _BEFORE, _AFTER = "#8c8c8c", "#1f77b4"

@@ -1,7 +1,8 @@
 """The validation report: what a patch fixed, what else it changed, and whether it passes the policy.
 
 `build_report` only counts: it takes per-image results from any engine (local or a cluster) and
-needs no model. The report is a strict, versioned pydantic document written as JSON beside an HTML page.
+needs no model. The report is a strict, versioned pydantic document (`report_model.py`), judged
+against the policy's gates (`gates.py`) and written as JSON beside an HTML page (`html.py`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from steerpatch.errors import SteerpatchError
+from steerpatch.validate.gates import _TOL, evaluate_gates, judge, measurements
 from steerpatch.validate.metrics import (
     ImageResults,
     accuracy,
@@ -24,166 +26,31 @@ from steerpatch.validate.metrics import (
     mcnemar_exact_p,
 )
 from steerpatch.validate.policy import Policy
+from steerpatch.validate.report_model import (
+    Baselines,
+    BeforeAfter,
+    BlastRadius,
+    BlastRadiusEstimate,
+    CeilingBaseline,
+    DosePoint,
+    Drift,
+    FixSet,
+    FlipMatrix,
+    Flips,
+    FloorBaseline,
+    GateResult,
+    Hashes,
+    ValidationReport,
+    WorstGroup,
+)
 
-_TOL = 1e-9  # float slack when comparing a measured rate with a threshold
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BeforeAfter(_Strict):
-    before: float | None  # accuracy without the patch (None for an empty set)
-    after: float | None  # accuracy with the patch
-    n: int
-
-
-class WorstGroup(BeforeAfter):
-    name: str
-
-
-class Flips(_Strict):
-    right_to_wrong: int
-    wrong_to_right: int
-    right_to_wrong_rate: float  # of all n images
-    wrong_to_right_rate: float
-    mcnemar_p: float  # exact two-sided test that the two flip counts differ by chance
-
-
-class FlipMatrix(_Strict):
-    classes: list[str]
-    counts: list[list[int]]  # counts[i][j]: predicted class i before, j after
-
-
-class FixSet(_Strict):
-    n: int
-    wrong_before: int
-    fixed: int  # wrong before, right after
-    broken: int  # right before, wrong after
-    ids_fixed: list[str] = Field(default_factory=list)
-
-
-class Drift(_Strict):
-    cos_mean: float  # mean cosine(original, patched embedding)
-    cos_p5: float  # 5th percentile
-    cos_min: float
-    histogram: dict[str, list[float]]  # edges, counts
-
-
-class BlastRadius(_Strict):
-    fraction: float  # predicted share of images an edit touches
-    by_class: dict[str, float]
-    by_group: dict[str, float]
-    latents: dict[str, float]  # firing rate per edited latent
-    source: Literal["latent_stats", "dataset"]
-
-
-class DosePoint(_Strict):
-    strength: float  # 0 = unpatched, 1 = the patch as written
-    accuracy: float | None
-    right_to_wrong: int
-    wrong_to_right: int
-    cos_mean: float
-    kl_mean: float
-    groups: dict[str, float | None] = Field(default_factory=dict)
-
-
-class GateResult(_Strict):
-    name: str
-    threshold: float
-    value: float | None  # None: nothing to measure (no targets given, say); the gate then holds
-    passed: bool
-    measured: bool = True  # False when value is None: reported as "not measured"
-
-
-class Hashes(_Strict):
-    patch: str
-    model: str
-    sae: str
-    dataset: str
-
-
-class FloorBaseline(_Strict):
-    worst_group: float | None  # mean over draws of the worst group accuracy with random latents
-    accuracy: float
-    draws: int
-    worst_group_draws: list[float | None]
-
-
-class CeilingBaseline(_Strict):
-    worst_group: float | None  # worst group accuracy of the DFR re-fit on the evaluation half
-    accuracy: float
-    before_worst_group: float | None  # the zero-shot head's worst group on the same half
-    n_fit: int
-    n_eval: int
-    method: str
-
-
-class Baselines(_Strict):
-    """A floor and a ceiling to read the patch's numbers against (see `steerpatch.validate.baselines`)."""
-
-    floor: FloorBaseline | None
-    ceiling: CeilingBaseline | None
-
-
-class BlastRadiusEstimate(_Strict):
-    """The share of changed predictions, estimated from a sample before the full run, and then observed."""
-
-    predicted: float
-    low: float  # 95% interval of the estimate
-    high: float
-    observed: float
-    sample: int  # images run to make the estimate
-    touched: float  # share of images the edits change at the hook at all
-    method: str
-
-
-class ValidationReport(_Strict):
-    """A patch's validation on one labelled held-out dataset.
-
-    Example:
-        >>> report = load_report("registry/patches/water/report.json")  # doctest: +SKIP
-        >>> report.verdict, report.flips.right_to_wrong  # doctest: +SKIP
-        ('pass', 3)
-    """
-
-    format_version: Literal[1] = 1
-    verdict: Literal["pass", "fail"]
-    failed_gates: list[str]
-    gates: list[GateResult]
-    patch: str  # name@version
-    engine: str
-    n: int  # images evaluated (decodable)
-    n_undecodable: int
-    undecodable: list[str]  # their ids
-    classes: list[str]
-    accuracy: BeforeAfter
-    per_class: dict[str, BeforeAfter]
-    group_by: str | None
-    groups: dict[str, BeforeAfter]
-    worst_group: WorstGroup | None  # lowest accuracy after the patch
-    flips: Flips
-    flip_matrix: FlipMatrix
-    target_fix_rate: float | None
-    targets: FixSet | None
-    generalisation_fix_rate: float | None
-    same_failure: FixSet | None
-    drift: Drift
-    kl_mean: float  # mean KL(before || after) of the class distributions, nats
-    blast_radius_predicted: BlastRadius | None
-    blast_radius_observed: float  # share of images whose predicted class changed
-    dose_response: list[DosePoint]
-    hashes: Hashes
-    policy: dict[str, Any]  # source file and the gates in force
-    overrides: list[dict[str, str]] = Field(default_factory=list)  # fingerprint mismatches allowed explicitly
-    duration_s: float
-    unmeasured_gates: list[str] = Field(default_factory=list)  # active gates with nothing to measure
-    # sha256 of the per-image outcomes (see `results_digest`); lets a re-run be compared exactly.
-    # None in reports written before it existed.
-    results_digest: str | None = None
-    baselines: Baselines | None = None  # floor and ceiling, when the report is grouped
-    gap_closed: float | None = None  # (worst group after - before) / (ceiling - before)
-    blast_radius: BlastRadiusEstimate | None = None  # sample-based prediction beside the observed share
+# the report's parts and its judging live in report_model.py and gates.py; importable from here as before
+__all__ = [
+    "Baselines", "BeforeAfter", "BlastRadius", "BlastRadiusEstimate", "CeilingBaseline", "DosePoint",
+    "Drift", "FixSet", "FlipMatrix", "Flips", "FloorBaseline", "GateResult", "Hashes",
+    "ValidationReport", "WorstGroup", "_TOL", "build_report", "evaluate_gates", "judge", "load_report",
+    "measurements", "results_digest", "write_report",
+]
 
 
 def _before_after(results: ImageResults) -> BeforeAfter:
@@ -259,87 +126,6 @@ def results_digest(results: ImageResults) -> str:
     )
     payload = json.dumps({"classes": list(results.classes), "rows": rows}, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def _gate(name: str, threshold: float, value: float | None, upper: bool) -> GateResult:
-    if value is None:
-        return GateResult(name=name, threshold=threshold, value=None, passed=True, measured=False)
-    passed = value <= threshold + _TOL if upper else value >= threshold - _TOL
-    return GateResult(name=name, threshold=threshold, value=value, passed=passed)
-
-
-def measurements(report: ValidationReport) -> dict[str, float | None]:
-    """The value each gate compares, read from a report (None when it cannot be measured).
-
-    Args:
-        report: a built report.
-
-    Returns:
-        gate name -> measured value.
-    """
-    drops = [v.before - v.after for v in report.per_class.values() if v.before is not None and v.after is not None]
-    overall = report.accuracy
-    return {
-        "max_right_to_wrong_rate": report.flips.right_to_wrong_rate,
-        "max_class_accuracy_drop": max(drops) if drops else None,
-        "max_accuracy_drop": (
-            overall.before - overall.after if overall.before is not None and overall.after is not None else None
-        ),
-        "min_target_fix_rate": report.target_fix_rate,
-        "min_generalisation_fix_rate": report.generalisation_fix_rate,
-        "min_cos_mean": report.drift.cos_mean,
-    }
-
-
-def evaluate_gates(
-    values: dict[str, float | None], policy: Policy, alias: str | None = None
-) -> list[GateResult]:
-    """Compare measured values with the policy's active gates.
-
-    Args:
-        values: gate name -> measured value (None when not measurable), as `measurements` returns.
-        policy: the policy in force.
-        alias: the alias a promotion would move; an unmeasured gate fails when the policy's
-            `[unmeasured] blocks` names it (None: judging a run, where unmeasured gates hold).
-
-    Returns:
-        One result per active gate, in policy order.
-    """
-    gates = [
-        _gate(name, threshold, values.get(name), upper=name.startswith("max_"))
-        for name, threshold in policy.gates.active().items()
-    ]
-    if alias is not None and alias in policy.unmeasured.blocks:
-        gates = [g if g.measured else g.model_copy(update={"passed": False}) for g in gates]
-    return gates
-
-
-def judge(report: ValidationReport, policy: Policy) -> ValidationReport:
-    """The report with its gates, verdict and policy re-evaluated under `policy`.
-
-    The measurements are the report's own, so a stored report can be judged again under the policy
-    in force at promotion time without re-running the model.
-
-    Args:
-        report: a built (or loaded) report.
-        policy: the policy to apply.
-
-    Returns:
-        A copy with `gates`, `failed_gates`, `verdict` and `policy` replaced.
-
-    Example:
-        >>> judge(load_report("out/report.json"), load_policy()).verdict  # doctest: +SKIP
-        'pass'
-    """
-    gates = evaluate_gates(measurements(report), policy)
-    failed = [g.name for g in gates if not g.passed]
-    return report.model_copy(update={
-        "gates": gates,
-        "failed_gates": failed,
-        "verdict": "fail" if failed else "pass",
-        "policy": {"source": policy.source, "gates": policy.gates.active()},
-        "unmeasured_gates": [g.name for g in gates if not g.measured],
-    })
 
 
 def build_report(

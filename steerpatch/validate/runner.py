@@ -1,7 +1,8 @@
-"""The local validation engine: resolve the inputs, check them, score the patch, build the report.
+"""The validation engine: resolve the inputs, check them, score the patch, build the report.
 
-The model runs twice at most per dataset: once up to the hook (cached) and once after it per
-candidate and dose point. Everything the report needs beyond that is counting, in `report.py`.
+The per-image work is a scorer's (`scorer.py`): the local one runs the model twice at most per
+dataset, once up to the hook (cached) and once after it per candidate and dose point. Everything
+the report needs beyond that is counting, in `report.py`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from steerpatch.errors import DatasetError, SAEError
 from steerpatch.validate.cache import ActivationCache, CachedActivations
 from steerpatch.validate.policy import Policy, load_policy
 from steerpatch.validate.report import ValidationReport, build_report
-
-MISSING_GROUP = "none"  # as `ImageDataset.groups` counts items without the attribute
+from steerpatch.validate.scorer import LocalScorer, Scorer, group_values
 
 
 def _as_dataset(data):
@@ -54,24 +52,6 @@ def check_classes(dataset, classes: Sequence[str] | None) -> list[str]:
     return classes
 
 
-def group_values(dataset, ids: Sequence[str], group_by: str | None) -> list[str] | None:
-    """The value of attribute `group_by` for each id, as text.
-
-    Raises:
-        DatasetError: if no item of the dataset has that attribute (naming the ones it has).
-    """
-    if group_by is None:
-        return None
-    by_id = {item.id: item for item in dataset.items}
-    if not any(group_by in item.attributes for item in dataset.items):
-        known = sorted({k for item in dataset.items for k in item.attributes})
-        raise DatasetError(
-            f"no image in '{dataset.root}' has attribute {group_by!r} to group by; "
-            f"its manifest attributes are: {', '.join(known) or 'none (no manifest.jsonl)'}"
-        )
-    return [str(by_id[i].attributes.get(group_by, MISSING_GROUP)) for i in ids]
-
-
 def _subset_ids(dataset, spec, what: str) -> list[str]:
     """Item ids of `dataset` named by a list of ids or an attribute filter {attr: value}."""
     if isinstance(spec, Mapping):
@@ -93,12 +73,6 @@ def _subset_ids(dataset, spec, what: str) -> list[str]:
     return ids
 
 
-def _labels(dataset, ids: Sequence[str], classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    by_id = {item.id: item.label for item in dataset.items}
-    return np.asarray([index[by_id[i]] for i in ids], dtype=np.int64)
-
-
 def _predict_blast(patch, sae, cached: CachedActivations, labels, classes, groups, group_by) -> dict[str, Any]:
     from steerpatch.sae import load_latent_stats
     from steerpatch.validate.blast import predict_from_activations, predict_from_stats
@@ -115,6 +89,9 @@ def _predict_blast(patch, sae, cached: CachedActivations, labels, classes, group
 
 class Validator:
     """Validate several candidate patches against the same data, sharing the hook-activation cache.
+
+    The per-image work is the `scorer`'s (default `LocalScorer`; `steerpatch.spark.SparkScorer` runs
+    it on Spark executors); resolving inputs, baselines, the report and its verdict are the same for all.
 
     Example:
         >>> validator = Validator(loaded, sae, "world/test", group_by="shortcut")  # doctest: +SKIP
@@ -135,6 +112,7 @@ class Validator:
         progress: bool = True,
         rehash: bool = False,
         workers: int | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         from steerpatch.models import build_zero_shot_head
 
@@ -155,6 +133,7 @@ class Validator:
         self.progress = progress
         self.rehash = rehash  # read every file for the fingerprint, ignoring the memo beside the cache
         self.workers = workers
+        self.scorer = scorer if scorer is not None else LocalScorer()
         self._baselines: dict = {}  # floor and ceiling per (dataset, edit signature); see validate/baselines.py
 
     def fingerprint(self, dataset) -> str:
@@ -164,38 +143,16 @@ class Validator:
             self._fingerprints[id(dataset)] = (dataset, dataset.fingerprint(hashes=hashes))
         return self._fingerprints[id(dataset)][1]
 
-    def activations(self, dataset, block: int) -> CachedActivations:
-        """Hook activations of a dataset, from the cache, checked against the undecodable-image policy.
+    def activations(self, dataset, block: int):
+        """What the scorer scores a dataset from (hook activations, for the local scorer), policy-checked.
 
         Raises:
             DatasetError: undecodable images beyond the policy, or none decodable.
         """
-        data_policy = self.policy.data
-        cached = self.cache.get(
-            self.model, dataset, block, batch_size=self.batch_size,
-            on_undecodable=data_policy.on_undecodable, progress=self.progress,
-            dataset_fingerprint=self.fingerprint(dataset), workers=self.workers,
-        )
-        bad = len(cached.undecodable)
-        if bad and bad / len(dataset) > data_policy.max_undecodable_rate:
-            raise DatasetError(
-                f"{bad} of {len(dataset)} images in '{dataset.root}' cannot be decoded (first: "
-                f"{cached.undecodable[0][0]}), above the policy's max_undecodable_rate "
-                f"{data_policy.max_undecodable_rate}; fix or remove them"
-            )
-        if not cached.ids:
-            raise DatasetError(f"no image of '{dataset.root}' could be decoded; check the files")
-        return cached
+        return self.scorer.activations(self, dataset, block)
 
-    def _score(self, patch, dataset, cached: CachedActivations, *, strength: float = 1.0, grouped: bool = False):
-        from steerpatch.validate.candidate import score_patch
-
-        return score_patch(
-            self.model.model, self.head, self.sae, patch, cached,
-            labels=_labels(dataset, cached.ids, self.classes),
-            groups=group_values(dataset, cached.ids, self.group_by) if grouped else None,
-            strength=strength, batch_size=self.batch_size, progress=self.progress,
-        )
+    def _score(self, patch, dataset, cached, *, strength: float = 1.0, grouped: bool = False):
+        return self.scorer.score(self, patch, dataset, cached, strength=strength, grouped=grouped)
 
     def _resolve_set(self, spec, what: str):
         """A target or same-failure spec as a dataset of its own, or as ids into the main data; checked now."""
@@ -228,7 +185,7 @@ class Validator:
         same_failure=None,
         dose: bool = True,
         allow_fingerprint_mismatch: bool = False,
-        engine: str = "local",
+        engine: str | None = None,
     ) -> ValidationReport:
         """Validate one patch.
 
@@ -239,7 +196,7 @@ class Validator:
                 {"shortcut": "conflicting"}, or a dataset (folder); target ids are excluded.
             dose: measure the dose-response curve at the policy's strengths.
             allow_fingerprint_mismatch: validate even if the patch was made for other weights (recorded).
-            engine: the engine name recorded in the report.
+            engine: the engine name recorded in the report; None records the scorer's.
 
         Returns:
             The report, verdict included.
@@ -248,13 +205,22 @@ class Validator:
             PatchError: the patch does not fit the model or SAE.
             DatasetError: empty data, unknown ids or attributes, labels without class prompts, unreadable images.
         """
-        from steerpatch.models.tower import num_blocks, residual_width
         from steerpatch.patch import load_patch
-        from steerpatch.steer import check_binding
 
         started = time.perf_counter()
         if isinstance(patch, (str, Path)):
             patch = load_patch(patch)
+        strengths = self.policy.dose_response.strengths if dose and patch.edits else []
+        with self.scorer.session(self, patch, strengths):
+            return self._validate(
+                patch, targets, same_failure, strengths, allow_fingerprint_mismatch,
+                engine if engine is not None else self.scorer.engine, started,
+            )
+
+    def _validate(self, patch, targets, same_failure, strengths, allow_fingerprint_mismatch, engine, started):
+        from steerpatch.models.tower import num_blocks, residual_width
+        from steerpatch.steer import check_binding
+
         overrides = check_binding(
             patch, model_fingerprint=self.model.fingerprint, sae=self.sae, n_blocks=num_blocks(self.model),
             width=residual_width(self.model), allow_fingerprint_mismatch=allow_fingerprint_mismatch,
@@ -272,7 +238,6 @@ class Validator:
         results = self._score(patch, self.dataset, cached, grouped=True)
         groups = results.groups
         blast = _predict_blast(patch, self.sae, cached, results.labels, self.classes, groups, self.group_by)
-        strengths = self.policy.dose_response.strengths if dose and patch.edits else []
         dose_results = {
             s: (results if s == 1.0 else self._score(patch, self.dataset, cached, strength=s, grouped=True))
             for s in strengths

@@ -1,11 +1,12 @@
-"""Fixtures for the compile tests (helpers in compile_helpers.py, shared with the serve tests)."""
+"""Fixtures for the compile tests (builders in tests/helpers/tiny.py, shared with the serve and registry tests)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from compile_helpers import CLASSES, architectures, make_patch, random_sae, tiny_model
+
+from tests.helpers.tiny import CLASSES, architectures, make_patch, random_sae, tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
+import bench_serve
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import bench_serve  # noqa: E402
 
 
 def test_alternating_blocks_times_all_but_the_first_call_of_each_block():

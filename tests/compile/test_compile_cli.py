@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from compile_helpers import make_patch
 
 from steerpatch.cli.main import cli
 from steerpatch.compile import session_metadata
 from steerpatch.compile.runtime import create_session
 from steerpatch.patch import save_patch
+from tests.helpers.tiny import make_patch
 
 
 @pytest.fixture(scope="module")

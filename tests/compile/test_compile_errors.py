@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from compile_helpers import CLASSES, make_patch
 from PIL import Image
 
 from steerpatch.compile import build_graph, compile_patch
 from steerpatch.errors import CompileError, MissingDependencyError, PatchError
+from tests.helpers.tiny import CLASSES, make_patch
 
 
 def test_parity_failure_refuses_and_writes_nothing(tiny, saes, tmp_path):

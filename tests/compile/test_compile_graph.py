@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from compile_helpers import CLASSES, D_SAE, EDITS, make_patch
 
 from steerpatch.compile import compile_patch, create_session, session_metadata
 from steerpatch.compile.metadata import GraphInfo
 from steerpatch.compile.parity import onnx_outputs, torch_reference
 from steerpatch.compile.steering import MODES
 from steerpatch.models import build_zero_shot_head, encode_images
+from tests.helpers.tiny import CLASSES, D_SAE, EDITS, make_patch
 
 PIXELS = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(7))
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from compile_helpers import CLASSES, make_patch
 
 from steerpatch.compile import compile_patch
 from steerpatch.compile.parity import torch_reference
 from steerpatch.compile.runtime import create_session, session_metadata
 from steerpatch.errors import CompileError
+from tests.helpers.tiny import CLASSES, make_patch
 
 
 @pytest.fixture(scope="module")

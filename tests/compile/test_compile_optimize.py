@@ -7,12 +7,12 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
-from compile_helpers import CLASSES, make_patch
 
 from steerpatch.compile import compile_patch
 from steerpatch.compile.optimize import MIN_INT8_AGREEMENT
 from steerpatch.compile.parity import onnx_outputs, parity_inputs
 from steerpatch.compile.runtime import create_session
+from tests.helpers.tiny import CLASSES, make_patch
 
 
 @pytest.fixture(scope="module")

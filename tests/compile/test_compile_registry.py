@@ -11,12 +11,12 @@ import sys
 import httpx
 import numpy as np
 import pytest
-from compile_helpers import CLASSES, fresh_store, make_patch
 
 from steerpatch.cli.main import cli
 from steerpatch.compile import compile_patch, compiled_name, create_session, register_graph, resolve_graph
 from steerpatch.errors import RegistryError
 from steerpatch.patch import save_patch
+from tests.helpers.tiny import CLASSES, fresh_store, make_patch
 
 PIXELS = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from compile_helpers import CLASSES, D_SAE, make_patch, random_sae
+from tests.helpers.tiny import CLASSES, D_SAE, make_patch, random_sae
 
 from steerpatch.compile import compile_patch, create_session
 from steerpatch.compile.parity import onnx_outputs, torch_reference

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from patch_docs import make_fields
+
+from tests.helpers.patch_docs import make_fields
 
 
 @pytest.fixture()

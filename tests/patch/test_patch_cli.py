@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from patch_docs import GOLDEN
 
 from steerpatch.cli.main import cli
 from steerpatch.patch import load_patch
+from tests.helpers.patch_docs import GOLDEN
 
 BLOCK = 8
 

@@ -8,12 +8,12 @@ import os
 import threading
 
 import pytest
-from patch_docs import GOLDEN
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import PatchError, SAEError, SteerpatchError
 from steerpatch.patch import patch_from_json
 from steerpatch.patch.format import MAX_D_SAE
+from tests.helpers.patch_docs import GOLDEN
 
 VALID = json.loads(GOLDEN.read_text())
 

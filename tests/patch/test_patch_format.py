@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-from patch_docs import GOLDEN, make_fields
 from pydantic import ValidationError
 
 from steerpatch.errors import PatchError, SteerpatchError
@@ -20,6 +19,7 @@ from steerpatch.patch import (
     patch_json_schema,
     save_patch,
 )
+from tests.helpers.patch_docs import GOLDEN, make_fields
 
 GOLDEN_HASH = "02b97c464c74e273d42cc6c22ddde4484ae469a99ed72c7a147000d0fccc7112"
 

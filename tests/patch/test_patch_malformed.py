@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from patch_docs import GOLDEN
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import PatchError
 from steerpatch.patch import MAX_PATCH_BYTES, patch_from_json
+from tests.helpers.patch_docs import GOLDEN
 
 VALID = json.loads(GOLDEN.read_text())
 

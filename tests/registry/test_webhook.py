@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))  # the tiny CLIP helpers
-
-from compile_helpers import make_patch, random_sae, tiny_model  # noqa: E402
-
-from steerpatch.cli.main import cli  # noqa: E402
-from steerpatch.registry.webhook import WebhookReceiver, make_server, sign  # noqa: E402
+from steerpatch.cli.main import cli
+from steerpatch.registry.webhook import WebhookReceiver, make_server, sign
+from tests.helpers.tiny import make_patch, random_sae, tiny_model
 
 SECRET = "s3cret-for-tests"
 

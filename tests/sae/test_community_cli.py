@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from format_writers import GOLDEN
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import SAEError
 from steerpatch.sae.hooks import block_for_hook
+from tests.helpers.format_writers import GOLDEN
 
 
 def _info(runner, *args: str) -> dict:

@@ -1,6 +1,6 @@
 """Community SAE files load exactly as their own libraries compute them.
 
-Each golden in tests/sae/golden/ was written from its format's documented layout (format_writers.py);
+Each golden in tests/sae/golden/ was written from its format's documented layout (tests/helpers/format_writers.py);
 the reference math below is each library's documented encode/decode, written out independently of
 steerpatch: saev (raw TopK, BatchTopK's inference threshold, both b_dec conventions), ViT-Prisma
 (layer_norm default, gated) and SAELens (normalize_activations, finetuning_scaling_factor).
@@ -12,7 +12,12 @@ import json
 
 import pytest
 import torch
-from format_writers import (
+
+from steerpatch.errors import SAEError
+from steerpatch.patch.format import Edit
+from steerpatch.sae import load_sae
+from steerpatch.steer.delta import edits_delta
+from tests.helpers.format_writers import (
     GOLDEN,
     K,
     golden_specs,
@@ -22,11 +27,6 @@ from format_writers import (
     write_prisma,
     write_saev,
 )
-
-from steerpatch.errors import SAEError
-from steerpatch.patch.format import Edit
-from steerpatch.sae import load_sae
-from steerpatch.steer.delta import edits_delta
 
 TOL = 1e-5
 X = torch.randn(6, 8, generator=torch.Generator().manual_seed(11)) * 3 + 1.5  # off-centre, so norms matter
@@ -216,7 +216,7 @@ def test_unknown_saev_schema(tmp_path):
 
 
 def test_saev_header_disagreeing_with_weights(tmp_path):
-    from format_writers import saev_header
+    from tests.helpers.format_writers import saev_header
 
     path = write_saev(tmp_path / "sae.pt", saev_header(5, "Relu", d_sae=32), weights())
     with pytest.raises(SAEError) as error:
@@ -254,7 +254,7 @@ def test_bad_prisma_folders(tmp_path, change, message):
 
 
 def test_saelens_finetuning_flag_without_tensor(tmp_path):
-    from format_writers import saelens_cfg, write_saelens
+    from tests.helpers.format_writers import saelens_cfg, write_saelens
 
     folder = write_saelens(tmp_path / "f", saelens_cfg(finetuning_scaling_factor=True), weights())
     with pytest.raises(SAEError) as error:
@@ -263,7 +263,7 @@ def test_saelens_finetuning_flag_without_tensor(tmp_path):
 
 
 def test_saelens_scaler_file_must_be_a_number(tmp_path):
-    from format_writers import saelens_cfg, write_saelens
+    from tests.helpers.format_writers import saelens_cfg, write_saelens
 
     folder = write_saelens(tmp_path / "s", saelens_cfg(normalize="expected_average_only_in"), weights())
     (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": "big"}))

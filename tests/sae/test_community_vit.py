@@ -13,15 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from format_writers import (
-    prisma_config,
-    saelens_cfg,
-    saev_header,
-    weights,
-    write_prisma,
-    write_saelens,
-    write_saev,
-)
 
 from steerpatch.compile import create_session
 from steerpatch.compile.compiler import build_graph
@@ -30,6 +21,15 @@ from steerpatch.compile.parity import compare, onnx_outputs, torch_reference
 from steerpatch.models import encode_images, load_model
 from steerpatch.patch import new_patch
 from steerpatch.sae import load_sae
+from tests.helpers.format_writers import (
+    prisma_config,
+    saelens_cfg,
+    saev_header,
+    weights,
+    write_prisma,
+    write_saelens,
+    write_saev,
+)
 
 EDITS = ["1:scale:0", "5:clamp:3.0", "9:clamp_if_active:0.5", "12:add:2.0"]
 

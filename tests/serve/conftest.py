@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-# the tiny model, SAE and patch helpers are shared with the compile tests
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "compile"))
-
-from compile_helpers import CLASSES, make_patch, random_sae, tiny_model  # noqa: E402
-
-MAX_PIXELS = 200 * 200
-MAX_BODY = 2 * 1024 * 1024
+from tests.helpers.serve import MAX_BODY, MAX_PIXELS
+from tests.helpers.tiny import CLASSES, make_patch, random_sae, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from compile_helpers import CLASSES, fresh_store, make_patch
 
 from steerpatch.compile import compile_patch, register_graph
 from steerpatch.errors import RegistryError
 from steerpatch.serve import GraphSource, ServerThread, create_app
+from tests.helpers.tiny import CLASSES, fresh_store, make_patch
 
 
 @pytest.fixture(scope="module")

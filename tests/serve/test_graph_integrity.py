@@ -7,13 +7,13 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 import pytest
-from compile_helpers import CLASSES, fresh_store, make_patch
 
 from steerpatch.cli.main import cli
 from steerpatch.compile import compile_patch, download_graph, register_graph, resolve_graph
 from steerpatch.errors import IntegrityError
 from steerpatch.registry import verify_version, write_manifest
 from steerpatch.serve import GraphSource, ServerThread, create_app
+from tests.helpers.tiny import CLASSES, fresh_store, make_patch
 
 # every file a registered graph version stores (MANIFEST.json hashes all the others)
 STORED = ["MANIFEST.json", "MLmodel", "conda.yaml", "model.onnx", "python_env.yaml", "requirements.txt"]

@@ -8,11 +8,11 @@ import json
 import httpx
 import numpy as np
 import pytest
-from compile_helpers import CLASSES, fresh_store, make_patch
 from PIL import Image
 
 from steerpatch.cli.main import cli
 from steerpatch.serve import GraphSource, ServerThread, create_app
+from tests.helpers.tiny import CLASSES, fresh_store, make_patch
 
 
 @pytest.fixture(scope="module")

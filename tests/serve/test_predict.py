@@ -9,11 +9,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import MAX_BODY, MAX_PIXELS
 from PIL import Image
 
 from steerpatch.models import build_zero_shot_head, encode_images
 from steerpatch.steer import steer
+from tests.helpers.serve import MAX_BODY, MAX_PIXELS
 
 CLASSES = ["circle", "square", "star"]
 

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import mlflow
 import pytest
-from compile_helpers import CLASSES, fresh_store, make_patch
 from test_fleet import metric, pixels_of
 
 from steerpatch.compile import compile_patch, register_graph
 from steerpatch.serve import ServerThread, create_app
 from steerpatch.serve.fleet import Fleet
+from tests.helpers.tiny import CLASSES, fresh_store, make_patch
 
 REQUESTS = 400
 CONCURRENCY = 16

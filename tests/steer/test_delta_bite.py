@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_sae
-from steer_helpers import make_patch
 
 from steerpatch.errors import PatchError
 from steerpatch.patch import Edit
 from steerpatch.steer import decoder_directions, latent_activations, steer_block_output, steering_delta
 from steerpatch.steer.delta import edits_delta, token_index
+from tests.helpers.steer import make_patch, random_sae
 
 SCOPES = ["all", "cls", "patches", [0, 7, 49]]
 

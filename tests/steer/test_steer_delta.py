@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import architectures, random_sae
-from steer_helpers import make_patch
 
 from steerpatch.errors import PatchError
 from steerpatch.patch import Edit
@@ -16,6 +14,7 @@ from steerpatch.steer import (
     steer_block_output,
     steering_delta,
 )
+from tests.helpers.steer import architectures, make_patch, random_sae
 
 SAE_KINDS = [*architectures(), "topk-rescaled"]
 SCOPES = ["all", "cls", "patches", [0, 7, 49]]

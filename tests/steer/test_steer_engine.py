@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_sae
-from steer_helpers import make_patch
 
 from steerpatch.errors import ModelError, PatchError
 from steerpatch.steer import decoder_directions, steer
+from tests.helpers.steer import make_patch, random_sae
 
 BLOCK = 8
 

@@ -58,7 +58,7 @@ def test_floor_is_shared_by_patches_with_the_same_ops(validator, concept_model, 
 
 def test_floor_of_identity_edits_is_the_unpatched_worst_group(validator, cached, concept_model, concept_sae, report):
     from steerpatch.patch import new_patch
-    from steerpatch.validate.runner import _labels, group_values
+    from steerpatch.validate.scorer import _labels, group_values
 
     identity = new_patch("same", concept_model, concept_sae, [(i, "scale", 1.0) for i in range(4)], rationale="t", author="t")
     floor = floor_baseline(concept_model.model, validator.head, concept_sae, identity, cached,

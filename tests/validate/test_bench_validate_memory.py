@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+import bench_validate_memory
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-import bench_validate_memory  # noqa: E402
 
 
 def test_peak_rss_is_the_childs_own():

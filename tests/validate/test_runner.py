@@ -164,3 +164,36 @@ def test_blast_radius_from_stored_statistics_matches_the_measured_one(tmp_path, 
     assert blast.fraction == pytest.approx(measured["fraction"], abs=1e-6)
     for group, value in measured["by_group"].items():
         assert blast.by_group[group] == pytest.approx(value, abs=1e-6)
+
+
+def test_a_validator_does_its_per_image_work_through_its_scorer(concept_model, concept_sae, suppress_patch, small_world):
+    from contextlib import contextmanager
+
+    from steerpatch.validate.scorer import LocalScorer
+
+    class Recording(LocalScorer):
+        engine = "recording"
+
+        def __init__(self):
+            self.calls = []
+
+        @contextmanager
+        def session(self, validator, patch, strengths):
+            self.calls.append(("session", tuple(strengths)))
+            yield
+            self.calls.append(("end", ()))
+
+        def score(self, validator, patch, dataset, cached, *, strength=1.0, grouped=False):
+            self.calls.append(("score", strength))
+            return super().score(validator, patch, dataset, cached, strength=strength, grouped=grouped)
+
+    scorer = Recording()
+    recorded = Validator(concept_model, concept_sae, small_world, group_by="shortcut", progress=False, scorer=scorer)
+    report = recorded.validate(suppress_patch)
+    plain = Validator(concept_model, concept_sae, small_world, group_by="shortcut", progress=False).validate(suppress_patch)
+    strengths = tuple(recorded.policy.dose_response.strengths)
+    assert scorer.calls == [("session", strengths), ("score", 1.0), *[("score", s) for s in strengths if s != 1.0],
+                            ("end", ())]
+    assert (report.engine, plain.engine) == ("recording", "local")
+    assert report.results_digest == plain.results_digest
+    assert report.model_dump(exclude={"engine", "duration_s"}) == plain.model_dump(exclude={"engine", "duration_s"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-GOLDEN = Path(__file__).parent / "golden" / "water-shortcut-1.0.0.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "patch" / "golden" / "water-shortcut-1.0.0.json"
 MODEL_FP = "1f" * 32
 SAE_FP = "2e" * 32
 

@@ -1,20 +1,18 @@
-"""Helpers shared by the compile and serve tests: a tiny real open_clip CLIP (concept-clip's
+"""Helpers shared by the compile, serve and registry tests: a tiny real open_clip CLIP (concept-clip's
 architecture, seeded random weights), random SAEs of every registered architecture, and patches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tests.helpers.steer import architectures
+
+__all__ = ["BLOCK", "CLASSES", "D_SAE", "EDITS", "architectures", "fresh_store", "make_patch", "random_sae", "tiny_model"]
+
 CLASSES = ["circle", "square", "star"]
 D_SAE = 300  # no dimension of the tiny model has this size, so its tensors are recognisable
 BLOCK = 2
 EDITS = ["3:scale:0", "7:clamp:2.0", "11:clamp_if_active:0.5", "13:add:1.5", "17:scale:3"]
-
-
-def architectures() -> list[str]:
-    from steerpatch.sae import SAE_REGISTRY
-
-    return sorted(SAE_REGISTRY)
 
 
 def tiny_model(folder: Path):

@@ -6,7 +6,7 @@ BatchTopK since late 2025, the scalar buffer `activation.threshold`.
 ViT-Prisma: `config.json` (VisionModelSAERunnerConfig fields) + `weights.pt` (`torch.save(state_dict)`).
 SAELens: `cfg.json` + `sae_weights.safetensors` (+ `activation_scaler.json`).
 
-Run `python tests/sae/format_writers.py` to rewrite the committed goldens in tests/sae/golden/.
+Run `python tests/helpers/format_writers.py` to rewrite the committed goldens in tests/sae/golden/.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "sae" / "golden"
 D_IN, D_SAE, K = 8, 16, 4
 
 
