@@ -100,41 +100,45 @@ def measure_child(argv: list[str]) -> tuple[float, float]:
     return int(fields[0]) / 1024, time.perf_counter() - start
 
 
-def stage_costs(loaded, data, *, batch_size: int, n: int) -> dict[str, float]:
+def stage_costs(loaded, data, *, batch_size: int, n: int, repeats: int) -> dict[str, float]:
     """Milliseconds per image of each stage of the validation pass, run one after another in this thread.
 
     decode: open + decode the JPEG; preprocess: the model's transform (PIL resize, crop, to tensor,
     normalise); forward: `encode_image` on the stacked batch; fingerprint: SHA-256 of the file;
     rest: a serial validation pass (workers=0, activations in memory) minus those, i.e. stacking,
-    the cache's collection and the loop's own overhead.
+    the cache's collection and the loop's own overhead. Each is the median of `repeats` rounds.
     """
     import torch
 
     from steerpatch.validate.activations import compute_activations
 
     sample = data.subset([item.id for item in data.items[:n]])
-    decode = preprocess = 0.0
-    pixels = []
-    for item in sample.items:
-        t0 = time.perf_counter()
-        image = sample.load_image(item)
-        t1 = time.perf_counter()
-        pixels.append(loaded.preprocess(image))
-        decode, preprocess = decode + t1 - t0, preprocess + time.perf_counter() - t1
-    start = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, len(pixels), batch_size):
-            loaded.model.encode_image(torch.stack(pixels[s : s + batch_size]))
-    forward = time.perf_counter() - start
-    start = time.perf_counter()
-    sample.fingerprint()
-    fingerprint = time.perf_counter() - start
-    start = time.perf_counter()
-    compute_activations(loaded, sample, 0, batch_size=batch_size, progress=False, workers=0)
-    serial = time.perf_counter() - start
-    ms = {name: 1000 * value / len(sample) for name, value in
-          (("decode", decode), ("preprocess", preprocess), ("forward", forward), ("fingerprint", fingerprint))}
-    ms["rest"] = 1000 * serial / len(sample) - ms["decode"] - ms["preprocess"] - ms["forward"]
+    rounds: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "fingerprint": [], "serial": []}
+    for _ in range(repeats):
+        decode = preprocess = 0.0
+        pixels = []
+        for item in sample.items:
+            t0 = time.perf_counter()
+            image = sample.load_image(item)
+            t1 = time.perf_counter()
+            pixels.append(loaded.preprocess(image))
+            decode, preprocess = decode + t1 - t0, preprocess + time.perf_counter() - t1
+        start = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(pixels), batch_size):
+                loaded.model.encode_image(torch.stack(pixels[s : s + batch_size]))
+        forward = time.perf_counter() - start
+        start = time.perf_counter()
+        sample.fingerprint()
+        fingerprint = time.perf_counter() - start
+        start = time.perf_counter()
+        compute_activations(loaded, sample, 0, batch_size=batch_size, progress=False, workers=0)
+        serial = time.perf_counter() - start
+        for name, value in (("decode", decode), ("preprocess", preprocess), ("forward", forward),
+                            ("fingerprint", fingerprint), ("serial", serial)):
+            rounds[name].append(1000 * value / len(sample))
+    ms = {name: statistics.median(values) for name, values in rounds.items()}
+    ms["rest"] = ms.pop("serial") - ms["decode"] - ms["preprocess"] - ms["forward"]
     return ms
 
 
@@ -190,7 +194,7 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
         runs[name] = statistics.median(seconds) / len(data)
     assert disk.misses == 1 and memory.misses == 0, "candidates must reuse the cached activations"
     fwd = statistics.median(per_forward)
-    stages = stage_costs(loaded, data, batch_size=batch_size, n=min(n_forward, 256))
+    stages = stage_costs(loaded, data, batch_size=batch_size, n=min(n_forward, 128), repeats=repeats)
     return {
         "forward_ms_per_image": 1000 * fwd,
         "validation_images_per_s": 1 / statistics.median(per_fill),
