@@ -6,7 +6,9 @@ saved as JPEG (about what a phone photo costs to decode), with the world's manif
 1. Peak resident memory of `steerpatch validate` (a child process, `os.wait4`) on concept-clip with the
    shipped water-shortcut patch, at --n-small and --n photos: ratio and absolute figure.
 2. Validation throughput (stream, decode in threads, preprocess, full forward, cache) over pure forward
-   throughput (`encode_image` + head on already preprocessed tensors, same model and batch).
+   throughput (`encode_image` + head on already preprocessed tensors, same model and batch), alternating
+   --repeats times (median ratio), and the serial cost of each stage per image, which says how many
+   decoding cores it takes to hide decoding behind the forward pass.
 3. One more candidate patch over one forward, per image, with the activations on disk (spilled shards)
    and in memory; the on-disk figure over the in-memory one.
 4. The same on random-init ViT-B-32 (SAE of 12288 latents at block 8) at --n-vit photos, spilled, with
