@@ -32,12 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from steerpatch.data import load_dataset
-    from steerpatch.models import build_zero_shot_head, classify_images, load_model, preprocess_batch
+    from steerpatch.data import iter_image_batches, load_dataset
+    from steerpatch.models import build_zero_shot_head, classify_dataset, load_model
     from steerpatch.sae import default_sae_path, load_sae
     from steerpatch.suggest import suggest
     from steerpatch.validate import ActivationCache, score_patch
-    from steerpatch.validate.cache import read_images
     from steerpatch.world import write_world
 
     loaded = load_model("concept-clip")
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(world)
         head = build_zero_shot_head(loaded, data.classes)
         items = [i for i in data.items if i.attributes.get("shortcut") == "conflicting"]
-        predicted = classify_images(loaded, [data.load_image(i) for i in items], head, progress=False)
+        predicted = classify_dataset(loaded, data, head, items=items, progress=False)
         item = next(i for i, p in zip(items, predicted, strict=True) if p != i.label)
 
         start = time.perf_counter()
@@ -58,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
         unlabelled = load_dataset(pool)
         cached = ActivationCache().get(loaded, unlabelled, sae.require_hook().block, progress=False)
-        _, images, _ = read_images(unlabelled, progress=False)
-        batches = [preprocess_batch(loaded, images[s : s + 64]) for s in range(0, len(images), 64)]
+        batches = [b.pixels for b in iter_image_batches(unlabelled, loaded.preprocess, batch_size=64)]
         labels = np.zeros(len(cached.ids), dtype=np.int64)
 
         def full_forward() -> float:

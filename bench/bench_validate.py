@@ -50,11 +50,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from steerpatch.data import load_dataset
-    from steerpatch.models import build_zero_shot_head, load_model, preprocess_batch
+    from steerpatch.data import iter_image_batches, load_dataset
+    from steerpatch.models import build_zero_shot_head, load_model
     from steerpatch.patch import new_patch
     from steerpatch.validate import ActivationCache, Validator
-    from steerpatch.validate.cache import read_images
     from steerpatch.world import generate_world
 
     loaded = load_model("ViT-B-32")
@@ -64,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_world(root, split="test", n=args.n, seed=0, progress=False)
         data = load_dataset(root)
         head = build_zero_shot_head(loaded, data.classes)
-        _, images, _ = read_images(data, progress=False)
-        batches = [preprocess_batch(loaded, images[s : s + args.batch_size]) for s in range(0, len(images), args.batch_size)]
+        batches = [b.pixels for b in iter_image_batches(data, loaded.preprocess, batch_size=args.batch_size)]
 
         def full_forward() -> float:
             start = time.perf_counter()

@@ -6,7 +6,9 @@ saved as JPEG (about what a phone photo costs to decode), with the world's manif
 1. Peak resident memory of `steerpatch validate` (a child process, `os.wait4`) on concept-clip with the
    shipped water-shortcut patch, at --n-small and --n photos: ratio and absolute figure.
 2. Validation throughput (stream, decode in threads, preprocess, full forward, cache) over pure forward
-   throughput (`encode_image` + head on already preprocessed tensors, same model and batch).
+   throughput (`encode_image` + head on already preprocessed tensors, same model and batch), alternating
+   --repeats times (median ratio), and the serial cost of each stage per image, which says how many
+   decoding cores it takes to hide decoding behind the forward pass.
 3. One more candidate patch over one forward, per image, with the activations on disk (spilled shards)
    and in memory; the on-disk figure over the in-memory one.
 4. The same on random-init ViT-B-32 (SAE of 12288 latents at block 8) at --n-vit photos, spilled, with
@@ -17,6 +19,8 @@ Run (full sizes, about half an hour on 2 cores):
 Quick check, or one part at a time:
     .venv/bin/python bench/bench_validate_memory.py --n 400 --n-small 40 --n-vit 64
     .venv/bin/python bench/bench_validate_memory.py --only vit --n-vit 5000
+Throughput and stage costs only (no peak-memory children):
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_validate_memory.py --only concept-clip --no-rss --n 1000 --n-small 1000
 
 Goals: RSS ratio <= 1.1 and <= 2 GB at --n; throughput ratio >= 0.85; disk / memory candidate <= 1.2.
 """
@@ -98,9 +102,58 @@ def measure_child(argv: list[str]) -> tuple[float, float]:
     return int(fields[0]) / 1024, time.perf_counter() - start
 
 
+def stage_costs(loaded, data, *, batch_size: int, n: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per image of each stage of the validation pass, run one after another in this thread.
+
+    decode: open + decode the JPEG; preprocess: the model's transform (PIL resize, crop, to tensor,
+    normalise); forward: `encode_image` on the stacked batch; fingerprint: SHA-256 of the file;
+    rest: a serial validation pass (workers=0, activations in memory) minus those, i.e. stacking,
+    the cache's collection and the loop's own overhead. Each is the median of `repeats` rounds.
+    """
+    import torch
+
+    from steerpatch.validate.activations import compute_activations
+
+    sample = data.subset([item.id for item in data.items[:n]])
+    rounds: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "fingerprint": [], "serial": []}
+    for _ in range(repeats):
+        decode = preprocess = 0.0
+        pixels = []
+        for item in sample.items:
+            t0 = time.perf_counter()
+            image = sample.load_image(item)
+            t1 = time.perf_counter()
+            pixels.append(loaded.preprocess(image))
+            decode, preprocess = decode + t1 - t0, preprocess + time.perf_counter() - t1
+        start = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(pixels), batch_size):
+                loaded.model.encode_image(torch.stack(pixels[s : s + batch_size]))
+        forward = time.perf_counter() - start
+        start = time.perf_counter()
+        sample.fingerprint()
+        fingerprint = time.perf_counter() - start
+        start = time.perf_counter()
+        compute_activations(loaded, sample, 0, batch_size=batch_size, progress=False, workers=0)
+        serial = time.perf_counter() - start
+        for name, value in (("decode", decode), ("preprocess", preprocess), ("forward", forward),
+                            ("fingerprint", fingerprint), ("serial", serial)):
+            rounds[name].append(1000 * value / len(sample))
+    ms = {name: statistics.median(values) for name, values in rounds.items()}
+    ms["rest"] = ms.pop("serial") - ms["decode"] - ms["preprocess"] - ms["forward"]
+    return ms
+
+
 def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: int, n_forward: int, repeats: int,
             group_by: str | None) -> dict[str, float]:
-    """Throughput and candidate costs on one model, in this process."""
+    """Throughput and candidate costs on one model, in this process.
+
+    The pure forward pass and the validation pass (fingerprint, streamed decode in threads, forward,
+    activations spilled to checksummed shards) alternate `repeats` times, so both see the same load;
+    the throughput ratio is the median of the per-repeat ratios.
+    """
+    import shutil
+
     import torch
 
     from steerpatch.data import iter_image_batches
@@ -119,14 +172,18 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
         return (time.perf_counter() - start) / len(sample)
 
     forward()  # warm-up
-    per_forward = statistics.median(forward() for _ in range(repeats))
-
-    disk = ActivationCache(budget_dir, memory_budget=0)  # every activation goes to checksummed shards
     block = patch_factory(0).hook.block
-    start = time.perf_counter()
-    disk.get(loaded, data, block, batch_size=batch_size, progress=False)
-    fill = time.perf_counter() - start
-    memory = ActivationCache(budget_dir, memory_budget=1 << 40)  # the same entry, read into memory
+    per_forward, per_fill, ratios = [], [], []
+    for r in range(repeats):
+        per_forward.append(forward())
+        if r:
+            shutil.rmtree(budget_dir / f"fill-{r - 1}")
+        disk = ActivationCache(budget_dir / f"fill-{r}", memory_budget=0)  # every activation goes to shards
+        start = time.perf_counter()
+        disk.get(loaded, data, block, batch_size=batch_size, progress=False)
+        per_fill.append((time.perf_counter() - start) / len(data))
+        ratios.append(per_forward[-1] / per_fill[-1])
+    memory = ActivationCache(budget_dir / f"fill-{repeats - 1}", memory_budget=1 << 40)  # the entry, in memory
     runs = {}
     for name, cache in (("disk", disk), ("memory", memory)):
         validator = Validator(loaded, sae, data, group_by=group_by, cache=cache, batch_size=batch_size, progress=False)
@@ -138,13 +195,17 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
             seconds.append(time.perf_counter() - start)
         runs[name] = statistics.median(seconds) / len(data)
     assert disk.misses == 1 and memory.misses == 0, "candidates must reuse the cached activations"
+    fwd = statistics.median(per_forward)
+    stages = stage_costs(loaded, data, batch_size=batch_size, n=min(n_forward, 128), repeats=repeats)
     return {
-        "forward_ms_per_image": 1000 * per_forward,
-        "validation_images_per_s": len(data) / fill,
-        "forward_images_per_s": 1 / per_forward,
-        "throughput_ratio": (len(data) / fill) * per_forward,
-        "candidate_over_forward_memory": runs["memory"] / per_forward,
-        "candidate_over_forward_disk": runs["disk"] / per_forward,
+        "forward_ms_per_image": 1000 * fwd,
+        "validation_images_per_s": 1 / statistics.median(per_fill),
+        "forward_images_per_s": 1 / fwd,
+        "throughput_ratio": statistics.median(ratios),
+        "throughput_ratios": ratios,
+        "stage_ms_per_image": stages,
+        "candidate_over_forward_memory": runs["memory"] / fwd,
+        "candidate_over_forward_disk": runs["disk"] / fwd,
         "disk_over_memory": runs["disk"] / runs["memory"],
     }
 
@@ -161,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where to put the photos (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--only", choices=("concept-clip", "vit"), default=None, help="run one part only")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory child runs (timings only)")
     args = parser.parse_args(argv)
     for name in ("n", "n_small", "batch_size", "n_forward", "repeats"):
         if getattr(args, name) < 1:
@@ -185,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
         patch = "registry/patches/water-shortcut.json"
         rss = {}
-        for label, root in (("small", small), ("large", work / "photos")) if args.only != "vit" else ():
+        for label, root in (("small", small), ("large", work / "photos")) if args.only != "vit" and not args.no_rss else ():
             cache = work / f"cache-{label}"
             argv = [*steerpatch, "validate", patch, "--data", str(root), "--group-by", "shortcut", "--quiet",
                     "--cache-dir", str(cache), "--cache-memory", args.cache_memory, "--json"]
@@ -237,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             argv = [*steerpatch, "validate", str(work / "vit-patch.json"), "--model", "ViT-B-32", "--sae",
                     str(work / "vit-sae"), "--data", str(vit_root), "--quiet", "--no-dose", "--json",
                     "--cache-memory", "0", "--cache-dir", str(work / "cache-vit")]
-            vit_rss, vit_s = measure_child(argv)
+            vit_rss, vit_s = measure_child(argv) if not args.no_rss else (float("nan"), 0.0)
             print(f"ViT-B-32 validate {args.n_vit} photos, spilled: peak RSS {vit_rss:.0f} MB in {vit_s:.0f} s")
             vit_t = timings(vit, vit_sae, load_dataset(vit_root), vit_patch, budget_dir=work / "t-vit",
                             batch_size=args.batch_size, n_forward=min(args.n_forward, args.n_vit),
@@ -255,6 +317,13 @@ def _print(model: str, n: int, t: dict[str, float]) -> None:
     print(f"{model} at {n} photos (batch of the run, torch threads as set):")
     print(f"  pure forward {t['forward_images_per_s']:.1f} img/s, validation pass {t['validation_images_per_s']:.1f} img/s: "
           f"ratio {t['throughput_ratio']:.3f} (goal >= 0.85)")
+    st = t["stage_ms_per_image"]
+    decode = st["decode"] + st["preprocess"]
+    print(f"  ratios per repeat {', '.join(f'{r:.3f}' for r in t['throughput_ratios'])}")
+    print(f"  serial ms/image: decode {st['decode']:.1f}, preprocess {st['preprocess']:.1f}, forward {st['forward']:.1f}, "
+          f"fingerprint {st['fingerprint']:.2f}, rest {st['rest']:.2f}")
+    print(f"  decode + preprocess / forward = {decode / st['forward']:.2f}: hiding it needs that many decoding cores "
+          f"beside the forward's; with C cores the ratio is at most min(1, (C - 1) x {st['forward'] / decode:.3f})")
     print(f"  one more candidate / one forward: in memory {t['candidate_over_forward_memory']:.3f}, "
           f"on disk {t['candidate_over_forward_disk']:.3f}: disk / memory {t['disk_over_memory']:.3f} (goal <= 1.2)")
 

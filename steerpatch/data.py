@@ -75,7 +75,9 @@ class ImageDataset:
         item = self.items[item_or_index] if isinstance(item_or_index, int) else item_or_index
         try:
             with Image.open(item.path) as img:
-                return img.convert("RGB")
+                img.load()
+                # convert() of an RGB image is a full copy: skip it (a 1024x768 photo is 2.4 MB)
+                return img if img.mode == "RGB" else img.convert("RGB")
         except FileNotFoundError as error:
             raise DatasetError(
                 f"image '{item.path}' (item '{item.id}') does not exist; restore it or remove its manifest row"

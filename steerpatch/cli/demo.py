@@ -47,13 +47,13 @@ def _pool(out: Path) -> Path:
 
 def _pick_instance(loaded, dataset, classes):
     """The first conflicting image (water behind a non-star) that the model calls a star."""
-    from steerpatch.models import build_zero_shot_head, classify_images
+    from steerpatch.models import build_zero_shot_head, classify_dataset
 
     head = build_zero_shot_head(loaded, classes)
     candidates = [item for item in dataset.items if item.attributes.get("shortcut") == "conflicting"]
     for start in range(0, len(candidates), 64):
         chunk = candidates[start : start + 64]
-        predictions = classify_images(loaded, [dataset.load_image(item) for item in chunk], head, progress=False)
+        predictions = classify_dataset(loaded, dataset, head, items=chunk, progress=False)
         for item, predicted in zip(chunk, predictions, strict=True):
             if predicted != item.label:
                 return item, predicted
@@ -116,7 +116,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     from steerpatch.compile import compile_patch, register_graph
     from steerpatch.data import load_dataset
     from steerpatch.errors import GateFailed
-    from steerpatch.models import build_zero_shot_head, classify_images, load_model
+    from steerpatch.models import build_zero_shot_head, classify_dataset, load_model
     from steerpatch.patch import new_patch, save_patch
     from steerpatch.registry import promote, register_patch, resolve_store
     from steerpatch.sae import default_sae_path, load_sae
@@ -213,7 +213,7 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
     _step(8, "Serve it with ONNX Runtime on loopback and send real requests")
     sample = [i for i in dataset.items if i.attributes.get("shortcut") == "conflicting"][:n_requests]
     head = build_zero_shot_head(loaded, classes)
-    before = classify_images(loaded, [dataset.load_image(i) for i in sample], head, progress=False)
+    before = classify_dataset(loaded, dataset, head, items=sample, progress=False)
     with ServerThread(create_app(ref, tracking_uri=tracking_uri)) as server:
         _say(f"server {server.url}  metadata: {httpx.get(server.url + '/metadata').json().get('patch_hash', '')[:12]}")
         _say(f"{'image':34s}{'true':>9s}{'before':>9s}{'after':>9s}")

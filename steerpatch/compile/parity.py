@@ -57,19 +57,20 @@ def parity_inputs(loaded: Any, data: Any = None, n: int = MIN_SAMPLES, seed: int
     if data is None:
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(n, 3, loaded.image_size, loaded.image_size, generator=generator), "random"
-    from steerpatch.data import ImageDataset, load_dataset
-    from steerpatch.models import preprocess_batch
+    from steerpatch.data import ImageDataset, iter_image_batches, load_dataset
 
     dataset = data if isinstance(data, ImageDataset) else load_dataset(data)
     picks = np.linspace(0, len(dataset) - 1, num=min(n, len(dataset))).round().astype(int)
-    images = [dataset.load_image(int(i)) for i in dict.fromkeys(picks.tolist())]
-    pixels = preprocess_batch(loaded, images)
-    if len(images) < n:
+    chosen = [dataset[int(i)] for i in dict.fromkeys(picks.tolist())]
+    # streamed: only the preprocessed pixels are kept, never the decoded images
+    pixels = torch.cat([batch.pixels for batch in iter_image_batches(dataset, loaded.preprocess, items=chosen,
+                                                                     on_undecodable="fail")])
+    if len(chosen) < n:
         # a small held-out set is topped up with random pixels so the gate still sees n inputs
         generator = torch.Generator().manual_seed(seed)
-        extra = torch.randn(n - len(images), *pixels.shape[1:], generator=generator)
+        extra = torch.randn(n - len(chosen), *pixels.shape[1:], generator=generator)
         pixels = torch.cat([pixels, extra])
-    return pixels, f"data:{dataset.root} ({len(images)} images)"
+    return pixels, f"data:{dataset.root} ({len(chosen)} images)"
 
 
 def _chunks(n: int, what: str, progress: bool) -> Any:

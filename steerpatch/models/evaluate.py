@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from steerpatch.models.loading import LoadedModel
-from steerpatch.models.zeroshot import build_zero_shot_head, classify_images, group_accuracy
+from steerpatch.models.zeroshot import build_zero_shot_head, classify_dataset, group_accuracy
 
 
 def evaluate_world(
@@ -42,9 +42,10 @@ def evaluate_world(
         raise DatasetError(
             f"unknown --group-by '{group_by}'; concept-world attributes are: {', '.join(known)}"
         )
-    images = [s.render() for s in samples]
     head = build_zero_shot_head(loaded, list(SHAPES), templates)
-    preds = classify_images(loaded, images, head, progress=progress, desc=f"eval {split}")
+    # rendered batch by batch in the decoding threads, never all at once
+    preds = classify_dataset(loaded, lambda sample: sample.render(), head, items=samples, progress=progress,
+                             desc=f"eval {split}")
     groups = [str(s.attributes()[group_by]) for s in samples]
     result = group_accuracy(preds, [s.label for s in samples], groups)
     result["group_by"] = group_by
@@ -62,11 +63,11 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Zero-shot accuracy on an `ImageDataset` (labels are its class folders).
 
-    Items without the `group_by` attribute fall in group `none` (no cue recorded).
+    Items without the `group_by` attribute fall in group `none` (no cue recorded). Images are streamed
+    (`classify_dataset`), so memory does not grow with the dataset.
     """
     head = build_zero_shot_head(loaded, dataset.classes, templates)
-    images = [dataset.load_image(i) for i in range(len(dataset))]
-    preds = classify_images(loaded, images, head, progress=progress, desc="eval")
+    preds = classify_dataset(loaded, dataset, head, progress=progress, desc="eval")
     groups = None
     if group_by:
         groups = [str(item.attributes.get(group_by, "none")) for item in dataset.items]

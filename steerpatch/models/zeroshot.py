@@ -138,3 +138,51 @@ def classify_images(
         pixels = preprocess_batch(loaded, images[start : start + batch_size])
         preds.extend(head.predict(encode_images(loaded, pixels)))
     return preds
+
+
+@torch.no_grad()
+def classify_dataset(
+    loaded: LoadedModel,
+    dataset: Any,
+    head: ZeroShotHead,
+    *,
+    items: Sequence[Any] | None = None,
+    batch_size: int = 256,
+    workers: int | None = None,
+    progress: bool = True,
+    desc: str = "classify",
+) -> list[str]:
+    """Predicted class names for a dataset's images, streamed (never all decoded at once).
+
+    Images are decoded in `workers` threads while the model runs on the previous batch and dropped once
+    preprocessed (`steerpatch.data.iter_image_batches`), so memory does not grow with the dataset.
+
+    Args:
+        loaded: the model.
+        dataset: an `ImageDataset`, or a function key -> PIL image (then `items` are its keys).
+        head: the zero-shot head.
+        items: the items (or keys) to classify, in order; default: every item of the dataset.
+        batch_size: images per forward pass.
+        workers: decoding threads (None: `steerpatch.data.default_workers()`).
+        progress: show a progress bar on stderr.
+        desc: the progress bar's label.
+
+    Returns:
+        One class name per item, in the order of `items`.
+
+    Raises:
+        DatasetError: an image is missing or cannot be decoded.
+
+    Example:
+        >>> classify_dataset(loaded, load_dataset("world/test"), head)  # doctest: +SKIP
+    """
+    from steerpatch.data import iter_image_batches
+
+    chosen = list(items) if items is not None else list(dataset.items)
+    preds: list[str] = []
+    with tqdm(total=len(chosen), desc=desc, disable=not progress, unit="img") as bar:
+        for batch in iter_image_batches(dataset, loaded.preprocess, items=chosen, batch_size=batch_size,
+                                        workers=workers, on_undecodable="fail"):
+            preds.extend(head.predict(encode_images(loaded, batch.pixels)))
+            bar.update(len(batch.items))
+    return preds

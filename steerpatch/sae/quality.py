@@ -98,21 +98,23 @@ def spliced_accuracy(
     """
     from tqdm import tqdm
 
-    from steerpatch.models import build_zero_shot_head, encode_images, preprocess_batch
+    from steerpatch.data import iter_image_batches
+    from steerpatch.models import build_zero_shot_head, encode_images
 
     head = build_zero_shot_head(loaded, list(dataset.classes))
     class_index = {name: i for i, name in enumerate(head.classes)}
     clean = spliced = 0
     indices = list(indices)
     with tqdm(total=len(indices), desc="spliced accuracy", unit="img", disable=not progress) as bar:
-        for chunk in iter_batches(len(indices), batch_size):
-            items = [dataset[indices[i]] for i in chunk]
-            pixels = preprocess_batch(loaded, [dataset.load_image(item) for item in items])
-            labels = torch.tensor([class_index[item.label] for item in items])
+        # streamed: decoded in threads while the model runs, never all held at once
+        for batch in iter_image_batches(dataset, loaded.preprocess, items=[dataset[i] for i in indices],
+                                        batch_size=batch_size, on_undecodable="fail"):
+            pixels = batch.pixels
+            labels = torch.tensor([class_index[item.label] for item in batch.items])
             clean += int((head.logits(encode_images(loaded, pixels)).argmax(-1) == labels).sum())
             with splice(loaded.model, sae, block, tokens):
                 spliced += int((head.logits(encode_images(loaded, pixels)).argmax(-1) == labels).sum())
-            bar.update(len(chunk))
+            bar.update(len(batch.items))
     n = max(len(indices), 1)
     return clean / n, spliced / n
 

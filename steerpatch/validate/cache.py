@@ -5,9 +5,9 @@ blocks before the hook do not depend on the patch. Caching their output makes ea
 cost a fraction of a full forward pass (see bench/bench_validate.py).
 
 Memory stays bounded at any dataset size (see bench/bench_validate_memory.py): images are streamed
-(decoded in parallel threads, preprocessed and dropped batch by batch), and activations beyond the
-cache's memory budget are written as checksummed shards (`shards.py`) to the cache folder, or to a
-temporary spill folder, and read back one shard at a time.
+(decoded in parallel threads, preprocessed and dropped batch by batch; `activations.py` computes an
+entry), and activations beyond the cache's memory budget are written as checksummed shards (`shards.py`)
+to the cache folder, or to a temporary spill folder, and read back one shard at a time.
 
 On disk an entry is a folder `<key>/` holding `index.json` (ids, undecodable images, shard checksums),
 `features.safetensors` and `hidden-NNNNN.safetensors` shards. It is written under a temporary name and
@@ -23,15 +23,13 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from steerpatch.disk import check_cache_dir
 from steerpatch.errors import DatasetError
-from steerpatch.models.tower import encode_prefix, encode_suffix, residual_width, vision_tower
+from steerpatch.validate.activations import CachedActivations, compute_activations
 from steerpatch.validate.shards import (
     CorruptShard,
     Shard,
@@ -50,67 +48,9 @@ FEATURES = "features.safetensors"
 __all__ = ["ActivationCache", "CachedActivations", "cache_key", "check_cache_dir", "compute_activations", "row_batches"]
 
 
-@dataclass
-class CachedActivations:
-    """One dataset's activations at one hook block.
-
-    Attributes:
-        ids: ids of the images that decoded, in dataset order.
-        hidden: residual stream after the hook block, (N, tokens, width), float32: a tensor, or a
-            `ShardedActivations` on disk when it did not fit the memory budget (read it with `row_batches`).
-        features: unpatched image embeddings, (N, embed_dim).
-        undecodable: (id, reason) for every image that could not be read.
-    """
-
-    ids: list[str]
-    hidden: torch.Tensor | ShardedActivations
-    features: torch.Tensor
-    undecodable: list[tuple[str, str]]
-
-    @property
-    def in_memory(self) -> bool:
-        return isinstance(self.hidden, torch.Tensor)
-
-    @property
-    def memory_bytes(self) -> int:
-        """Bytes this entry holds in memory (spilled activations count nothing)."""
-        hidden = self.hidden.numel() * self.hidden.element_size() if isinstance(self.hidden, torch.Tensor) else 0
-        return hidden + self.features.numel() * self.features.element_size()
-
-
 def cache_key(model_fingerprint: str, dataset_fingerprint: str, block: int) -> str:
     """The cache key: which weights, which images, which block."""
     return f"{model_fingerprint[:16]}-{dataset_fingerprint[:16]}-b{block}"
-
-
-def read_images(dataset, *, on_undecodable: str = "skip", progress: bool = True, desc: str = "reading"):
-    """Decode every image of a small dataset into memory (benchmarks use it; validation streams instead).
-
-    Args:
-        dataset: an `ImageDataset`.
-        on_undecodable: "skip" records unreadable images and goes on; "fail" raises at the first.
-        progress: show a progress bar on stderr.
-        desc: the progress bar's label.
-
-    Returns:
-        (items that decoded, their PIL images, [(id, reason)] of those that did not).
-
-    Raises:
-        DatasetError: for the first unreadable image when `on_undecodable` is "fail".
-    """
-    items, images, bad = [], [], []
-    for item in tqdm(dataset.items, desc=desc, unit="img", disable=not progress):
-        try:
-            images.append(dataset.load_image(item))
-        except DatasetError as error:
-            if on_undecodable == "fail":
-                raise
-            bad.append((item.id, str(error)))
-            continue
-        items.append(item)
-    return items, images, bad
-
-
 
 
 class ActivationCache:
@@ -309,109 +249,3 @@ class ActivationCache:
             ids=entry.ids, hidden=ShardedActivations(final, shards, (n, tokens, width)),
             features=entry.features, undecodable=entry.undecodable,
         )
-
-
-class _HiddenSink:
-    """Collects hidden batches in order: in one preallocated tensor within the budget, else as shards on disk."""
-
-    def __init__(self, n_max: int, budget: int, folder: Path | None, batch_size: int) -> None:
-        self.n_max, self.budget, self.folder, self.batch_size = n_max, budget, folder, batch_size
-        self.memory: torch.Tensor | None = None
-        self.shards: list[Shard] = []
-        self.pending: list[torch.Tensor] = []
-        self.rows = 0
-        self.shape: tuple[int, int] | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        if self.shape is None:
-            self.shape = (int(x.shape[1]), int(x.shape[2]))
-            projected = self.n_max * x[0].numel() * 4
-            if projected <= self.budget or self.folder is None:
-                self.memory = torch.empty(self.n_max, *self.shape)
-            else:
-                check_cache_dir(self.folder, projected)
-                self.per_shard = shard_rows(x[0].numel() * 4, self.batch_size)
-        if self.memory is not None:
-            self.memory[self.rows : self.rows + len(x)] = x
-        else:
-            self.pending.append(x.float().contiguous())
-            if sum(len(p) for p in self.pending) >= self.per_shard:
-                self._flush()
-        self.rows += len(x)
-
-    def _flush(self) -> None:
-        if self.pending:
-            assert self.folder is not None
-            self.shards.append(write_shard(self.folder, len(self.shards), torch.cat(self.pending)))
-            self.pending = []
-
-    def finish(self, width: int) -> torch.Tensor | ShardedActivations:
-        if self.shape is None:
-            return torch.zeros(0, 0, width)
-        if self.memory is not None:
-            return self.memory[: self.rows]
-        self._flush()
-        assert self.folder is not None
-        return ShardedActivations(self.folder, self.shards, (self.rows, *self.shape), cleanup=True)
-
-
-@torch.no_grad()
-def compute_activations(
-    loaded,
-    dataset,
-    block: int,
-    *,
-    batch_size: int = 64,
-    on_undecodable: str = "skip",
-    progress: bool = True,
-    memory_budget: int | None = None,
-    spill_folder: str | Path | None = None,
-    workers: int | None = None,
-) -> CachedActivations:
-    """Run the image tower up to `block` over a dataset, and the rest once for the unpatched embeddings.
-
-    Images are decoded in `workers` threads while the model runs, and dropped once preprocessed.
-
-    Args:
-        loaded: a `LoadedModel`.
-        dataset: an `ImageDataset`.
-        block: the hook block.
-        batch_size: images per forward pass.
-        on_undecodable: "skip" or "fail" (see `steerpatch.data.iter_image_batches`).
-        progress: show progress bars on stderr.
-        memory_budget: bytes of activations to hold in memory; beyond it they are written as shards to
-            `spill_folder` (None: no limit).
-        spill_folder: an existing folder for the shards.
-        workers: image decoding threads (None: `steerpatch.data.default_workers()`).
-
-    Returns:
-        The activations, in dataset order, without the unreadable images.
-
-    Raises:
-        DatasetError: an unreadable image under `on_undecodable="fail"`.
-        OutputError: the spill folder cannot be written or lacks space.
-    """
-    from steerpatch.data import iter_image_batches
-
-    budget = memory_budget if memory_budget is not None else 1 << 62
-    sink = _HiddenSink(len(dataset), budget, Path(spill_folder) if spill_folder is not None else None, batch_size)
-    ids: list[str] = []
-    features, bad = [], []
-    bar = tqdm(total=len(dataset), desc=f"caching block {block}", unit="img", disable=not progress)
-    for batch in iter_image_batches(
-        dataset, loaded.preprocess, batch_size=batch_size, workers=workers, on_undecodable=on_undecodable
-    ):
-        bad.extend(batch.undecodable)
-        if batch.pixels is not None:
-            x = encode_prefix(loaded.model, batch.pixels, block)
-            sink.add(x)
-            features.append(encode_suffix(loaded.model, x, block))
-            ids.extend(item.id for item in batch.items)
-        bar.update(len(batch.items) + len(batch.undecodable))
-    bar.close()
-    return CachedActivations(
-        ids=ids,
-        hidden=sink.finish(residual_width(loaded)),
-        features=torch.cat(features) if features else torch.zeros(0, vision_tower(loaded).output_dim),
-        undecodable=bad,
-    )

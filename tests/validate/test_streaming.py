@@ -168,3 +168,38 @@ def test_per_image_results_cost_the_same_whatever_the_image_size(tmp_path, conce
         return sum(a.nbytes for a in arrays)
 
     assert footprint(big) == footprint(small_world)
+
+
+def test_evaluation_spliced_accuracy_and_parity_inputs_stream_with_unchanged_results(
+        monkeypatch, concept_model, concept_sae, small_world):
+    """The other local readers decode batch by batch and give what reading every image first gives."""
+    import torch
+
+    from steerpatch.compile.parity import parity_inputs
+    from steerpatch.data import default_workers
+    from steerpatch.models import build_zero_shot_head, encode_images, group_accuracy, preprocess_batch
+    from steerpatch.models.evaluate import evaluate_dataset
+    from steerpatch.sae import splice, spliced_accuracy
+
+    data = load_dataset(small_world)
+    every = preprocess_batch(concept_model, [data.load_image(i) for i in range(len(data))])  # the old way
+    head = build_zero_shot_head(concept_model, data.classes)
+    labels = torch.tensor([head.classes.index(item.label) for item in data.items])
+    picks = list(range(1, len(data), 3))
+    block, tokens = concept_sae.require_hook().block, "all"
+    with splice(concept_model.model, concept_sae, block, tokens):
+        spliced_logits = head.logits(encode_images(concept_model, every[picks]))
+    clean_hits = head.logits(encode_images(concept_model, every[picks])).argmax(-1) == labels[picks]
+    expected_accuracy = group_accuracy(head.predict(encode_images(concept_model, every)),
+                                       [item.label for item in data.items])["accuracy"]
+
+    spy = DecodeSpy(monkeypatch)
+    result = evaluate_dataset(concept_model, data, group_by="shortcut", progress=False)
+    assert result["n"] == 40 and result["accuracy"] == expected_accuracy
+    clean, spliced = spliced_accuracy(concept_model, concept_sae, data, picks, block=block, tokens=tokens,
+                                      batch_size=4, progress=False)
+    assert clean == float(clean_hits.float().mean())
+    assert spliced == float((spliced_logits.argmax(-1) == labels[picks]).float().mean())
+    pixels, source = parity_inputs(concept_model, data)
+    assert torch.equal(pixels[:40], every) and source.endswith("(40 images)")
+    assert spy.calls == 40 + len(picks) + 40 and spy.peak <= default_workers()  # reading everything first peaks at 40
