@@ -122,6 +122,15 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, limits: ImageLim
     return image
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, None when the bytes are no image of `FORMATS`."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - PIL raises many types for foreign data; `decode_image` names them
+        return None
+
+
 def to_pixels(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """One image -> float32 (3, size, size), normalised like open_clip's eval transform."""
     size = spec.image_size
