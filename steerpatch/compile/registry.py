@@ -163,7 +163,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
             tags[GRAPH_TAG] = sha256_file(folder / GRAPH_FILE)
             exp = with_retry(lambda: experiment_id(c, store), what="find the steerpatch experiment")
             logged = with_retry(
-                lambda: c.create_logged_model(exp, name=info.patch_name + SUFFIX, model_type="onnx", tags=tags),
+                lambda: c.create_logged_model(exp, name=name.rpartition(".")[2] if info.patches else info.patch_name + SUFFIX,
+                                              model_type="onnx", tags=tags),
                 what="create the logged model",
             )
             logged_id = logged.model_id

@@ -71,6 +71,19 @@ class ServeMetrics:
         return float(result or 0.0)
 
 
+def scrape(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in `/metrics` text whose labels include `labels` (prometheus_client's parser).
+
+    Example:
+        >>> scrape('steerpatch_requests_total{alias="a",route="predict",status="200"} 3.0\n', "steerpatch_requests_total")
+        3.0
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
 def inference_route(method: str, path: str) -> str | None:
     """The metrics' route label of an inference request (`predict`, `v2-infer`), None for every other request."""
     if method != "POST":
