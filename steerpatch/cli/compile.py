@@ -55,7 +55,7 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
 
     Two or more SOURCEs (same model and block) make one graph with a second input, `patch_index`
     (int64 per row: 0 unpatched, i the i-th SOURCE), parity-checked at every index; --out is required.
-    With --register it is registered as `<model>.<patch>+<patch>...-onnx`, each patch linked by hash
+    With --register it is registered as `<model>.<patch>_<patch>...-onnx`, each patch linked by hash
     to its registered patch version (checked when the graph is downloaded to be served).
     """
     if len(sources) > 1 and out is None:

@@ -227,11 +227,11 @@ PATCHES_FILE = "PATCHES.json"
 
 
 def multi_name(info: Any) -> str:
-    """The default registered name of a multi-patch graph: `<model>.<patch>+<patch>...-onnx`."""
+    """The default registered name of a multi-patch graph: `<model>.<patch>_<patch>...-onnx` (a valid NAME@ALIAS)."""
     from steerpatch.registry import registered_name
     from steerpatch.registry.integrity import GRAPH_SUFFIX
 
-    return registered_name(info.model_id, "+".join(entry.patch_name for entry in info.patches)) + GRAPH_SUFFIX
+    return registered_name(info.model_id, "_".join(entry.patch_name for entry in info.patches)) + GRAPH_SUFFIX
 
 
 def patch_links(c: Any, info: Any) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ def test_the_graph_is_registered_with_each_patch_linked(registered, tiny):
 
     store, (first, second), patch_version, doc = registered
     reg = doc["registered"]
-    assert (reg["name"], reg["version"]) == (registered_name(tiny.name, "served-fix+candidate-fix") + "-onnx", "1")
+    assert (reg["name"], reg["version"]) == (registered_name(tiny.name, "served-fix_candidate-fix") + "-onnx", "1")
     tags = mlflow.MlflowClient(store, store).get_model_version(reg["name"], "1").tags
     links = json.loads(tags[PATCHES_TAG])
     assert [(link["index"], link["patch_hash"], link["patch_version"]) for link in links] == [
