@@ -25,7 +25,10 @@ import numpy as np
 
 DEFAULT_WAIT_MS = 2.0
 DEFAULT_MAX_ROWS = 32
-DEFAULT_GAP_MS = 0.5
+# how long an empty queue may stay empty before the batch runs: measured on 2 busy cores at
+# concurrency 16, waiting out the whole window gathered more rows per call and served more requests
+# (the batcher waits without using a core) than flushing after 0.5 ms; lower it for latency at light load
+DEFAULT_GAP_MS = 2.0
 
 
 def ort_threads(batching: bool, workers: int, cpus: int | None = None) -> int:
