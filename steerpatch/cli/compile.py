@@ -52,11 +52,11 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
 
     Two or more SOURCEs (same model and block) make one graph with a second input, `patch_index`
     (int64 per row: 0 unpatched, i the i-th SOURCE), parity-checked at every index; --out is required.
+    With --register it is registered as `<model>.<patch>_<patch>...-onnx`, each patch linked by hash
+    to its registered patch version (checked when the graph is downloaded to be served).
     """
     if len(sources) > 1 and out is None:
         raise click.UsageError(f"{len(sources)} patches make one multi-patch graph: name it with --out FILE.onnx")
-    if len(sources) > 1 and register:
-        raise click.UsageError("--register takes one patch; register the patches' single graphs, not a multi-patch graph")
     for each in sources:
         if Path(each).is_file() or Path(each).suffix == ".json":
             # a patch file: refuse a bad one, or one that cannot fit its model, before torch is imported
@@ -89,7 +89,9 @@ def compile_cmd(sources, head, out, data, classes, sae_path, tolerance, samples,
     info = result.info
     result.path = write_graph(result.data, Path(out) if out else Path(f"{info.patch_name}-{info.patch_version}.onnx"))
     if register:
-        graph = register_graph(result, alias=_alias_of(sources[0]), tracking_uri=tracking_uri)
+        # a multi-patch graph takes the alias its refs share (water@production grass@production -> production)
+        aliases = {_alias_of(each) for each in sources}
+        graph = register_graph(result, alias=aliases.pop() if len(aliases) == 1 else None, tracking_uri=tracking_uri)
         result.registered = graph.to_dict()
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

@@ -45,15 +45,20 @@ def serve(ctx, source, port, tracking_uri, poll_seconds, max_body_mb, docs, alia
         raise FleetError("--default-alias, --canary and --shadow choose among --alias labels; add --alias LABEL ...")
     if canary is not None:
         parse_canary(canary)  # a bad fraction is exit 2 before the port or any graph is touched
+    from steerpatch.serve.app import WORKERS
+    from steerpatch.serve.batching import ort_threads
+
     sock = bind_socket(port)  # a taken port is one line and exit 2, before anything is loaded or printed
+    threads = ort_threads(not no_batching, WORKERS)
     try:
         if aliases:
             fleet = Fleet.open(source, list(aliases), default=default_alias, canary=canary, shadow=shadow,
-                               tracking_uri=tracking_uri, poll_seconds=poll_seconds)
+                               tracking_uri=tracking_uri, poll_seconds=poll_seconds, threads=threads)
         else:
             from steerpatch.serve import GraphSource
 
-            fleet = Fleet.single(GraphSource(source, tracking_uri=tracking_uri, poll_seconds=poll_seconds))
+            fleet = Fleet.single(GraphSource(source, tracking_uri=tracking_uri, poll_seconds=poll_seconds,
+                                             threads=threads))
         for label, graphs in fleet.sources.items():
             info = graphs.current.info
             version = graphs.current.registry

@@ -124,7 +124,7 @@ def compile_patch(
     module, mode, why, extra = build_graph(model, patch, sae, zero_shot)
     say(f"mode: {mode} ({why}); {extra} extra weights")
     say(f"exporting ONNX (opset {OPSET}, head {head})")
-    proto = export_graph(module, model.image_size, module.output_names)
+    proto = export_graph(module, model.image_size, module.output_names, fusable=optimize)
     session = create_session(serialize(proto), providers)
     pixels, source = parity_inputs(model, dataset, samples)
     say(f"parity gate: ONNX Runtime vs torch steered model on {len(pixels)} inputs ({source})")

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from steerpatch.compile.attention import fusable_attention
 from steerpatch.errors import CompileError
 from steerpatch.io import atomic_file
 
@@ -31,7 +32,8 @@ def _exportable_attention():
         torch.backends.mha.set_fastpath_enabled(previous)
 
 
-def export_graph(module: torch.nn.Module, image_size: int, output_names: list[str], *, opset: int = OPSET) -> Any:
+def export_graph(module: torch.nn.Module, image_size: int, output_names: list[str], *, opset: int = OPSET,
+                 fusable: bool = False) -> Any:
     """Trace `module` (pixels [, patch_index] -> outputs) to an in-memory ONNX model.
 
     Args:
@@ -39,6 +41,8 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
         image_size: side of the square input image.
         output_names: names of the module's outputs, in order.
         opset: ONNX opset; at least 17 (LayerNormalization).
+        fusable: trace the tower's attention in the form ONNX Runtime's attention fusion matches
+            (`steerpatch.compile.attention`; same weights and math), for `--optimize`.
 
     Returns:
         An `onnx.ModelProto` with a dynamic `batch` axis on the inputs and every output (a module
@@ -58,7 +62,8 @@ def export_graph(module: torch.nn.Module, image_size: int, output_names: list[st
     dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
     buffer = io.BytesIO()
     try:
-        with _exportable_attention(), torch.no_grad(), warnings.catch_warnings():
+        swap = fusable_attention(module) if fusable else contextlib.nullcontext()
+        with _exportable_attention(), swap, torch.no_grad(), warnings.catch_warnings():
             # the tracer's notes (constant shapes, legacy exporter) are about its internals, not our graph
             warnings.simplefilter("ignore")
             torch.onnx.export(

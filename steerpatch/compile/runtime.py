@@ -58,12 +58,14 @@ def execution_providers() -> list[str]:
     return providers
 
 
-def create_session(model: str | Path | bytes, providers: list[str] | None = None) -> Any:
+def create_session(model: str | Path | bytes, providers: list[str] | None = None, *, threads: int | None = None) -> Any:
     """Open an inference session on a graph file or serialized bytes.
 
     Args:
         model: path to a `.onnx` file, or the serialized graph.
         providers: execution providers; default `execution_providers()`.
+        threads: intra-op threads, without spin-waiting (a server sets this: its event loop and image
+            decoding share the cores); default ONNX Runtime's own (one per core, spinning).
 
     Returns:
         An `onnxruntime.InferenceSession`.
@@ -71,6 +73,9 @@ def create_session(model: str | Path | bytes, providers: list[str] | None = None
     ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = max(1, int(threads))
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=providers or execution_providers())
 

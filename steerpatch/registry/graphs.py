@@ -80,7 +80,7 @@ def _tags(info: Any, patch_version: str | None, providers: list[str]) -> dict[st
         "patch_ref": info.patch_ref,
         "patch_name": info.patch_name,
         "patch_hash": info.patch_hash,
-        "patch_model": compiled_name(info.model_id, info.patch_name)[: -len(SUFFIX)],
+        "patch_model": compiled_name(info.model_id, info.patch_name)[: -len(SUFFIX)] if info.patch_name else None,
         "patch_version": patch_version or "",
         "model_id": info.model_id,
         "model_fingerprint": info.model_fingerprint,
@@ -96,13 +96,16 @@ def _tags(info: Any, patch_version: str | None, providers: list[str]) -> dict[st
     return {TAG + key: str(value) for key, value in tags.items() if value is not None}
 
 
-def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str | None = None) -> GraphVersion:
+def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str | None = None,
+                   name: str | None = None) -> GraphVersion:
     """Log a compiled graph as an `mlflow.onnx` model and register it as a new sibling-model version.
 
     Args:
         result: a `CompileResult` (its graph bytes and metadata record).
         alias: alias to point at the new version (compiling `NAME@production` passes `production`).
         tracking_uri: MLflow tracking URI; default: see `steerpatch.registry.resolve_store`.
+        name: registered name of a multi-patch graph (default `steerpatch.compile.multi.multi_name`);
+            a single patch's graph is always registered beside its patch.
 
     Returns:
         The new `GraphVersion`.
@@ -128,13 +131,21 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     info = result.info
     store = resolve_store(tracking_uri)
     c = client(store)
-    name = compiled_name(info.model_id, info.patch_name)
     providers = execution_providers()
-    patch_model = name[: -len(SUFFIX)]
-    # linked by content hash, not by ref: a graph belongs to the patch whose bytes it was compiled from
-    found = with_retry(lambda: _patch_version_by_hash(c, patch_model, info.patch_hash), what="find the patch")
-    patch_version = None if found is None else str(found)
-    tags = _tags(info, patch_version, providers)
+    files: dict[str, str] = {}
+    if info.patches:  # a multi-patch graph links each of its patches (steerpatch.compile.multi)
+        from steerpatch.compile.multi import multi_name, multi_record
+
+        name, patch_version = name or multi_name(info), None
+        links, files = multi_record(c, info)
+        tags = {**_tags(info, None, providers), **links}
+    else:
+        name = compiled_name(info.model_id, info.patch_name)
+        patch_model = name[: -len(SUFFIX)]
+        # linked by content hash, not by ref: a graph belongs to the patch whose bytes it was compiled from
+        found = with_retry(lambda: _patch_version_by_hash(c, patch_model, info.patch_hash), what="find the patch")
+        patch_version = None if found is None else str(found)
+        tags = _tags(info, patch_version, providers)
     logged_id = version = None
     created = False
     with tempfile.TemporaryDirectory(prefix="steerpatch-onnx-") as tmp, store_lock(store), mlflow_uris(store):
@@ -148,11 +159,14 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
                 save_as_external_data=False,
                 metadata={"steerpatch": info.model_dump(mode="json")},
             )
+            for file, text in files.items():
+                (folder / file).write_text(text)
             tags[MANIFEST_TAG] = write_manifest(folder)
             tags[GRAPH_TAG] = sha256_file(folder / GRAPH_FILE)
             exp = with_retry(lambda: experiment_id(c, store), what="find the steerpatch experiment")
             logged = with_retry(
-                lambda: c.create_logged_model(exp, name=info.patch_name + SUFFIX, model_type="onnx", tags=tags),
+                lambda: c.create_logged_model(exp, name=name.rpartition(".")[2] if info.patches else info.patch_name + SUFFIX,
+                                              model_type="onnx", tags=tags),
                 what="create the logged model",
             )
             logged_id = logged.model_id
@@ -167,7 +181,7 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
                     name,
                     source=f"models:/{logged.model_id}",
                     tags=tags,
-                    description=f"ONNX graph of patch {info.patch_ref} ({info.mode} compile, head {info.head})",
+                    description=f"ONNX graph of {info.patch_ref or info.mode_reason} ({info.mode} compile, head {info.head})",
                     model_id=logged.model_id,
                 ),
                 what="create the model version",
@@ -181,9 +195,11 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
         except BaseException as error:
             _rollback(c, name, version, created, logged_id)
             if isinstance(error, Exception) and not isinstance(error, SteerpatchError):
-                raise RegistryError(f"registering the graph of {info.patch_ref} as '{name}' failed: {error}") from error
+                raise RegistryError(f"registering the graph of {info.patch_ref or name} as '{name}' failed: {error}") \
+                    from error
             raise
-    return GraphVersion(name, version, info.patch_ref, info.patch_hash, patch_version, f"{name}@{alias or version}")
+    return GraphVersion(name, version, info.patch_ref or "", info.patch_hash or "", patch_version,
+                        f"{name}@{alias or version}")
 
 
 def _patch_version_by_hash(c: Any, patch_model: str, patch_hash: str | None) -> str | None:
@@ -200,8 +216,8 @@ def _ensure_model(c: Any, name: str, info: Any) -> bool:
     from steerpatch.registry.register import ensure_registered_model
 
     return ensure_registered_model(
-        c, name, tags={TAG + "kind": KIND, TAG + "patch_name": info.patch_name, TAG + "model_id": info.model_id},
-        description=f"Compiled ONNX graphs of steerpatch patch '{info.patch_name}' for '{info.model_id}'",
+        c, name, tags={TAG + "kind": KIND, TAG + "patch_name": info.patch_name or "", TAG + "model_id": info.model_id},
+        description=f"Compiled ONNX graphs of steerpatch patch '{info.patch_name or name}' for '{info.model_id}'",
     )
 
 
@@ -333,6 +349,10 @@ def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | 
         if found != recorded:
             raise IntegrityError(f"{what}: artifact '{GRAPH_FILE}' has {key} {found!r}, registered as {recorded!r}")
     patch_version = check_graph_links(c, mv, what)
+    if info.patches:  # a multi-patch graph: each linked patch version (steerpatch.compile.multi)
+        from steerpatch.compile.multi import verify_patch_links
+
+        verify_patch_links(c, store, mv, info, path.parent, what)
     if patch_version is not None:
         verify_model_version(c, store, patch_version, graphs=False)
     return path

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,9 +35,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from steerpatch.serve.batching import DEFAULT_MAX_ROWS, DEFAULT_WAIT_MS, Batcher
+from steerpatch.serve.batching import DEFAULT_MAX_ROWS, DEFAULT_WAIT_MS, Batcher, ort_threads
 from steerpatch.serve.kserve import add_v2_routes, answer_headers
-from steerpatch.serve.payload import MAX_BATCH, BadPayload, PayloadLimits, image_pixels, json_pixels
+from steerpatch.serve.payload import (
+    MAX_BATCH,
+    BadPayload,
+    PayloadLimits,
+    image_pixels,
+    json_pixels,
+    small_image,
+)
 from steerpatch.serve.preprocess import MAX_PIXELS, ImageLimits
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -47,6 +53,9 @@ IDLE_TIMEOUT_S = 10.0  # and no silence within it may last longer
 # decoding and inference both use the cores; a few workers keep a queue from growing without bound
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 MAX_WAITING = 64  # requests queued for a worker beyond this get 503 at once
+# images declaring at most this many pixels are decoded on the event loop: a thumbnail decodes in
+# well under a millisecond, less than the thread hop (and the GIL hand-offs) the pool would cost
+INLINE_PIXELS = 96 * 96
 
 __all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "BadPayload", "BodyLimit", "create_app", "predictions"]
 
@@ -84,7 +93,9 @@ class BodyLimit:
         while True:
             wait = min(self.idle_timeout, deadline - loop.time())
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for wraps every receive in a new task
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
             except TimeoutError:
                 await _timed_out(scope, receive, send, self.body_timeout, self.idle_timeout)
                 return
@@ -214,14 +225,15 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     from steerpatch.serve.fleet import ALIAS_HEADER, ALIAS_QUERY, Fleet
     from steerpatch.serve.inference import Inference, check_patch_index
     from steerpatch.serve.inference import predictions as shape_predictions
-    from steerpatch.serve.metrics import NO_ALIAS, ServeMetrics
+    from steerpatch.serve.metrics import CountRequests, ServeMetrics
     from steerpatch.serve.source import GraphSource
 
     if isinstance(source, Fleet):
         fleet = source
     else:
         fleet = Fleet.single(source if isinstance(source, GraphSource) else GraphSource(
-            source, tracking_uri=tracking_uri, poll_seconds=poll_seconds
+            source, tracking_uri=tracking_uri, poll_seconds=poll_seconds,
+            threads=ort_threads(batch_wait_ms is not None, workers),
         ))
     graphs = fleet.sources[fleet.default]
     metrics = ServeMetrics()
@@ -263,23 +275,8 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     app.state.inference = inference
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, body_timeout=body_timeout, idle_timeout=idle_timeout)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        # outside BodyLimit, so 413/408 refusals are counted too; only inference routes are counted
-        path = request.url.path
-        route = "predict" if path == "/predict" else "v2-infer" if path.startswith("/v2/") and path.endswith("/infer") \
-            else None
-        if route is None or request.method != "POST":
-            return await call_next(request)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            alias = getattr(request.state, "alias", NO_ALIAS)
-            metrics.record(alias, route, status, time.perf_counter() - started)
+    # outermost, so 413/408 refusals are counted too
+    app.add_middleware(CountRequests, metrics=metrics)
 
     def pick(request: Request) -> tuple[str, Any]:
         """The alias that answers this request and its current graph (one graph for the whole request)."""
@@ -288,8 +285,10 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
         request.state.alias = alias
         return alias, fleet.sources[alias].current
 
-    async def decode(work: Any) -> Any:
+    async def decode(work: Any, inline: bool = False) -> Any:
         nonlocal waiting
+        if inline:
+            return work()
         if waiting >= MAX_WAITING:
             raise BadPayload(f"the server is busy ({waiting} requests waiting); retry shortly", 503)
         waiting += 1
@@ -344,7 +343,7 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
         def work() -> np.ndarray:
             return image_pixels(body, spec, limits.image) if kind == "image" else json_pixels(body, spec, limits)
 
-        pixels = await decode(work)
+        pixels = await decode(work, inline=kind == "image" and small_image(body, INLINE_PIXELS))
         index = check_patch_index(graph, requested, len(pixels))
         answer = await inference.answer(alias, graph, pixels, index)
         return JSONResponse(shape_predictions(answer), headers=answer_headers(answer))

@@ -106,8 +106,11 @@ class Fleet:
 
     @classmethod
     def open(cls, name: str | None, aliases: list[str], *, default: str | None = None, canary: str | None = None,
-             shadow: str | None = None, tracking_uri: str | None = None, poll_seconds: float = 5.0) -> Fleet:
+             shadow: str | None = None, tracking_uri: str | None = None, poll_seconds: float = 5.0,
+             threads: int | None = None) -> Fleet:
         """Open every alias (`LABEL` as `NAME@LABEL`, or `LABEL=FILE|REF`); the fleet's model name is NAME.
+
+        `threads` is each session's intra-op thread count (`steerpatch.serve.batching.ort_threads`).
 
         Raises:
             FleetError: for a bad alias, canary or shadow; RegistryError/CompileError when a graph cannot load.
@@ -119,7 +122,8 @@ class Fleet:
         if len(set(labels)) != len(labels):
             raise FleetError(f"--alias labels must differ; got {', '.join(labels)}")
         canary_spec = parse_canary(canary) if canary is not None else None
-        sources = {label: GraphSource(src, tracking_uri=tracking_uri, poll_seconds=poll_seconds) for label, src in parsed}
+        sources = {label: GraphSource(src, tracking_uri=tracking_uri, poll_seconds=poll_seconds, threads=threads)
+                   for label, src in parsed}
         return cls(sources, default=default, canary=canary_spec, shadow=shadow, name=name)
 
     @classmethod

@@ -6,6 +6,7 @@ share or double-register counters. `GET /metrics` renders it with `prometheus_cl
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -68,3 +69,62 @@ class ServeMetrics:
         """One sample's current value (0 when absent), e.g. `value("steerpatch_requests_total", alias="a", ...)`."""
         result = self.registry.get_sample_value(name, {k: str(v) for k, v in labels.items()})
         return float(result or 0.0)
+
+
+def scrape(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in `/metrics` text whose labels include `labels` (prometheus_client's parser).
+
+    Example:
+        >>> scrape('steerpatch_requests_total{alias="a",route="predict",status="200"} 3.0\n', "steerpatch_requests_total")
+        3.0
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
+
+def inference_route(method: str, path: str) -> str | None:
+    """The metrics' route label of an inference request (`predict`, `v2-infer`), None for every other request."""
+    if method != "POST":
+        return None
+    if path == "/predict":
+        return "predict"
+    return "v2-infer" if path.startswith("/v2/") and path.endswith("/infer") else None
+
+
+class CountRequests:
+    """ASGI middleware: count every inference request with its alias, status and latency.
+
+    A plain ASGI wrapper rather than FastAPI's `@app.middleware("http")`, which runs each request in
+    a task group with in-memory streams, a cost every request paid. The routes leave the alias they
+    chose in `request.state.alias` (the scope's `state`); a refusal before routing counts as `NO_ALIAS`.
+
+    Args:
+        app: the ASGI app (installed outermost, so 413/408 refusals are counted too).
+        metrics: the `ServeMetrics`.
+    """
+
+    def __init__(self, app: Any, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        route = inference_route(scope.get("method", ""), scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        status = 500
+
+        async def watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self.metrics.record(state.get("alias", NO_ALIAS), route, status, time.perf_counter() - started)

@@ -177,6 +177,17 @@ def image_pixels(data: bytes, spec: Preprocessing, limits: ImageLimits) -> np.nd
         raise BadPayload(str(error), error.status) from error
 
 
+def small_image(data: bytes, max_pixels: int) -> bool:
+    """Whether image bytes declare at most `max_pixels` pixels (read from the header; nothing is decoded).
+
+    False for anything that is not a readable image header: the full, guarded decode then refuses it.
+    """
+    from steerpatch.serve.preprocess import declared_size
+
+    size = declared_size(data)
+    return size is not None and size[0] * size[1] <= max_pixels
+
+
 def json_pixels(body: bytes, spec: Preprocessing, limits: PayloadLimits) -> np.ndarray:
     """A JSON `/predict` body (`{"image": ...}` or `{"tensor": ...}`) -> (B, 3, S, S).
 

@@ -119,6 +119,15 @@ def decode_image(data: bytes, *, max_pixels: int | None = None, limits: ImageLim
     return image
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, None when the bytes are no image of `FORMATS`."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - PIL raises many types for foreign data; `decode_image` names them
+        return None
+
+
 def image_to_pixels(data: bytes, spec: Preprocessing, *, max_pixels: int | None = None,
                     limits: ImageLimits | None = None) -> np.ndarray:
     """Image file bytes -> (1, 3, size, size) float32.

@@ -62,11 +62,19 @@ def url_of(sock: socket.socket) -> str:
 
 
 def http_protocol(header_timeout: float = HEADER_TIMEOUT_S) -> type:
-    """uvicorn's h11 protocol class with a deadline for the first request's headers (for `uvicorn.Config(http=...)`)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    """uvicorn's HTTP protocol class with a deadline for the first request's headers (for `uvicorn.Config(http=...)`).
 
-    class HeaderTimeoutProtocol(H11Protocol):
-        """uvicorn's h11 protocol, closing connections that send no complete request in time.
+    httptools' C parser when it is installed (`pip install httptools`; it parses a request several
+    times faster than h11, which matters for small inference requests), else h11.
+    """
+    base: type
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class HeaderTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        """uvicorn's HTTP protocol, closing connections that send no complete request in time.
 
         uvicorn times out idle keep-alive connections but not a first request whose headers trickle
         in byte by byte; without this each such connection is held forever.
@@ -90,9 +98,10 @@ def http_protocol(header_timeout: float = HEADER_TIMEOUT_S) -> type:
 def _config(app: Any, port: int, host: str, log_level: str, header_timeout: float = HEADER_TIMEOUT_S) -> Any:
     import uvicorn
 
-    # one worker: the ONNX Runtime session already uses every core for each request
+    # one worker: the ONNX Runtime session already uses every core for each request; loop "auto" is
+    # uvloop when it is installed
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, workers=1,
-                          http=http_protocol(header_timeout), timeout_keep_alive=5)
+                          http=http_protocol(header_timeout), timeout_keep_alive=5, loop="auto")
 
 
 def serve(source: Any, port: int = 8000, *, host: str = HOST, tracking_uri: str | None = None,

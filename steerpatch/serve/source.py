@@ -62,8 +62,9 @@ class LoadedGraph:
         }
 
 
-def open_graph(path: str | Path, registry: Any = None, providers: list[str] | None = None) -> LoadedGraph:
-    """Open a compiled graph file and read its steerpatch metadata.
+def open_graph(path: str | Path, registry: Any = None, providers: list[str] | None = None,
+               threads: int | None = None) -> LoadedGraph:
+    """Open a compiled graph file and read its steerpatch metadata (`threads`: see `create_session`).
 
     Raises:
         OutputError: when the file is missing; CompileError when it was not written by `steerpatch compile`.
@@ -75,7 +76,7 @@ def open_graph(path: str | Path, registry: Any = None, providers: list[str] | No
     if not path.is_file():
         raise OutputError(f"graph file '{path}' does not exist; compile one with `steerpatch compile PATCH --out FILE`")
     try:
-        session = create_session(path, providers)
+        session = create_session(path, providers, threads=threads)
     except Exception as error:  # noqa: BLE001 - ORT raises its own types for invalid graphs
         raise CompileError(f"'{path}' is not a loadable ONNX graph: {str(error).splitlines()[0][:200]}") from error
     try:
@@ -95,19 +96,21 @@ class GraphSource:
         tracking_uri: MLflow tracking URI for registry refs.
         poll_seconds: how often the background thread checks the alias.
         providers: ONNX Runtime providers; default: best installed.
+        threads: intra-op threads of its sessions (`steerpatch.serve.batching.ort_threads`); default ONNX Runtime's.
 
     Raises:
         OutputError / CompileError / RegistryError: when the first graph cannot be loaded.
     """
 
     def __init__(self, source: str | Path, *, tracking_uri: str | None = None, poll_seconds: float = 5.0,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, threads: int | None = None) -> None:
         from steerpatch.refs import is_registry_ref
 
         self.source = str(source)
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
         self.providers = providers
+        self.threads = threads
         self.follows = is_registry_ref(self.source)
         self.reloads = 0
         self.last_error: str | None = None
@@ -117,7 +120,7 @@ class GraphSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dirs: list[Path] = []
-        self._current = self._fetch() if self.follows else open_graph(self.source, providers=providers)
+        self._current = self._fetch() if self.follows else open_graph(self.source, providers=providers, threads=threads)
 
     @property
     def current(self) -> LoadedGraph:
@@ -130,7 +133,8 @@ class GraphSource:
         graph = graph or resolve_graph(self.source, tracking_uri=self.tracking_uri)
         folder = Path(tempfile.mkdtemp(prefix="steerpatch-serve-"))
         try:
-            loaded = open_graph(download_graph(graph, folder, tracking_uri=self.tracking_uri), graph, self.providers)
+            loaded = open_graph(download_graph(graph, folder, tracking_uri=self.tracking_uri), graph, self.providers,
+                                self.threads)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from steerpatch.compile import compile_patch
 from steerpatch.compile.optimize import MIN_INT8_AGREEMENT
@@ -62,3 +63,31 @@ def test_int8_is_gated_on_top1_agreement_and_writes_nothing_below_it(tiny, saes,
     agreement = float((fp32 == int8).mean())
     assert agreement < MIN_INT8_AGREEMENT
     assert f"top-1 agreement with the fp32 graph is {agreement:.2%} on 64 inputs" in str(caught.value)
+
+
+def test_attention_fuses_once_per_block_through_the_export_time_attention(optimized, tiny):
+    """open_clip's packed attention traced as separate Q/K/V lets ONNX Runtime fuse every block's attention."""
+    blocks = len(tiny.model.visual.transformer.resblocks)
+    assert optimized.info.fusions["Attention"] == blocks
+    ops = Counter(node.op_type for node in onnx.load(optimized.path).graph.node)
+    assert ops["Attention"] == blocks
+    # the swap lasted only for the export: the torch model still holds its own attention modules
+    assert all(isinstance(block.attn, torch.nn.MultiheadAttention) for block in tiny.model.visual.transformer.resblocks)
+
+
+def test_fusable_attention_computes_what_multihead_attention_computes():
+    from steerpatch.compile.attention import FusableAttention, fusable_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(3, 7, 32)
+    with torch.no_grad():
+        expected = mha(x, x, x, need_weights=False)[0]
+        got = FusableAttention(mha)(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    holder = torch.nn.Sequential(mha)
+    with fusable_attention(holder) as swapped:
+        assert swapped == 1 and isinstance(holder[0], FusableAttention)
+    assert holder[0] is mha
+    with pytest.raises(ValueError, match="unmasked self-attention"):
+        FusableAttention(mha)(x, x, x, attn_mask=torch.zeros(7, 7))

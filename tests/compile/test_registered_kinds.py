@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from tests.helpers.tiny import CLASSES, D_SAE, make_patch, random_sae
 
 from steerpatch.compile import compile_patch, create_session
 from steerpatch.compile.parity import onnx_outputs, torch_reference
@@ -18,6 +17,7 @@ from steerpatch.models import build_zero_shot_head, encode_images
 from steerpatch.patch.ops import OPS, Op, register_op
 from steerpatch.sae import ARCHITECTURES, Architecture, FitSettings, Training, fit_sae, register_architecture
 from steerpatch.steer import steering_delta
+from tests.helpers.tiny import CLASSES, D_SAE, make_patch, random_sae
 
 PIXELS = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(11))
 

@@ -8,12 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from steerpatch.compile.runtime import create_session
 from steerpatch.serve import GraphSource, ServerThread, create_app
 from steerpatch.serve.batching import Batcher, run_graph
 from steerpatch.serve.fleet import Canary, Fleet
+from steerpatch.serve.metrics import scrape
 
 SIZE = 64
 
@@ -24,12 +24,7 @@ def pixels_of(seed: int, rows: int = 1) -> np.ndarray:
 
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels`, parsed with prometheus_client's parser."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return scrape(text, name, **labels)
 
 
 def _fleet(graph, candidate, **kw) -> Fleet:

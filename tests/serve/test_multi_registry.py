@@ -1,0 +1,101 @@
+"""A multi-patch graph registered with one link per patch, verified when it is downloaded, and served."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from test_graph_integrity import _register_patch, stored_folder
+
+from steerpatch.cli.main import cli
+from steerpatch.compile.multi import PATCHES_FILE, PATCHES_TAG
+from steerpatch.errors import IntegrityError
+from steerpatch.patch import save_patch
+from steerpatch.registry import write_manifest
+from steerpatch.serve import GraphSource, ServerThread, create_app
+from tests.helpers.tiny import CLASSES, fresh_store
+
+PIXELS = {"tensor": [[[0.0] * 64] * 64] * 3}
+
+
+@pytest.fixture(scope="module")
+def registered(tiny, sae, graph, candidate, tmp_path_factory, runner_module):
+    """`graph`'s patch registered as a patch version; `candidate`'s only a file; both in one registered graph."""
+    folder = tmp_path_factory.mktemp("multi-registry")
+    store = fresh_store(folder)
+    (first, _), (second, _) = graph, candidate
+    patch_version = _register_patch(first, tiny, sae, folder / "patch", store)
+    files = [save_patch(p, folder / f"{p.name}.json") for p in (first, second)]
+    result = runner_module.invoke(cli, ["compile", *map(str, files), "--classes", ",".join(CLASSES),
+                                        "--out", str(folder / "multi.onnx"), "--register", "--tracking-uri", store,
+                                        "--json"])
+    assert result.exit_code == 0, result.output
+    return store, (first, second), patch_version, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def runner_module():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+def test_the_graph_is_registered_with_each_patch_linked(registered, tiny):
+    import mlflow
+
+    from steerpatch.registry import registered_name
+
+    store, (first, second), patch_version, doc = registered
+    reg = doc["registered"]
+    assert (reg["name"], reg["version"]) == (registered_name(tiny.name, "served-fix_candidate-fix") + "-onnx", "1")
+    tags = mlflow.MlflowClient(store, store).get_model_version(reg["name"], "1").tags
+    links = json.loads(tags[PATCHES_TAG])
+    assert [(link["index"], link["patch_hash"], link["patch_version"]) for link in links] == [
+        (1, first.content_hash, str(patch_version.version)), (2, second.content_hash, None)]
+    assert json.loads(tags["steerpatch.patch_hashes"]) == [first.content_hash, second.content_hash]
+    stored = stored_folder(store, reg["name"], "1")
+    manifest = json.loads((stored / "MANIFEST.json").read_text())
+    assert PATCHES_FILE in manifest["files"] and (stored / PATCHES_FILE).read_text() == tags[PATCHES_TAG]
+
+
+def test_the_registered_graph_serves_each_patch_by_index(registered):
+    store, (first, second), _, doc = registered
+    source = GraphSource(f"{doc['registered']['name']}@1", tracking_uri=store, poll_seconds=3600)
+    try:
+        with ServerThread(create_app(source, follow=False)) as server, httpx.Client(base_url=server.url) as http:
+            for index, expected in ((1, first.content_hash), (2, second.content_hash), (0, None)):
+                body = http.post("/predict", params={"patch_index": index}, json=PIXELS).json()
+                assert (body["model_version"], body["patch_hash"]) == ("1", expected), body
+    finally:
+        source.stop()
+
+
+def test_a_linked_patch_version_that_changed_is_refused_on_download(registered):
+    import mlflow
+
+    store, (first, _), patch_version, doc = registered
+    c = mlflow.MlflowClient(store, store)
+    name, version = patch_version.name, str(patch_version.version)
+    c.set_model_version_tag(name, version, "steerpatch.patch_hash", "0" * 64)
+    try:
+        with pytest.raises(IntegrityError, match=rf"patch_index 1 was compiled with patch_hash '{first.content_hash}'"):
+            GraphSource(f"{doc['registered']['name']}@1", tracking_uri=store)
+    finally:
+        c.set_model_version_tag(name, version, "steerpatch.patch_hash", first.content_hash)
+
+
+def test_a_patch_list_rewritten_in_the_store_is_refused(registered):
+    store, _, _, doc = registered
+    folder = stored_folder(store, doc["registered"]["name"], "1")
+    original, manifest = (folder / PATCHES_FILE).read_text(), (folder / "MANIFEST.json").read_bytes()
+    links = json.loads(original)
+    links.reverse()  # the same patches, swapped: rows would be steered by the wrong patch
+    try:
+        (folder / PATCHES_FILE).write_text(json.dumps(links, sort_keys=True))
+        write_manifest(folder)  # the manifest agrees; its recorded hash does not
+        with pytest.raises(IntegrityError, match="MANIFEST.json"):
+            GraphSource(f"{doc['registered']['name']}@1", tracking_uri=store)
+    finally:
+        (folder / PATCHES_FILE).write_text(original)
+        (folder / "MANIFEST.json").write_bytes(manifest)
