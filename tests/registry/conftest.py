@@ -139,10 +139,18 @@ def workspace(tmp_path) -> Workspace:
 
 @pytest.fixture(scope="session")
 def _initialised_db(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite database with its schema created once (creating it takes ~8 s)."""
+    """An empty MLflow sqlite database with its schema created once (creating it takes ~8 s).
+
+    `STEERPATCH_TEST_MLFLOW_DB` names a prebuilt empty store to copy instead: `tests/mutation.py` builds
+    one per run, since every mutant's pytest session would otherwise pay the 8 s again.
+    """
     from steerpatch.registry.store import client, resolve_store
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    prebuilt = os.environ.get("STEERPATCH_TEST_MLFLOW_DB")
+    if prebuilt:
+        shutil.copyfile(prebuilt, db)
+        return db
     client(resolve_store(f"sqlite:///{db}"))
     return db
 
