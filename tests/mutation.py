@@ -62,7 +62,7 @@ TARGETS: dict[str, Target] = {
     "promotion": Target(
         "steerpatch/registry/promotion.py", ("tests/registry/test_promotion_bite.py", "tests/registry/test_promote.py")
     ),
-    "audit": Target("steerpatch/registry/audit.py", ("tests/registry/test_audit.py",)),
+    "audit": Target("steerpatch/registry/audit.py", ("tests/registry/test_audit_bite.py", "tests/registry/test_audit.py")),
     "parity": Target("steerpatch/compile/parity.py", ("tests/compile/test_parity_bite.py",)),
 }
 
@@ -154,6 +154,8 @@ def run_one(name: str, max_children: int, *, rerun: bool = True) -> tuple[int, i
         env = dict(os.environ, OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true")
         if any(t.startswith("tests/registry/") for t in target.tests):
             env["STEERPATCH_TEST_MLFLOW_DB"] = str(_empty_store(work))
+            # stores the registry fixtures register versions into, built by the first (stats) session
+            env["STEERPATCH_TEST_STORE_CACHE"] = str(work / "store-cache")
         with log.open("w") as out:
             returncode = subprocess.run(
                 [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],

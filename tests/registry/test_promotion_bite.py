@@ -1,51 +1,24 @@
 """Promotion and rollback, asserted record by record: the exact alias moves, tags and refusals.
 
-Three versions are registered once per module (v1 passes, v2 breaks 5 right answers, v3 passes); each test
-gets its own copy of that database, whose rows still point at the one, read-only artifact folder.
+Each test gets a private copy of a store holding three versions (the `three` fixture in conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 
 from steerpatch.errors import GateFailed, IntegrityError, RegistryError
-from steerpatch.registry import alias_moves, promote, register_patch, rollback
+from steerpatch.registry import alias_moves, promote, rollback
 from steerpatch.registry.promotion import MOVE_PREFIX, AliasMove, check_consistent, recheck_report
 from steerpatch.registry.store import client, resolve_store
-
 from tests.registry.conftest import Workspace
 
 NAME = "concept-clip.water-shortcut"
 NO_DATA = "not re-run: no dataset given (promote --data DIR re-runs validation for 'production')"
 WHEN = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-@pytest.fixture(scope="module")
-def registered_three(tmp_path_factory, _initialised_db):
-    root = tmp_path_factory.mktemp("three")
-    (root / "store").mkdir()
-    shutil.copyfile(_initialised_db, root / "store" / "mlflow.db")
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    workspace = Workspace(root / "work")
-    for version, kwargs in (("1.0.0", {}), ("1.1.0", {"scale": 0.5, "right_to_wrong": 5}), ("1.2.0", {"scale": 0.25})):
-        cand = workspace.candidate(version=version, **kwargs)
-        register_patch(cand.patch, cand.report, tracking_uri=uri)
-    return root / "store" / "mlflow.db", workspace
-
-
-@pytest.fixture()
-def three(registered_three, tmp_path, monkeypatch):
-    """`(uri, workspace)` over a private copy of the three-version store; the acting user is 'grace'."""
-    db, workspace = registered_three
-    monkeypatch.setenv("STEERPATCH_USER", "grace")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "store").mkdir()
-    shutil.copyfile(db, tmp_path / "store" / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", workspace
 
 
 def _c(uri):
@@ -58,12 +31,12 @@ def _move_tags(uri) -> dict[str, dict]:
 
 
 def test_a_passing_promotion_is_recorded_exactly(three):
-    uri, ws = three
-    move = promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+    uri, policy = three
+    move = promote(NAME, 1, policy=policy, tracking_uri=uri)
     assert WHEN.fullmatch(move.when)
     expected = AliasMove(
         alias="production", from_version=None, to_version="1", who="grace", when=move.when, why="gates passed",
-        forced=False, kind="promote", failed_gates=(), policy=str(ws.policy), revalidated=NO_DATA,
+        forced=False, kind="promote", failed_gates=(), policy=str(policy), revalidated=NO_DATA,
     )
     assert move == expected
     assert _c(uri).get_registered_model(NAME).aliases == {"production": 1}
@@ -71,13 +44,13 @@ def test_a_passing_promotion_is_recorded_exactly(three):
     assert re.fullmatch(re.escape(MOVE_PREFIX) + r"\d{20}\.[0-9a-f]{6}", key)
     assert record == {
         "alias": "production", "from": None, "to": "1", "who": "grace", "when": move.when, "why": "gates passed",
-        "forced": False, "kind": "promote", "failed_gates": [], "policy": str(ws.policy), "revalidated": NO_DATA,
+        "forced": False, "kind": "promote", "failed_gates": [], "policy": str(policy), "revalidated": NO_DATA,
     }
     assert alias_moves(_c(uri), NAME) == [expected]
     # an alias the policy does not re-validate says nothing about it; the move from v1 is recorded
-    staging = promote(NAME, "3", "staging", policy=ws.policy, tracking_uri=uri)
+    staging = promote(NAME, "3", "staging", policy=policy, tracking_uri=uri)
     assert staging.revalidated is None and staging.from_version is None
-    again = promote(NAME, 3, policy=ws.policy, tracking_uri=uri, revalidate=False)
+    again = promote(NAME, 3, policy=policy, tracking_uri=uri, revalidate=False)
     assert (again.from_version, again.to_version, again.revalidated) == ("1", "3", None)
     assert _c(uri).get_registered_model(NAME).aliases == {"production": 3, "staging": 3}
     assert [(m.alias, m.from_version, m.to_version) for m in alias_moves(_c(uri), NAME)] == [
@@ -87,11 +60,11 @@ def test_a_passing_promotion_is_recorded_exactly(three):
 
 
 def test_a_failing_version_is_refused_and_nothing_moves(three):
-    uri, ws = three
+    uri, policy = three
     with pytest.raises(GateFailed) as info:
-        promote(NAME, 2, "production", policy=ws.policy, tracking_uri=uri)
+        promote(NAME, 2, "production", policy=policy, tracking_uri=uri)
     assert str(info.value).splitlines() == [
-        f"{NAME} version 2 fails the policy in force ({ws.policy}); not promoted to 'production'. "
+        f"{NAME} version 2 fails the policy in force ({policy}); not promoted to 'production'. "
         'Fix the patch and register a new version, or use --force --reason "…"',
         "  - failed gate: max_right_to_wrong_rate",
     ]
@@ -101,14 +74,14 @@ def test_a_failing_version_is_refused_and_nothing_moves(three):
 
 
 def test_a_forced_move_records_the_stripped_reason(three):
-    uri, ws = three
-    promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
-    move = promote(NAME, 2, force=True, reason="  hotfix 7 ", policy=ws.policy, tracking_uri=uri)
+    uri, policy = three
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
+    move = promote(NAME, 2, force=True, reason="  hotfix 7 ", policy=policy, tracking_uri=uri)
     assert (move.from_version, move.to_version, move.why, move.forced, move.kind) == ("1", "2", "hotfix 7", True, "promote")
     assert move.failed_gates == ("max_right_to_wrong_rate",)
     assert _c(uri).get_model_version(NAME, "2").tags["steerpatch.forced.production"] == "hotfix 7"
     # forcing a version that passes bypasses nothing: not forced, but the reason is what the move says
-    passing = promote(NAME, 3, "staging", force=True, reason="early", policy=ws.policy, tracking_uri=uri)
+    passing = promote(NAME, 3, "staging", force=True, reason="early", policy=policy, tracking_uri=uri)
     assert (passing.forced, passing.why, passing.failed_gates) == (False, "early", ())
     assert _c(uri).get_model_version(NAME, "3").tags["steerpatch.forced.staging"] == "early"
 
@@ -136,43 +109,43 @@ def test_word_aliases_pass_the_alias_check(alias):
 
 
 def test_a_compiled_graph_version_is_not_promotable(three):
-    uri, ws = three
+    uri, policy = three
     c = _c(uri)
     c.set_model_version_tag(NAME, "1", "steerpatch.kind", "onnx-graph")
     with pytest.raises(RegistryError) as info:
-        promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
     assert str(info.value) == (
         f"{NAME}@1 is a compiled graph; promote the patch version it was compiled from "
         "(`steerpatch promote NAME VERSION`)"
     )
     c.set_model_version_tag(NAME, "1", "steerpatch.patch_model", "m.p")
     with pytest.raises(RegistryError, match=r"\(`steerpatch promote m.p VERSION`\)$"):
-        promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
     assert _move_tags(uri) == {}
 
 
 def test_rollback_returns_to_the_version_before_the_last_move(three):
-    uri, ws = three
+    uri, policy = three
     # production: 1 -> 3 -> 1 -> 2 (forced) -> 1; staging moves in between must not count
-    promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 3, policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 1, "staging", policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 2, force=True, reason="try", policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
+    promote(NAME, 3, policy=policy, tracking_uri=uri)
+    promote(NAME, 1, "staging", policy=policy, tracking_uri=uri)
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
+    promote(NAME, 2, force=True, reason="try", policy=policy, tracking_uri=uri)
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
     with pytest.raises(GateFailed, match="version 2 fails the policy in force"):
-        rollback(NAME, policy=ws.policy, tracking_uri=uri)  # back to v2, which fails: refused
-    move = rollback(NAME, force=True, reason="r2w spike", policy=ws.policy, tracking_uri=uri)
+        rollback(NAME, policy=policy, tracking_uri=uri)  # back to v2, which fails: refused
+    move = rollback(NAME, force=True, reason="r2w spike", policy=policy, tracking_uri=uri)
     assert (move.from_version, move.to_version, move.kind, move.why, move.forced) == ("1", "2", "rollback", "r2w spike", True)
     assert _c(uri).get_registered_model(NAME).aliases == {"production": 2, "staging": 1}
     # from v2 the last move into it came from v1, which passes: no reason needed
-    back = rollback(NAME, tracking_uri=uri, policy=ws.policy)
+    back = rollback(NAME, tracking_uri=uri, policy=policy)
     assert (back.from_version, back.to_version, back.kind, back.why, back.forced) == ("2", "1", "rollback", "rollback; gates passed", False)
     assert back.revalidated == NO_DATA
 
 
 def test_rollback_needs_an_earlier_version(three):
-    uri, ws = three
+    uri, policy = three
     message = (
         f"alias 'production' of '{NAME}' has no earlier version to roll back to; "
         f"use `steerpatch promote {NAME} VERSION`"
@@ -180,12 +153,12 @@ def test_rollback_needs_an_earlier_version(three):
     with pytest.raises(RegistryError) as info:
         rollback(NAME, tracking_uri=uri)
     assert str(info.value) == message
-    promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
     with pytest.raises(RegistryError) as info:  # a first move has nowhere to go back to
         rollback(NAME, tracking_uri=uri)
     assert str(info.value) == message
-    promote(NAME, 3, "staging", policy=ws.policy, tracking_uri=uri)
-    promote(NAME, 1, "staging", policy=ws.policy, tracking_uri=uri)
+    promote(NAME, 3, "staging", policy=policy, tracking_uri=uri)
+    promote(NAME, 1, "staging", policy=policy, tracking_uri=uri)
     with pytest.raises(RegistryError, match="alias 'production'"):  # staging's history is not production's
         rollback(NAME, tracking_uri=uri)
 
@@ -194,14 +167,14 @@ def test_a_refused_alias_move_withdraws_its_record(three, monkeypatch):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri, ws = three
+    uri, policy = three
 
     def refuse(self, name, alias, version):
         raise MlflowException("no such thing")
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", refuse)
     with pytest.raises(RegistryError) as info:
-        promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
     assert str(info.value) == f"MLflow refused to point alias 'production' of '{NAME}' at 1: no such thing"
     assert _move_tags(uri) == {}
 
@@ -210,7 +183,7 @@ def test_a_refused_alias_move_withdraws_its_record(three, monkeypatch):
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        promote(NAME, 1, policy=ws.policy, tracking_uri=uri)
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
     assert _move_tags(uri) == {}
 
 
