@@ -155,6 +155,7 @@ def test_classes_from_report():
     assert classes_from_report({"classes": [], "per_class": {"z": 1, "a": 2}}) == ["a", "z"]
     assert classes_from_report({"classes_accuracy": {"z": 1, "a": 2}}) == ["a", "z"]
     assert classes_from_report({"classes": "ab", "per_class": {}}) is None
+    assert classes_from_report({"per_class": ["b", "a"]}) is None
     assert classes_from_report({}) is None
 
 
@@ -267,3 +268,34 @@ def test_the_manifest_skips_only_mlflows_download_marker(tmp_path):
         check_manifest(root)
     assert info.value.problems == ["sub/registered_model_meta: not in MANIFEST.json (added after registration)"]
     assert str(info.value).splitlines()[0] == "model: artifact 'sub/registered_model_meta' does not match its recorded hash"
+
+
+def test_a_file_name_with_colons_is_named_whole(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / "a: b.txt").write_text("a")
+    write_manifest(root)
+    (root / "a: b.txt").write_text("changed")
+    with pytest.raises(IntegrityError) as info:
+        check_manifest(root)
+    assert str(info.value).splitlines()[0] == "model: artifact 'a: b.txt' does not match its recorded hash"
+
+
+def test_the_shipped_sae_is_found_when_the_recorded_location_is_gone(workspace, tmp_path):
+    from steerpatch.patch import Edit, HookRef, ModelRef, Patch, SAERef, save_patch
+    from steerpatch.sae import default_sae_path, load_sae
+
+    shipped = load_sae(default_sae_path())
+    patch = Patch.create(
+        name="zoo", version="1.0.0", rationale="r", author="ada",
+        model=ModelRef(id="concept-clip", fingerprint=workspace.model_fingerprint),
+        sae=SAERef(location=str(tmp_path / "gone"), fingerprint=shipped.fingerprint, architecture=shipped.architecture),
+        hook=HookRef(block=int(shipped.cfg.metadata.get("block", 0))), tokens="all",
+        edits=[Edit(latent=1, op="scale", value=0.0)],
+    )
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    patch_path = save_patch(patch, folder / "patch.json")
+    report = workspace.write_report(patch, folder)
+    build_bundle(tmp_path / "m", patch_path, report)
+    assert json.loads((tmp_path / "m" / "sae/reference.json").read_text())["fingerprint"] == shipped.fingerprint
