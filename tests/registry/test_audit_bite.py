@@ -232,3 +232,46 @@ def test_a_tampered_version_refuses_verify(three):
     _c(uri).set_model_version_tag(NAME, "1", "steerpatch.manifest_sha256", "0" * 64)
     with pytest.raises(IntegrityError, match=f"^{NAME}@1: "):
         verify_version(f"{NAME}@1", tracking_uri=uri)
+
+
+BUSY = "the MLflow store stayed busy while trying to {}; retry, or check that no other program holds the database open"
+
+
+def _busy_after(monkeypatch, method: str, ok_calls: int) -> None:
+    """`method` answers normally `ok_calls` times, then "database is locked" for good; no backoff waits."""
+    import time
+
+    import mlflow
+
+    real = getattr(mlflow.MlflowClient, method)
+    calls = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > ok_calls:
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, method, flaky)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+
+
+@pytest.mark.parametrize("read", [history, audit_model], ids=["history", "audit"])
+@pytest.mark.parametrize(
+    ("method", "ok_calls", "what"),
+    [("get_registered_model", 0, f"read {NAME}"), ("search_model_versions", 1, f"list {NAME}")],
+)
+def test_a_busy_store_names_what_was_being_read(three, monkeypatch, read, method, ok_calls, what):
+    uri, _ = three
+    _busy_after(monkeypatch, method, ok_calls)
+    with pytest.raises(RegistryError) as info:
+        read(NAME, tracking_uri=uri)
+    assert str(info.value) == BUSY.format(what)
+
+
+def test_a_busy_store_names_the_version_whose_metrics_it_read(three, monkeypatch):
+    uri, _ = three
+    _busy_after(monkeypatch, "get_logged_model", 1)
+    with pytest.raises(RegistryError) as info:
+        history(NAME, tracking_uri=uri, metrics=True)
+    assert str(info.value) == BUSY.format("read the metrics of version 2")

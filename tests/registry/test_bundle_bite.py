@@ -76,8 +76,8 @@ def test_the_bundle_holds_exactly_its_files_with_their_contents(workspace, tmp_p
     }
     assert json.loads((dest / "classes.json").read_text()) == {"format_version": 1, "classes": CLASSES}
     assert (dest / "requirements.txt").read_text() == f"steerpatch=={steerpatch.__version__}\n"
-    env = (dest / "python_env.yaml").read_text()
-    assert "python: " + ".".join(map(str, sys.version_info[:3])) in env and "-r requirements.txt" in env
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert (dest / "python_env.yaml").read_text() == f"python: {python}\ndependencies:\n- -r requirements.txt\n"
     from steerpatch.sae import load_sae
 
     assert load_sae(dest / "sae").fingerprint == workspace.sae.fingerprint

@@ -217,3 +217,68 @@ def test_recheck_report_rederives_the_gates(tmp_path):
     from steerpatch.validate.report import load_report
 
     check_consistent(load_report(good.report), "x")
+
+
+def _busy(monkeypatch, method: str) -> None:
+    """The store answers `method` with "database is locked" every time; the backoff does not wait."""
+    import time
+
+    import mlflow
+
+    def locked(self, *args, **kwargs):
+        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(mlflow.MlflowClient, method, locked)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+
+
+BUSY = "the MLflow store stayed busy while trying to {}; retry, or check that no other program holds the database open"
+
+
+@pytest.mark.parametrize(
+    ("method", "what"),
+    [
+        ("set_registered_model_tag", "record the move"),
+        ("set_registered_model_alias", "move alias production"),
+    ],
+)
+def test_a_busy_store_names_the_step_of_the_promotion(three, monkeypatch, method, what):
+    uri, policy = three
+    _busy(monkeypatch, method)
+    with pytest.raises(RegistryError) as info:
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
+    assert str(info.value) == BUSY.format(what)
+    monkeypatch.undo()
+    assert _move_tags(uri) == {} and _c(uri).get_registered_model(NAME).aliases == {}
+
+
+def test_a_busy_store_names_the_forced_reason_and_the_withdrawal(three, monkeypatch):
+    uri, policy = three
+    _busy(monkeypatch, "set_model_version_tag")
+    with pytest.raises(RegistryError) as info:
+        promote(NAME, 2, force=True, reason="hotfix", policy=policy, tracking_uri=uri)
+    assert str(info.value) == BUSY.format("record the reason")
+    monkeypatch.undo()
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def refuse(self, *args):
+        raise MlflowException("refused")
+
+    _busy(monkeypatch, "delete_registered_model_tag")
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", refuse)
+    with pytest.raises(RegistryError) as info:
+        promote(NAME, 3, "staging", policy=policy, tracking_uri=uri)
+    assert str(info.value) == BUSY.format("withdraw the move record")
+
+
+def test_a_busy_store_names_the_rollback_read(three, monkeypatch):
+    uri, _ = three
+    _busy(monkeypatch, "get_registered_model")
+    with pytest.raises(RegistryError) as info:
+        rollback(NAME, tracking_uri=uri)
+    assert str(info.value) == BUSY.format(f"read {NAME}")
+    with pytest.raises(RegistryError) as info:
+        alias_moves(_c(uri), NAME)
+    assert str(info.value) == BUSY.format(f"read {NAME}")
