@@ -64,7 +64,9 @@ def test_the_bundle_holds_exactly_its_files_with_their_contents(workspace, tmp_p
     for name, source in (("patch.json", cand.patch), ("report.json", cand.report),
                          ("report.html", cand.report.parent / "report.html")):
         assert (dest / name).read_bytes() == source.read_bytes()
-    assert json.loads((dest / "sae/reference.json").read_text()) == {
+    reference = json.loads((dest / "sae/reference.json").read_text())
+    assert (dest / "sae/reference.json").read_text() == json.dumps(reference, indent=2)
+    assert reference == {
         "format_version": 1,
         "fingerprint": workspace.sae.fingerprint,
         "architecture": "standard",
@@ -299,3 +301,32 @@ def test_the_shipped_sae_is_found_when_the_recorded_location_is_gone(workspace, 
     report = workspace.write_report(patch, folder)
     build_bundle(tmp_path / "m", patch_path, report)
     assert json.loads((tmp_path / "m" / "sae/reference.json").read_text())["fingerprint"] == shipped.fingerprint
+
+
+def test_a_report_naming_another_patch_or_contradicting_itself_is_refused_by_path(workspace, tmp_path):
+    from steerpatch.registry.evidence import consistency_problems
+    from steerpatch.validate.report import load_report
+
+    cand = workspace.candidate()
+    report = json.loads(cand.report.read_text())
+    report["patch"] = "water-shortcut@9.9.9"
+    report["accuracy"]["after"] = 0.5
+    cand.report.write_text(json.dumps(report))
+    problems = consistency_problems(load_report(cand.report), cand.patch_obj)
+    assert len(problems) >= 2 and any("water-shortcut@9.9.9" in p for p in problems)
+    with pytest.raises(IntegrityError) as info:
+        build_bundle(tmp_path / "m", cand.patch, cand.report)
+    assert str(info.value).splitlines()[0] == (
+        f"report '{cand.report}' for water-shortcut@1.0.0 contradicts itself ({problems[0]}); it was edited "
+        "after `steerpatch validate` wrote it: re-run validation"
+    )
+    assert info.value.problems == problems[1:]
+    with pytest.raises(IntegrityError, match=r"^report 'report' for water-shortcut@1.0.0 contradicts itself"):
+        check_report_consistent(cand.patch_obj, load_report(cand.report))
+
+
+def test_a_report_for_another_patch_is_refused_by_path(workspace, tmp_path):
+    cand = workspace.candidate()
+    other = workspace.candidate(version="2.0.0", scale=0.25)
+    with pytest.raises(RegistryError, match=rf"^report '{other.report}' was not computed for patch water-shortcut@1.0.0"):
+        build_bundle(tmp_path / "m", cand.patch, other.report)
