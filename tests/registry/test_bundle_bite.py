@@ -76,7 +76,7 @@ def test_the_bundle_holds_exactly_its_files_with_their_contents(workspace, tmp_p
         "weights": "full",
         "edited_latents": [3],
     }
-    assert json.loads((dest / "classes.json").read_text()) == {"format_version": 1, "classes": CLASSES}
+    assert (dest / "classes.json").read_text() == json.dumps({"format_version": 1, "classes": CLASSES}, indent=2)
     assert (dest / "requirements.txt").read_text() == f"steerpatch=={steerpatch.__version__}\n"
     python = ".".join(map(str, sys.version_info[:3]))
     assert (dest / "python_env.yaml").read_text() == f"python: {python}\ndependencies:\n- -r requirements.txt\n"
@@ -102,6 +102,7 @@ def test_the_bundle_holds_exactly_its_files_with_their_contents(workspace, tmp_p
     assert model.signature.params.params[0].default is True
 
     manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert (dest / "MANIFEST.json").read_text() == json.dumps(manifest, indent=2)
     assert manifest["format_version"] == 1 and manifest["algorithm"] == "sha256"
     assert manifest["files"] == {name: sha256_file(dest / name) for name in sorted(FILES - {"MANIFEST.json"})}
     assert check_manifest(dest, manifest_sha256=bundle.manifest_sha256) == len(FILES) - 1
