@@ -102,7 +102,7 @@ def test_reserved_and_malformed_aliases_are_refused(alias):
     )
 
 
-@pytest.mark.parametrize("alias", ["v3x", "_v3", "a-b", "a" * 255, "Latest"])
+@pytest.mark.parametrize("alias", ["v3x", "_v3", "a-b", "a" * 255, "Latest", "a", "v"])
 def test_word_aliases_pass_the_alias_check(alias):
     with pytest.raises(RegistryError, match="plain folder"):  # the next check: the store URI
         promote(NAME, 1, alias, tracking_uri="file:/not-a-store")
@@ -282,3 +282,24 @@ def test_a_busy_store_names_the_rollback_read(three, monkeypatch):
     with pytest.raises(RegistryError) as info:
         alias_moves(_c(uri), NAME)
     assert str(info.value) == BUSY.format(f"read {NAME}")
+
+
+def test_an_unmeasured_gate_blocks_only_the_aliases_the_policy_names(three, tmp_path):
+    uri, _ = three
+    policy = tmp_path / "targets.toml"
+    policy.write_text('format_version = 1\n[gates]\nmin_target_fix_rate = 0.5\n[unmeasured]\nblocks = ["production"]\n')
+    with pytest.raises(GateFailed) as info:
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
+    # the generalisation gate is on by default and, like the target gate, needs --targets to be measured
+    assert info.value.problems == [
+        "failed gate: min_target_fix_rate (not measured)", "failed gate: min_generalisation_fix_rate (not measured)"
+    ]
+    move = promote(NAME, 1, "staging", policy=policy, tracking_uri=uri)
+    assert move.failed_gates == () and move.policy == str(policy)
+    ws = Workspace(tmp_path / "w")
+    report = ws.candidate().report
+    assert recheck_report(report, policy) == ([], str(policy))
+    assert recheck_report(report, policy, alias="production") == (
+        ["min_target_fix_rate (not measured)", "min_generalisation_fix_rate (not measured)"], str(policy)
+    )
+    assert recheck_report(report, policy, alias="staging") == ([], str(policy))
