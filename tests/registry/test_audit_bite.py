@@ -275,3 +275,23 @@ def test_a_busy_store_names_the_version_whose_metrics_it_read(three, monkeypatch
     with pytest.raises(RegistryError) as info:
         history(NAME, tracking_uri=uri, metrics=True)
     assert str(info.value) == BUSY.format("read the metrics of version 2")
+
+
+def test_a_graph_version_that_does_not_verify_is_listed_as_a_graph(three, tmp_path):
+    from steerpatch.registry.integrity import GRAPH_SUFFIX
+
+    uri, policy = three
+    c = _c(uri)
+    graph = NAME + GRAPH_SUFFIX
+    c.create_registered_model(graph)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "model.onnx").write_bytes(b"not a graph")
+    for _ in range(2):
+        c.create_model_version(graph, str(tmp_path / "g"), tags={"steerpatch.kind": "onnx-graph"})
+    data = audit_model(NAME, policy=policy, tracking_uri=uri)
+    rows = data["versions"][3:]
+    assert [(r["version"], r["kind"], r["ok"]) for r in rows] == [(f"{graph}@1", "graph", False), (f"{graph}@2", "graph", False)]
+    assert rows[0]["problem"].startswith(f"{graph}@1") and data["problems"] == [rows[0]["problem"], rows[1]["problem"]]
+    lines = format_audit(data).splitlines()
+    assert lines[0] == f"{NAME}: 2 problem(s)"
+    assert lines[4:] == [f"  graph {graph}@1: {rows[0]['problem']}", f"  graph {graph}@2: {rows[1]['problem']}"]
