@@ -159,3 +159,12 @@ def test_no_latents_read_nothing(saes, hidden, kind):
     sae = saes[kind]
     assert latent_activations(sae, hidden, []).shape == (2, 50, 0)
     assert decoder_directions(sae, []).shape == (0, 768)
+
+
+def test_token_indices_past_the_end_are_all_named_with_the_fix():
+    with pytest.raises(PatchError) as info:
+        token_index([0, 60, 99], 50)
+    assert str(info.value) == (
+        "patch token indices [60, 99] are past the last token (49) of this model; fix 'tokens'"
+    )
+    assert token_index([0, 49], 50) == [0, 49]
