@@ -3,6 +3,7 @@
     python tests/mutation.py                      # every core module
     python tests/mutation.py policy parity        # some of them, by the short names below
     python tests/mutation.py --list               # the modules and the tests each is run against
+    python tests/mutation.py --resume policy      # after adding tests: re-test changed code and the survivors
 
 mutmut 3 mutates a copy of the package under `mutants/` of the directory it runs in and reads its
 settings from that directory's `pyproject.toml`. Each module therefore gets a scratch directory,
@@ -10,6 +11,11 @@ settings from that directory's `pyproject.toml`. Each module therefore gets a sc
 module and only its tests, so one module's run never runs (or waits for) the whole suite. A module's
 score is killed / all its mutants (one that no test reaches counts as alive); the survivors are printed with their diffs and must be
 killed by a test or explained in `tests/MUTANTS.md`.
+
+The registry modules' tests use real MLflow stores. Each mutant is a fresh pytest session, so the run
+builds the empty store's schema once (`STEERPATCH_TEST_MLFLOW_DB`) and lets the fixtures keep the stores
+they register versions into (`STEERPATCH_TEST_STORE_CACHE`, see tests/registry/conftest.py) instead of
+paying for both again per mutant.
 """
 
 from __future__ import annotations
