@@ -214,6 +214,13 @@ def run_one(
     killed = sum(1 for s in status.values() if s in ("killed", "timeout", "caught by type check"))
     # a mutant no test reaches, or one whose run crashed, is not killed: it counts against the score
     alive = sorted(k for k, s in status.items() if s not in ("killed", "timeout", "caught by type check"))
+    unchecked = [k for k in alive if status[k] == "not checked"]
+    if unchecked:
+        # an interrupted run: the score below counts these as alive; say how the checked ones fared
+        checked = len(codes) - len(unchecked)
+        print(f"   INCOMPLETE: {len(unchecked)} of {len(codes)} mutants not checked; killed {killed}/{checked} "
+              f"checked ({100.0 * killed / max(checked, 1):.1f}%); `--resume {name}` checks the rest", flush=True)
+        alive = [k for k in alive if status[k] != "not checked"]
     known = explained(target.module)
     short = {k: k.rsplit(".", 1)[-1] for k in alive}
     lines = [
