@@ -155,6 +155,8 @@ def test_format_diff_renders_changes_and_metrics():
         "  ~ m: 1 -> 1.5  (+0.5)", "    same: 2 -> 2", "  ~ new: - -> 3",
     ]
     assert format_diff({**data, "metrics": {}}).splitlines() == ["n@1 -> n@2", "~ edit", '~ verdict: "pass" -> "fail"']
+    without = {k: v for k, v in data.items() if k != "metrics"}  # a diff written before metrics were compared
+    assert format_diff(without).splitlines() == ["n@1 -> n@2", "~ edit", '~ verdict: "pass" -> "fail"']
 
 
 def test_verify_version_reports_what_it_checked(three):

@@ -303,3 +303,29 @@ def test_an_unmeasured_gate_blocks_only_the_aliases_the_policy_names(three, tmp_
         ["min_target_fix_rate (not measured)", "min_generalisation_fix_rate (not measured)"], str(policy)
     )
     assert recheck_report(report, policy, alias="staging") == ([], str(policy))
+
+
+def test_a_rollback_after_an_alias_moved_outside_steerpatch_finds_no_earlier_version(three):
+    uri, policy = three
+    promote(NAME, 1, policy=policy, tracking_uri=uri)
+    promote(NAME, 3, policy=policy, tracking_uri=uri)
+    _c(uri).set_registered_model_alias(NAME, "production", "1")  # no recorded move put it at v1 from elsewhere
+    with pytest.raises(RegistryError, match="has no earlier version to roll back to"):
+        rollback(NAME, policy=policy, tracking_uri=uri)
+
+
+def test_the_dataset_given_is_checked_before_the_alias_moves(three, tmp_path):
+    from PIL import Image
+
+    uri, policy = three
+    data = tmp_path / "data"
+    (data / "circle").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(data / "circle" / "a.png")
+    with pytest.raises(RegistryError, match=rf"^{NAME}@1: dataset '{data}' has hash [0-9a-f]{{64}}, but report.json"):
+        promote(NAME, 1, policy=policy, tracking_uri=uri, data=data)
+    promote(NAME, 1, "staging", policy=policy, tracking_uri=uri, data=data)  # staging is not re-validated
+    promote(NAME, 1, policy=policy, tracking_uri=uri)  # without a dataset production's move says so
+    promote(NAME, 3, policy=policy, tracking_uri=uri)
+    with pytest.raises(RegistryError, match=rf"^{NAME}@1: dataset '{data}'"):
+        rollback(NAME, policy=policy, tracking_uri=uri, data=data)
+    assert _c(uri).get_registered_model(NAME).aliases == {"staging": 1, "production": 3}
