@@ -168,3 +168,11 @@ def test_token_indices_past_the_end_are_all_named_with_the_fix():
         "patch token indices [60, 99] are past the last token (49) of this model; fix 'tokens'"
     )
     assert token_index([0, 49], 50) == [0, 49]
+
+
+def test_an_sae_that_does_not_subtract_b_dec_is_edited_on_its_own_codes(hidden):
+    sae = random_sae("standard", apply_b_dec_to_input=False, seed=2)
+    z = sae.encode(hidden)[..., 3:4]
+    assert z.abs().sum() > 0  # the edit has something to remove
+    delta = edits_delta(sae, hidden, [Edit(latent=3, op="scale", value=0.0)])
+    torch.testing.assert_close(delta, -z * sae.W_dec[3], rtol=1e-5, atol=1e-6)
