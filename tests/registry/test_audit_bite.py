@@ -145,6 +145,15 @@ def test_diff_lists_only_what_differs(three):
     assert data["metrics"]["n"] == {"a": 100.0, "b": 100.0}
     assert list(data["metrics"]) == sorted(data["metrics"])
     assert diff_versions(f"{NAME}@1", f"{NAME}@1", tracking_uri=uri)["registry"] == {}
+    # a metric only one side carries is listed with None on the other
+    from steerpatch.registry.metrics import log_model_metrics, version_model_id
+
+    c = _c(uri)
+    mv = c.get_model_version(NAME, "2")
+    log_model_metrics(c, c.get_experiment_by_name("steerpatch").experiment_id, version_model_id(mv),
+                      {"extra_metric": 7.0}, run_name="extra")
+    one_sided = diff_versions(f"{NAME}@1", f"{NAME}@2", tracking_uri=uri)["metrics"]
+    assert one_sided["extra_metric"] == {"a": None, "b": 7.0}
 
 
 def test_format_diff_renders_changes_and_metrics():
@@ -294,6 +303,7 @@ def test_a_graph_version_that_does_not_verify_is_listed_as_a_graph(three, tmp_pa
     rows = data["versions"][3:]
     assert [(r["version"], r["kind"], r["ok"]) for r in rows] == [(f"{graph}@1", "graph", False), (f"{graph}@2", "graph", False)]
     assert rows[0]["problem"].startswith(f"{graph}@1") and data["problems"] == [rows[0]["problem"], rows[1]["problem"]]
+    assert [v["version"] for v in history(NAME, tracking_uri=uri)["versions"]] == ["1", "2", "3"]  # not the graph's
     lines = format_audit(data).splitlines()
     assert lines[0] == f"{NAME}: 2 problem(s)"
     assert lines[4:] == [f"  graph {graph}@1: {rows[0]['problem']}", f"  graph {graph}@2: {rows[1]['problem']}"]

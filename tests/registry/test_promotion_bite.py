@@ -195,6 +195,7 @@ def test_alias_move_records_round_trip_and_old_records_read_with_defaults():
                     "why": "why", "forced": True, "kind": "rollback", "failed_gates": ["g"], "policy": "p.toml",
                     "revalidated": "same"}
     assert AliasMove.from_dict(json.loads(json.dumps(data))) == move
+    assert AliasMove.from_dict({"alias": "a", "to": "3"}).forced is False
     assert AliasMove.from_dict({"alias": "a", "to": "3", "forced": 1, "failed_gates": None}) == AliasMove(
         alias="a", from_version=None, to_version="3", who="", when="", why="", forced=True, kind="promote",
         failed_gates=(), policy=None, revalidated=None,
@@ -329,3 +330,12 @@ def test_the_dataset_given_is_checked_before_the_alias_moves(three, tmp_path):
     with pytest.raises(RegistryError, match=rf"^{NAME}@1: dataset '{data}'"):
         rollback(NAME, policy=policy, tracking_uri=uri, data=data)
     assert _c(uri).get_registered_model(NAME).aliases == {"staging": 1, "production": 3}
+
+
+def test_rollback_moves_the_alias_it_is_given(three):
+    uri, policy = three
+    promote(NAME, 1, "staging", policy=policy, tracking_uri=uri)
+    promote(NAME, 3, "staging", policy=policy, tracking_uri=uri)
+    move = rollback(NAME, "staging", policy=policy, tracking_uri=uri)
+    assert (move.alias, move.from_version, move.to_version, move.kind) == ("staging", "3", "1", "rollback")
+    assert _c(uri).get_registered_model(NAME).aliases == {"staging": 1}
