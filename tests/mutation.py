@@ -192,14 +192,16 @@ def run_one(
     print(f"== {name}: {target.module} against {', '.join(target.tests)}", flush=True)
     returncode = 0
     if resume:
-        work = _sync(name, target)
-        returncode = _mutmut(work, target, ["--max-children", str(max_children)], log)
-        codes = _meta(work, target)
         from mutmut.stats import status_by_exit_code
 
-        alive = [k for k, c in sorted(codes.items()) if status_by_exit_code[c] not in ("killed", "timeout", "caught by type check")]
-        if returncode == 0 and alive:
+        work = _sync(name, target)
+        # the last run's survivors first, against today's tests; then whatever is left unchecked
+        codes = _meta(work, target)
+        alive = [k for k, c in sorted(codes.items()) if status_by_exit_code[c] in ("survived", "no tests")]
+        if alive:
             returncode = _mutmut(work, target, ["--max-children", str(max_children), *alive], log)
+        if returncode == 0:
+            returncode = _mutmut(work, target, ["--max-children", str(max_children)], log)
     elif rerun:
         work = _prepare(name, target)
         log.unlink(missing_ok=True)
