@@ -315,6 +315,7 @@ def check_manifest(root: str | Path, *, manifest_sha256: str | None = None, what
         f"{name}: not in {MANIFEST} (added after registration)" for name in sorted(present - set(recorded))
     )
     if problems:
-        first = problems[0].split(":", 1)[0]
+        # the file's name is everything before the last ": " (a name may itself hold a colon)
+        first = problems[0].rsplit(": ", 1)[0]
         raise IntegrityError(f"{what}: artifact '{first}' does not match its recorded hash", problems)
     return len(recorded)

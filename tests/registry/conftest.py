@@ -139,10 +139,18 @@ def workspace(tmp_path) -> Workspace:
 
 @pytest.fixture(scope="session")
 def _initialised_db(tmp_path_factory) -> Path:
-    """An empty MLflow sqlite database with its schema created once (creating it takes ~8 s)."""
+    """An empty MLflow sqlite database with its schema created once (creating it takes ~8 s).
+
+    `STEERPATCH_TEST_MLFLOW_DB` names a prebuilt empty store to copy instead: `tests/mutation.py` builds
+    one per run, since every mutant's pytest session would otherwise pay the 8 s again.
+    """
     from steerpatch.registry.store import client, resolve_store
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    prebuilt = os.environ.get("STEERPATCH_TEST_MLFLOW_DB")
+    if prebuilt:
+        shutil.copyfile(prebuilt, db)
+        return db
     client(resolve_store(f"sqlite:///{db}"))
     return db
 
@@ -172,6 +180,45 @@ def shared_store(tmp_path_factory, _initialised_db):
     register_patch(good.patch, good.report, tracking_uri=uri)
     promote("concept-clip.water-shortcut", 1, "production", policy=workspace.policy, tracking_uri=uri)
     return uri, workspace
+
+
+@pytest.fixture(scope="module")
+def _three_versions(tmp_path_factory, _initialised_db) -> tuple[Path, Path]:
+    """`(database, policy)`: a store with three versions registered once per module (v1 passes, v2 breaks
+    5 right answers, v3 passes) and the policy they were validated under.
+
+    `STEERPATCH_TEST_STORE_CACHE` names a folder to build it in once and reuse: `tests/mutation.py` sets
+    it, so each mutant's pytest session does not register the three versions again.
+    """
+    from steerpatch.registry import register_patch
+
+    cache = os.environ.get("STEERPATCH_TEST_STORE_CACHE")
+    root = Path(cache) / "three" if cache else tmp_path_factory.mktemp("three")
+    db, policy, built = root / "store" / "mlflow.db", root / "work" / "policy.toml", root / "built"
+    if built.is_file():
+        return db, policy
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "store").mkdir(parents=True)
+    shutil.copyfile(_initialised_db, db)
+    workspace = Workspace(root / "work")
+    for version, kwargs in (("1.0.0", {}), ("1.1.0", {"scale": 0.5, "right_to_wrong": 5}), ("1.2.0", {"scale": 0.25})):
+        cand = workspace.candidate(version=version, **kwargs)
+        register_patch(cand.patch, cand.report, tracking_uri=f"sqlite:///{db}")
+    built.touch()
+    return db, policy
+
+
+@pytest.fixture()
+def three(_three_versions, tmp_path, monkeypatch) -> tuple[str, Path]:
+    """`(uri, policy)` over a private copy of the three-version store's database (its rows still point at
+    the one artifact folder: read it, never change it); the acting user is 'grace'."""
+    db, policy = _three_versions
+    monkeypatch.setenv("STEERPATCH_USER", "grace")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(db, tmp_path / "store" / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", policy
 
 
 def free_port() -> int:

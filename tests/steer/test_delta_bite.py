@@ -129,3 +129,49 @@ def test_edited_columns_of_a_bfloat16_stream_without_b_dec_subtraction(hidden):
     z = latent_activations(sae, x, [3, 7])
     assert z.dtype == torch.float32
     torch.testing.assert_close(z, sae.encode(x.float())[..., [3, 7]])
+
+
+@pytest.mark.parametrize("kind", ["standard", "jumprelu", "gated", "topk", "topk-rescaled"])
+def test_index_and_value_tensors_live_on_the_saes_device_not_the_default_one(saes, hidden, kind):
+    # a caller may have changed torch's default device (to a GPU, say) while the SAE stays where it was
+    # loaded; every index and value tensor the math builds must follow the SAE. A "meta" default device
+    # makes a tensor built on the default device hold no data, so the results would differ.
+    sae = saes[kind]
+    edits = [Edit(latent=3, op="scale", value=0.0), Edit(latent=5, op="add", value=1.5),
+             Edit(latent=9, op="clamp", value=0.5)]
+    patch = make_patch(sae, ["3:scale:0", "5:add:1.5", "9:clamp:0.5"], tokens=[0, 7])
+    x = hidden[:, :8]
+
+    def compute():
+        return (steer_block_output(x, sae, patch), steering_delta(sae, x, edits, [0, 7]),
+                edits_delta(sae, x, edits), latent_activations(sae, x, [3, 9, 5]), decoder_directions(sae, [3, 9]))
+
+    expected = compute()
+    with torch.device("meta"):
+        got = compute()
+    for want, have in zip(expected, got, strict=True):
+        assert have.device == want.device and torch.equal(have, want)
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk", "topk-rescaled"])
+def test_no_latents_read_nothing(saes, hidden, kind):
+    sae = saes[kind]
+    assert latent_activations(sae, hidden, []).shape == (2, 50, 0)
+    assert decoder_directions(sae, []).shape == (0, 768)
+
+
+def test_token_indices_past_the_end_are_all_named_with_the_fix():
+    with pytest.raises(PatchError) as info:
+        token_index([0, 60, 99], 50)
+    assert str(info.value) == (
+        "patch token indices [60, 99] are past the last token (49) of this model; fix 'tokens'"
+    )
+    assert token_index([0, 49], 50) == [0, 49]
+
+
+def test_an_sae_that_does_not_subtract_b_dec_is_edited_on_its_own_codes(hidden):
+    sae = random_sae("standard", apply_b_dec_to_input=False, seed=2)
+    z = sae.encode(hidden)[..., 3:4]
+    assert z.abs().sum() > 0  # the edit has something to remove
+    delta = edits_delta(sae, hidden, [Edit(latent=3, op="scale", value=0.0)])
+    torch.testing.assert_close(delta, -z * sae.W_dec[3], rtol=1e-5, atol=1e-6)
