@@ -89,7 +89,7 @@ def resolve_patch(source: Any, *, tracking_uri: str | None = None) -> ResolvedPa
     text = str(source)
     if not is_registry_ref(text):
         return ResolvedPatch(load_patch(text))
-    from steerpatch.registry import resolve_patch_ref
+    from steerpatch.registry.artifacts import resolve_patch_ref
 
     patch, local_dir = resolve_patch_ref(text, tracking_uri=tracking_uri)
     local_dir = Path(local_dir)

@@ -104,7 +104,7 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
         result: a `CompileResult` (its graph bytes and metadata record).
         alias: alias to point at the new version (compiling `NAME@production` passes `production`).
         tracking_uri: MLflow tracking URI; default: see `steerpatch.registry.resolve_store`.
-        name: registered name of a multi-patch graph (default `steerpatch.compile.multi.multi_name`);
+        name: registered name of a multi-patch graph (default `steerpatch.registry.graph_links.multi_name`);
             a single patch's graph is always registered beside its patch.
 
     Returns:
@@ -133,8 +133,8 @@ def register_graph(result: Any, *, alias: str | None = None, tracking_uri: str |
     c = client(store)
     providers = execution_providers()
     files: dict[str, str] = {}
-    if info.patches:  # a multi-patch graph links each of its patches (steerpatch.compile.multi)
-        from steerpatch.compile.multi import multi_name, multi_record
+    if info.patches:  # a multi-patch graph links each of its patches (steerpatch.registry.graph_links)
+        from steerpatch.registry.graph_links import multi_name, multi_record
 
         name, patch_version = name or multi_name(info), None
         links, files = multi_record(c, info)
@@ -349,8 +349,8 @@ def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | 
         if found != recorded:
             raise IntegrityError(f"{what}: artifact '{GRAPH_FILE}' has {key} {found!r}, registered as {recorded!r}")
     patch_version = check_graph_links(c, mv, what)
-    if info.patches:  # a multi-patch graph: each linked patch version (steerpatch.compile.multi)
-        from steerpatch.compile.multi import verify_patch_links
+    if info.patches:  # a multi-patch graph: each linked patch version (steerpatch.registry.graph_links)
+        from steerpatch.registry.graph_links import verify_patch_links
 
         verify_patch_links(c, store, mv, info, path.parent, what)
     if patch_version is not None:

@@ -9,10 +9,10 @@ import pytest
 from test_graph_integrity import _register_patch, stored_folder
 
 from steerpatch.cli.main import cli
-from steerpatch.compile.multi import PATCHES_FILE, PATCHES_TAG
 from steerpatch.errors import IntegrityError
 from steerpatch.patch import save_patch
 from steerpatch.registry import write_manifest
+from steerpatch.registry.graph_links import PATCHES_FILE, PATCHES_TAG
 from steerpatch.serve import GraphSource, ServerThread, create_app
 from tests.helpers.tiny import CLASSES, fresh_store
 
