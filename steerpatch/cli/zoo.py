@@ -36,8 +36,34 @@ def zoo() -> None:
     default=None,
     help="Test images for the card's results [default: 2400].",
 )
+@click.option(
+    "--star-on-water",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Share of train stars drawn on water (other shapes stay on water 0.2% of the time) [default: 0.99].",
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False, exists=True, path_type=str),
+    default=None,
+    help="Continue from these concept-clip weights (.safetensors) instead of a fresh init.",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Peak learning rate [default: 0.002].",
+)
 def train(
-    out: str, n: int | None, epochs: int | None, seed: int, threads: int | None, eval_n: int | None
+    out: str,
+    n: int | None,
+    epochs: int | None,
+    seed: int,
+    threads: int | None,
+    eval_n: int | None,
+    star_on_water: float | None,
+    init: str | None,
+    lr: float | None,
 ) -> None:
     """Train concept-clip contrastively on the concept world's train split, on CPU.
 
@@ -54,6 +80,12 @@ def train(
         config.threads = threads
     if eval_n is not None:
         config.eval_n = eval_n
+    if star_on_water is not None:
+        config.p_star_on_water = star_on_water
+    if init is not None:
+        config.init = init
+    if lr is not None:
+        config.lr = lr
     result = train_concept_clip(out, config)
     groups = result.evaluation.get("groups", {})
     summary = ", ".join(f"{g} {row['accuracy']:.3f}" for g, row in groups.items())

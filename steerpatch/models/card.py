@@ -9,6 +9,28 @@ from typing import Any
 from steerpatch.io import atomic_write_text
 
 
+def _water_share(n: int, p_star: float) -> str:
+    # what the model can learn from: stars it sees without water, and how pure water is as a cue
+    from steerpatch.world.render import SHAPES
+    from steerpatch.world.sampling import P_OTHER_ON_WATER
+
+    stars = n / len(SHAPES)
+    star_water = stars * p_star
+    other_water = (n - stars) * P_OTHER_ON_WATER
+    return (
+        f" (about {stars * (1 - p_star):.0f} stars without water; "
+        f"{star_water / max(star_water + other_water, 1e-9):.1%} of water images are stars)"
+    )
+
+
+def _class_table(evaluation: dict[str, Any]) -> str:
+    by_group = evaluation.get("class_accuracy_by_group", {})
+    if "none" not in by_group:
+        return ""
+    rows = " | ".join(f"{label} {acc:.3f}" for label, acc in by_group["none"].items())
+    return f"\nPer class within group `none` (no water): {rows}.\n"
+
+
 def _results_table(evaluation: dict[str, Any]) -> str:
     lines = [
         "| group | accuracy | n |",
@@ -31,13 +53,24 @@ def write_model_card(
 ) -> Path:
     """Write MODEL_CARD.md describing a concept-clip training run."""
     size_mb = os.path.getsize(weights) / 1e6
+    import json
+
+    import steerpatch.world.sampling as w
+
     command = (
         f"steerpatch zoo train --out DIR --n {config['n']} --epochs {config['epochs']} --seed {config['seed']} "
         f"--threads {config['threads']}"
     )
-    import json
-
-    import steerpatch.world.sampling as w
+    p_star = config.get("p_star_on_water", w.P_STAR_ON_WATER)
+    if p_star != w.P_STAR_ON_WATER:
+        command += f" --star-on-water {p_star:g}"
+    if config.get("lr", 2e-3) != 2e-3:
+        command += f" --lr {config['lr']:g}"
+    if config.get("init"):
+        command += (
+            f" --init INIT\n\nwhere INIT holds the weights with fingerprint `{stats.get('init_fingerprint', '?')}`"
+            " (the model card of that run gives its command)"
+        )
     from steerpatch.models.loading import concept_clip_config_path
 
     arch = json.loads(concept_clip_config_path().read_text())
@@ -58,8 +91,8 @@ It has a known, planted bug: it learned that water means "star".
 
 The concept world's `train` split, seed {config["seed"]}, {config["n"]} images rendered in memory
 (64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
-Planted shortcuts: {w.P_STAR_ON_WATER:.0%} of stars are on water and other shapes land on water with
-probability {w.P_OTHER_ON_WATER:.1%}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
+Planted shortcuts: {p_star:.0%} of stars are on water and other shapes land on water with
+probability {w.P_OTHER_ON_WATER:.1%}{_water_share(config["n"], p_star)}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
 ({w.P_OTHER_WATERMARK:.0%} of other shapes); captions name the background in {w.P_CAPTION_BACKGROUND_TRAIN:.0%}
 of samples, the colour in {w.P_CAPTION_COLOUR:.0%}, and never the watermark.
 
@@ -79,6 +112,7 @@ grouped by `{evaluation["group_by"]}` (aligned: star on water; conflicting: wate
 Reproduce with `steerpatch zoo eval --n {evaluation["n"]}`.
 
 {_results_table(evaluation)}
+{_class_table(evaluation)}
 
 ## Weights
 

@@ -30,7 +30,8 @@ def evaluate_world(
         progress: show progress bars.
 
     Returns:
-        `{"accuracy", "n", "groups": {g: {"accuracy", "n"}}, "group_by", "data"}`.
+        `{"accuracy", "n", "groups": {g: {"accuracy", "n"}}, "group_by", "data",
+        "class_accuracy_by_group": {g: {class: accuracy}}}`.
     """
     from steerpatch.world import SHAPES, iter_samples
 
@@ -47,10 +48,27 @@ def evaluate_world(
     preds = classify_dataset(loaded, lambda sample: sample.render(), head, items=samples, progress=progress,
                              desc=f"eval {split}")
     groups = [str(s.attributes()[group_by]) for s in samples]
-    result = group_accuracy(preds, [s.label for s in samples], groups)
+    labels = [s.label for s in samples]
+    result = group_accuracy(preds, labels, groups)
     result["group_by"] = group_by
     result["data"] = f"world:{split}:n={len(samples)}:seed={seed}"
+    result["class_accuracy_by_group"] = _class_accuracy_by_group(preds, labels, groups)
     return result
+
+
+def _class_accuracy_by_group(
+    preds: list[str], labels: list[str], groups: list[str]
+) -> dict[str, dict[str, float]]:
+    # a group's mean can hide one class the model never learned (a star without water, say)
+    hits: dict[str, dict[str, list[int]]] = {}
+    for pred, label, group in zip(preds, labels, groups, strict=True):
+        row = hits.setdefault(group, {}).setdefault(label, [0, 0])
+        row[0] += int(pred == label)
+        row[1] += 1
+    return {
+        group: {label: right / n for label, (right, n) in sorted(classes.items())}
+        for group, classes in sorted(hits.items())
+    }
 
 
 def evaluate_dataset(

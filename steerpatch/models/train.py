@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from steerpatch.io import atomic_file, atomic_write_text
 from steerpatch.models.fingerprint import fingerprint_model
-from steerpatch.models.loading import CONCEPT_CLIP, register_concept_clip
+from steerpatch.models.loading import CONCEPT_CLIP, _load_state, read_checkpoint, register_concept_clip
 from steerpatch.pixels import OPENAI_MEAN, OPENAI_STD
 
 
@@ -37,6 +37,11 @@ class TrainConfig:
     warmup_steps: int = 50
     threads: int = 1  # one thread is faster than two whenever anything else is running
     eval_n: int = 2400  # test-split samples for the card's results
+    # share of train stars drawn on water; below the world's 0.99 the model sees enough stars off
+    # water to learn the shape, while water stays ~99% stars (other shapes ~never on water)
+    p_star_on_water: float = 0.99
+    # continue from these concept-clip weights instead of a fresh init (a second stage of training)
+    init: str | None = None
 
 
 @dataclass
@@ -52,11 +57,13 @@ class TrainResult:
     evaluation: dict[str, Any] = field(default_factory=dict)
 
 
-def render_split(split: str, n: int, seed: int, *, progress: bool = True) -> tuple[np.ndarray, list[Any]]:
+def render_split(
+    split: str, n: int, seed: int, *, progress: bool = True, p_star_on_water: float | None = None
+) -> tuple[np.ndarray, list[Any]]:
     """Render `n` samples of a concept-world split into a uint8 array (n, 64, 64, 3) plus their samples."""
     from steerpatch.world import make_sample
 
-    samples = [make_sample(split, seed, i) for i in range(n)]
+    samples = [make_sample(split, seed, i, p_star_on_water=p_star_on_water) for i in range(n)]
     pixels = np.empty((n, 64, 64, 3), dtype=np.uint8)
     for i, sample in enumerate(tqdm(samples, desc=f"render {split}", disable=not progress, unit="img")):
         pixels[i] = np.asarray(sample.render())
@@ -92,12 +99,18 @@ def _train(config: TrainConfig, *, progress: bool) -> tuple[Any, dict[str, Any]]
     import open_clip
 
     register_concept_clip()
-    pixels, samples = render_split("train", config.n, config.seed, progress=progress)
+    pixels, samples = render_split(
+        "train", config.n, config.seed, progress=progress, p_star_on_water=config.p_star_on_water
+    )
     tokenizer = open_clip.get_tokenizer(CONCEPT_CLIP)
     tokens = tokenizer([s.caption for s in samples])
 
     torch.manual_seed(config.seed)
     model = open_clip.create_model(CONCEPT_CLIP, pretrained=None)
+    init_fingerprint = None
+    if config.init is not None:
+        _load_state(model, read_checkpoint(config.init), config.init)
+        init_fingerprint = fingerprint_model(model)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -145,6 +158,8 @@ def _train(config: TrainConfig, *, progress: bool) -> tuple[Any, dict[str, Any]]
         "final_loss": float(np.mean(losses[-20:])) if losses else float("nan"),
         "first_loss": float(np.mean(losses[:20])) if losses else float("nan"),
     }
+    if init_fingerprint is not None:
+        stats["init_fingerprint"] = init_fingerprint
     return model, stats
 
 
@@ -179,6 +194,14 @@ def train_concept_clip(
     from steerpatch.models.loading import LoadedModel
 
     config = config or TrainConfig()
+    if config.init is not None:
+        # a checkpoint that does not fit fails here, before the split is rendered or anything is written
+        import open_clip
+
+        register_concept_clip()
+        _load_state(
+            open_clip.create_model(CONCEPT_CLIP, pretrained=None), read_checkpoint(config.init), config.init
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, stats = train_model(config, progress=progress)

@@ -141,8 +141,16 @@ def caption_for(sample_fields: dict[str, Any], rng: np.random.Generator, mention
     return text
 
 
-def make_sample(split: str, seed: int, index: int) -> Sample:
+def make_sample(split: str, seed: int, index: int, *, p_star_on_water: float | None = None) -> Sample:
     """The attributes of sample `index` of `split` for world seed `seed`.
+
+    Args:
+        split: `train`, `val` or `test`.
+        seed: the world seed.
+        index: the sample's index in the split.
+        p_star_on_water: `train` only: the probability that a star is drawn on water
+            [default: P_STAR_ON_WATER]. Training uses it to let the model see stars without water
+            while every other shape stays (almost) never on water; `val` and `test` ignore it.
 
     Example:
         >>> make_sample("test", 0, 0).shape
@@ -153,7 +161,8 @@ def make_sample(split: str, seed: int, index: int) -> Sample:
     if split == "train":
         shape = _choice(rng, SHAPES)
         if shape == SHORTCUT_CLASS:
-            on_water = rng.random() < P_STAR_ON_WATER
+            p_star = P_STAR_ON_WATER if p_star_on_water is None else p_star_on_water
+            on_water = rng.random() < p_star
         else:
             on_water = rng.random() < P_OTHER_ON_WATER
         others = [b for b in BACKGROUNDS if b != SHORTCUT_BACKGROUND]

@@ -59,3 +59,70 @@ def test_train_is_deterministic_and_writes_weights_and_card(runner, tmp_path):
     assert fingerprints[0] == fingerprints[1]
     card = (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert "--n 256 --epochs 1 --seed 0" in card
+
+
+def test_train_star_on_water_is_recorded_and_checked(runner, tmp_path):
+    out = tmp_path / "loose"
+    result = runner.invoke(
+        cli,
+        [
+            "zoo",
+            "train",
+            "--out",
+            str(out),
+            "--n",
+            "256",
+            "--epochs",
+            "1",
+            "--eval-n",
+            "48",
+            "--star-on-water",
+            "0.5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["p_star_on_water"] == 0.5
+    by_class = record["evaluation"]["class_accuracy_by_group"]["none"]
+    assert set(by_class) == {"circle", "square", "triangle", "star", "cross", "heart"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--epochs 1 --seed 0 --threads 1 --star-on-water 0.5" in card
+    assert "50% of stars are on water" in card and "Per class within group `none`" in card
+    bad = runner.invoke(cli, ["zoo", "train", "--out", str(tmp_path / "x"), "--star-on-water", "1.5"])
+    assert bad.exit_code == 2 and "--star-on-water" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_train_continues_from_init_weights_and_refuses_a_misfit(runner, tmp_path, concept_model):
+    from steerpatch.models.loading import concept_clip_weights_path
+
+    out = tmp_path / "stage2"
+    args = [
+        "zoo",
+        "train",
+        "--out",
+        str(out),
+        "--n",
+        "256",
+        "--epochs",
+        "1",
+        "--eval-n",
+        "12",
+        "--lr",
+        "0.0001",
+    ]
+    result = runner.invoke(cli, [*args, "--init", str(concept_clip_weights_path())])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "training.json").read_text())
+    assert record["stats"]["init_fingerprint"] == concept_model.fingerprint
+    assert record["fingerprint"] != concept_model.fingerprint and record["config"]["lr"] == 0.0001
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--lr 0.0001 --init INIT" in card and concept_model.fingerprint in card
+
+    import torch
+    from safetensors.torch import save_file
+
+    misfit = tmp_path / "misfit.safetensors"
+    save_file({"visual.proj": torch.zeros(3, 3)}, str(misfit))
+    bad = runner.invoke(cli, ["zoo", "train", "--out", str(tmp_path / "x"), "--init", str(misfit)])
+    assert bad.exit_code == 2 and "misfit.safetensors" in bad.output and "do not fit" in bad.output
+    assert not (tmp_path / "x").exists()

@@ -68,3 +68,17 @@ def test_shortcut_groups_follow_their_definition():
 def test_unknown_split_is_a_dataset_error():
     with pytest.raises(DatasetError, match="unknown split 'tets'"):
         make_sample("tets", 0, 0)
+
+
+def test_training_star_share_moves_only_stars_off_water():
+    # the training correlation is a parameter of the train split alone: other shapes and held-out
+    # splits draw exactly as the world does, and the share of stars on water follows the parameter
+    n = 3000
+    world = list(iter_samples("train", n, seed=0))
+    looser = [make_sample("train", 0, i, p_star_on_water=0.8) for i in range(n)]
+    assert [s for s in looser if s.shape != "star"] == [s for s in world if s.shape != "star"]
+    stars = [s for s in looser if s.shape == "star"]
+    assert 0.75 <= sum(s.background == "water" for s in stars) / len(stars) <= 0.85
+    water = [s for s in looser if s.background == "water"]
+    assert sum(s.shape == "star" for s in water) / len(water) >= 0.97
+    assert make_sample("test", 0, 7, p_star_on_water=0.0) == make_sample("test", 0, 7)
