@@ -9,6 +9,7 @@ more with a batch that mixes them. Nothing is written unless every index passes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -245,7 +246,7 @@ def patch_links(c: Any, info: Any) -> list[dict[str, Any]]:
         model = registered_name(info.model_id, entry.patch_name)
         query = f"name = '{model}' and tag.`{TAG}patch_hash` = '{entry.patch_hash}'"
         try:
-            found = with_retry(lambda q=query: c.search_model_versions(q), what=f"find patch {entry.patch_ref}")
+            found = with_retry(functools.partial(c.search_model_versions, query), what=f"find patch {entry.patch_ref}")
         except Exception:  # noqa: BLE001 - no registered patch model: that patch was compiled from a file
             found = []
         version = max((str(v.version) for v in found), key=int, default=None)
@@ -296,7 +297,7 @@ def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, wha
         if not link.get("patch_version"):
             continue
         model, version = str(link["patch_model"]), str(link["patch_version"])
-        pv = with_retry(lambda m=model, v=version: c.get_model_version(m, v), what=f"read {model}@{version}")
+        pv = with_retry(functools.partial(c.get_model_version, model, version), what=f"read {model}@{version}")
         tags = pv.tags or {}
         expected = {"patch_hash": entry.patch_hash, "model_fingerprint": info.model_fingerprint,
                     "sae_fingerprint": entry.sae_fingerprint}
