@@ -30,8 +30,8 @@ class FusableAttention(nn.Module):
         super().__init__()
         width, heads = mha.embed_dim, mha.num_heads
         self.heads, self.head_dim = heads, width // heads
-        weight, bias = mha.in_proj_weight.detach(), mha.in_proj_bias
-        bias = bias.detach() if bias is not None else torch.zeros(3 * width)
+        weight = mha.in_proj_weight.detach()
+        bias = mha.in_proj_bias.detach() if mha.in_proj_bias is not None else torch.zeros(3 * width)
         self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
         for i, linear in enumerate((self.q, self.k, self.v)):
             linear.weight = nn.Parameter(weight[i * width:(i + 1) * width].clone(), requires_grad=False)

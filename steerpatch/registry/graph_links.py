@@ -8,6 +8,7 @@ graph's own metadata against each other and verifies every linked patch version.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ def patch_links(c: Any, info: Any) -> list[dict[str, Any]]:
         model = registered_name(info.model_id, entry.patch_name)
         query = f"name = '{model}' and tag.`{TAG}patch_hash` = '{entry.patch_hash}'"
         try:
-            found = with_retry(lambda q=query: c.search_model_versions(q), what=f"find patch {entry.patch_ref}")
+            found = with_retry(functools.partial(c.search_model_versions, query), what=f"find patch {entry.patch_ref}")
         except Exception:  # noqa: BLE001 - no registered patch model: that patch was compiled from a file
             found = []
         version = max((str(v.version) for v in found), key=int, default=None)
@@ -80,7 +81,7 @@ def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, wha
         if not link.get("patch_version"):
             continue
         model, version = str(link["patch_model"]), str(link["patch_version"])
-        pv = with_retry(lambda m=model, v=version: c.get_model_version(m, v), what=f"read {model}@{version}")
+        pv = with_retry(functools.partial(c.get_model_version, model, version), what=f"read {model}@{version}")
         tags = pv.tags or {}
         expected = {"patch_hash": entry.patch_hash, "model_fingerprint": info.model_fingerprint,
                     "sae_fingerprint": entry.sae_fingerprint}
