@@ -38,6 +38,7 @@ def test_history_rows_hold_the_registered_values(three):
     promote(NAME, 2, "staging", force=True, reason="try it", policy=policy, tracking_uri=uri)
     data = history(NAME, tracking_uri=uri)
     assert data["name"] == NAME and data["aliases"] == {"production": "1", "staging": "2"}
+    assert data["description"] == _c(uri).get_registered_model(NAME).description
     assert [(m["alias"], m["from"], m["to"], m["forced"]) for m in data["moves"]] == [
         ("production", None, "1", False), ("staging", None, "2", True)
     ]
@@ -93,6 +94,7 @@ def test_version_rows_read_tags_strictly():
     assert row["forced"] == {"prod": "why", "": "empty"} and row["failed_gates"] == ["g"]
     assert _version_row(_mv(tags={}), {})["failed_gates"] == [] and _stamp(None) is None
     assert _stamp(0) == "1970-01-01T00:00:00Z"
+    assert _stamp(1_700_000_000_999) == "2023-11-14T22:13:20Z"
 
 
 def test_format_history_renders_every_part():
