@@ -184,8 +184,9 @@ def shared_store(tmp_path_factory, _initialised_db):
 
 @pytest.fixture(scope="module")
 def _three_versions(tmp_path_factory, _initialised_db) -> tuple[Path, Path]:
-    """`(database, policy)`: a store with three versions registered once per module (v1 passes, v2 breaks
-    5 right answers, v3 passes) and the policy they were validated under.
+    """`(database, policy)`: a store with three versions registered once per module by 'registrar' (v1
+    passes, v2 breaks 5 right answers, v3 passes and names v1 as its parent) and the policy they were
+    validated under.
 
     `STEERPATCH_TEST_STORE_CACHE` names a folder to build it in once and reuse: `tests/mutation.py` sets
     it, so each mutant's pytest session does not register the three versions again.
@@ -201,9 +202,16 @@ def _three_versions(tmp_path_factory, _initialised_db) -> tuple[Path, Path]:
     (root / "store").mkdir(parents=True)
     shutil.copyfile(_initialised_db, db)
     workspace = Workspace(root / "work")
-    for version, kwargs in (("1.0.0", {}), ("1.1.0", {"scale": 0.5, "right_to_wrong": 5}), ("1.2.0", {"scale": 0.25})):
-        cand = workspace.candidate(version=version, **kwargs)
-        register_patch(cand.patch, cand.report, tracking_uri=f"sqlite:///{db}")
+    versions = (
+        ("1.0.0", {}),
+        ("1.1.0", {"scale": 0.5, "right_to_wrong": 5}),
+        ("1.2.0", {"scale": 0.25, "parent": "water-shortcut@1.0.0"}),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEERPATCH_USER", "registrar")
+        for version, kwargs in versions:
+            cand = workspace.candidate(version=version, **kwargs)
+            register_patch(cand.patch, cand.report, tracking_uri=f"sqlite:///{db}")
     built.touch()
     return db, policy
 

@@ -38,6 +38,7 @@ def test_history_rows_hold_the_registered_values(three):
     promote(NAME, 2, "staging", force=True, reason="try it", policy=policy, tracking_uri=uri)
     data = history(NAME, tracking_uri=uri)
     assert data["name"] == NAME and data["aliases"] == {"production": "1", "staging": "2"}
+    assert data["description"] == _c(uri).get_registered_model(NAME).description
     assert [(m["alias"], m["from"], m["to"], m["forced"]) for m in data["moves"]] == [
         ("production", None, "1", False), ("staging", None, "2", True)
     ]
@@ -62,7 +63,7 @@ def test_history_rows_hold_the_registered_values(three):
             "right_to_wrong": r2w,
             "wrong_to_right": 10.0,
             "author": "ada",
-            "registered_by": row["registered_by"],
+            "registered_by": "registrar",
             "parent": None,
             "parent_version": None,
             "aliases": ["production"] if version == "1.0.0" else ["staging"],
@@ -70,6 +71,7 @@ def test_history_rows_hold_the_registered_values(three):
             "description": f"suppress the water latent ({version})",
         }
     assert rows[1]["failed_gates"] == ["max_right_to_wrong_rate"]
+    assert (rows[2]["parent"], rows[2]["parent_version"]) == ("water-shortcut@1.0.0", "1")
     with_metrics = history(NAME, tracking_uri=uri, metrics=True)
     assert [r["metrics"]["accuracy_after"] for r in with_metrics["versions"]] == [1.0, 0.95, 1.0]
     assert [r["metrics"]["n"] for r in with_metrics["versions"]] == [100.0] * 3
@@ -93,6 +95,7 @@ def test_version_rows_read_tags_strictly():
     assert row["forced"] == {"prod": "why", "": "empty"} and row["failed_gates"] == ["g"]
     assert _version_row(_mv(tags={}), {})["failed_gates"] == [] and _stamp(None) is None
     assert _stamp(0) == "1970-01-01T00:00:00Z"
+    assert _stamp(1_700_000_000_999) == "2023-11-14T22:13:20Z"
 
 
 def test_format_history_renders_every_part():
@@ -307,3 +310,11 @@ def test_a_graph_version_that_does_not_verify_is_listed_as_a_graph(three, tmp_pa
     lines = format_audit(data).splitlines()
     assert lines[0] == f"{NAME}: 2 problem(s)"
     assert lines[4:] == [f"  graph {graph}@1: {rows[0]['problem']}", f"  graph {graph}@2: {rows[1]['problem']}"]
+
+
+def test_format_audit_names_where_a_move_came_from():
+    move = {"when": "W", "alias": "prod", "from": "1", "to": "2", "forced": False, "ok": True, "problem": None}
+    data = {"name": "n", "problems": [], "versions": [], "moves": [move, {**move, "from": None}]}
+    assert format_audit(data).splitlines() == [
+        "n: everything verifies", "  move  W prod: v1 -> v2: ok", "  move  W prod: (new) -> v2: ok",
+    ]
