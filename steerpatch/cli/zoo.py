@@ -71,21 +71,9 @@ def train(
     """
     from steerpatch.models.train import TrainConfig, train_concept_clip
 
-    config = TrainConfig(seed=seed)
-    if n is not None:
-        config.n = n
-    if epochs is not None:
-        config.epochs = epochs
-    if threads is not None:
-        config.threads = threads
-    if eval_n is not None:
-        config.eval_n = eval_n
-    if star_on_water is not None:
-        config.p_star_on_water = star_on_water
-    if init is not None:
-        config.init = init
-    if lr is not None:
-        config.lr = lr
+    given = {"n": n, "epochs": epochs, "threads": threads, "eval_n": eval_n, "p_star_on_water": star_on_water,
+             "init": init, "lr": lr}
+    config = TrainConfig(seed=seed, **{key: value for key, value in given.items() if value is not None})
     result = train_concept_clip(out, config)
     groups = result.evaluation.get("groups", {})
     summary = ", ".join(f"{g} {row['accuracy']:.3f}" for g, row in groups.items())

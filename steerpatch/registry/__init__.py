@@ -23,13 +23,6 @@ from steerpatch.registry.audit import (
     verify_version,
 )
 from steerpatch.registry.bundle import FLAVOR_NAME, build_bundle, check_manifest, write_manifest
-from steerpatch.registry.graphs import (
-    GraphVersion,
-    compiled_name,
-    download_graph,
-    register_graph,
-    resolve_graph,
-)
 from steerpatch.registry.promotion import AliasMove, alias_moves, promote, recheck_report, rollback
 from steerpatch.registry.register import RegisteredVersion, register_patch, registered_name
 from steerpatch.registry.store import default_registry_dir, resolve_store, resolve_tracking
@@ -37,16 +30,13 @@ from steerpatch.registry.store import default_registry_dir, resolve_store, resol
 __all__ = [
     "FLAVOR_NAME",
     "AliasMove",
-    "GraphVersion",
     "RegisteredVersion",
     "alias_moves",
     "audit_model",
     "build_bundle",
     "check_manifest",
-    "compiled_name",
     "default_registry_dir",
     "diff_versions",
-    "download_graph",
     "format_audit",
     "format_diff",
     "format_history",
@@ -54,10 +44,8 @@ __all__ = [
     "parse_ref",
     "promote",
     "recheck_report",
-    "register_graph",
     "register_patch",
     "registered_name",
-    "resolve_graph",
     "resolve_patch_ref",
     "resolve_store",
     "resolve_tracking",

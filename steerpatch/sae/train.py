@@ -71,15 +71,12 @@ def train_sae(
     train_pos, eval_pos = select_images(len(chosen), eval_fraction, settings.seed)
     train_idx = [chosen[i] for i in train_pos]
     eval_idx = [chosen[i] for i in eval_pos]
-    train_acts = cache_activations(
-        loaded,
-        lambda i: dataset.load_image(train_idx[i]),
-        len(train_idx),
-        block=block,
-        tokens=tokens,
-        progress=progress,
-        desc="caching training activations",
-    )
+
+    def cache(indices: list[int], what: str) -> torch.Tensor:
+        return cache_activations(loaded, lambda i: dataset.load_image(indices[i]), len(indices), block=block,
+                                 tokens=tokens, progress=progress, desc=f"caching {what} activations")
+
+    train_acts = cache(train_idx, "training")
     metadata: dict[str, Any] = {
         **hook_metadata(block, tokens),
         "model_name": loaded.name,
@@ -97,15 +94,7 @@ def train_sae(
         metadata["training_command"] = command
     sae, log = fit_sae(flatten_tokens(train_acts), settings, metadata=metadata, progress=progress)
     del train_acts
-    eval_acts = cache_activations(
-        loaded,
-        lambda i: dataset.load_image(eval_idx[i]),
-        len(eval_idx),
-        block=block,
-        tokens=tokens,
-        progress=progress,
-        desc="caching held-out activations",
-    )
+    eval_acts = cache(eval_idx, "held-out")
     metrics = reconstruction_metrics(sae, flatten_tokens(eval_acts))
     clean: float | None = None
     spliced: float | None = None
