@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import steerpatch
-from steerpatch.errors import IntegrityError, RegistryError, SAEError
+from steerpatch.errors import IntegrityError, PatchError, RegistryError, SAEError
 from steerpatch.io import sha256_file
 from steerpatch.registry.bundle import (
     build_bundle,
@@ -178,17 +178,19 @@ def test_the_sae_is_found_given_or_refused(workspace, tmp_path):
     workspace.sae_dir.rename(moved)
     build_bundle(tmp_path / "a", cand.patch, cand.report, sae_path=moved)
     assert json.loads((tmp_path / "a" / "sae/reference.json").read_text())["fingerprint"] == workspace.sae.fingerprint
-    # not given, and neither the recorded location nor the shipped default SAE is it
-    with pytest.raises(SAEError) as info:
-        build_bundle(tmp_path / "b", cand.patch, cand.report)
-    assert str(info.value) == (
-        f"cannot find the SAE of patch water-shortcut@1.0.0 (fingerprint {workspace.sae.fingerprint}, "
-        f"location '{workspace.sae_dir}'); pass its folder with --sae"
-    )
-    # given, but another SAE
+    # not given, and neither the recorded location nor the shipped default SAE is it (steerpatch's one
+    # SAE resolver, `load_patch_sae`, names the missing location and the SAE it found instead)
     from steerpatch.sae import default_sae_path, load_sae
 
     other = default_sae_path()
+    with pytest.raises(PatchError) as info:
+        build_bundle(tmp_path / "b", cand.patch, cand.report)
+    assert str(info.value) == (
+        f"patch water-shortcut@1.0.0: its SAE '{workspace.sae_dir}' does not exist; pass the SAE "
+        f"explicitly (--sae PATH) ('{other.resolve()}' has fingerprint {load_sae(other).fingerprint}, not the "
+        f"patch's {workspace.sae.fingerprint}: an SAE fingerprint mismatch)"
+    )
+    # given, but another SAE
     with pytest.raises(SAEError) as info:
         build_bundle(tmp_path / "c", cand.patch, cand.report, sae_path=other)
     assert str(info.value) == (
@@ -197,7 +199,7 @@ def test_the_sae_is_found_given_or_refused(workspace, tmp_path):
     )
     # given, but missing: the recorded location is not tried instead
     moved.rename(workspace.sae_dir)
-    with pytest.raises(SAEError, match="cannot find the SAE"):
+    with pytest.raises(SAEError, match=r"SAE path '.*nowhere' does not exist"):
         build_bundle(tmp_path / "d", cand.patch, cand.report, sae_path=tmp_path / "nowhere")
 
 
