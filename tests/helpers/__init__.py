@@ -6,6 +6,8 @@
 - `patch_docs`: a valid patch document and the golden patch file.
 - `format_writers`: community SAE files written from each format's documented layout, and their goldens.
 - `serve`: the limits the serve tests' server runs with.
+- `bundle`: the files of a patch model folder (registry tests).
+- `process`: stopping a served command with Ctrl-C (serve and studio tests).
 
 Fixtures stay in the `conftest.py` of the folder that uses them; nothing here is a fixture.
 """

@@ -7,6 +7,11 @@ import json
 from steerpatch.cli.main import cli
 
 
+def _train(runner, out, *options: str):
+    """`zoo train` into `out` on the small run every training test here starts from (256 images, 1 epoch)."""
+    return runner.invoke(cli, ["zoo", "train", "--out", str(out), "--n", "256", "--epochs", "1", *options])
+
+
 def test_eval_json_has_the_documented_keys(runner):
     result = runner.invoke(cli, ["zoo", "eval", "--n", "96", "--json"])
     assert result.exit_code == 0, result.output
@@ -50,9 +55,7 @@ def test_train_is_deterministic_and_writes_weights_and_card(runner, tmp_path):
     fingerprints = []
     for name in ("a", "b"):
         out = tmp_path / name
-        result = runner.invoke(
-            cli, ["zoo", "train", "--out", str(out), "--n", "256", "--epochs", "1", "--eval-n", "12"]
-        )
+        result = _train(runner, out, "--eval-n", "12")
         assert result.exit_code == 0, result.output
         assert (out / "concept-clip.safetensors").is_file() and (out / "MODEL_CARD.md").is_file()
         fingerprints.append(json.loads((out / "training.json").read_text())["fingerprint"])
@@ -63,23 +66,7 @@ def test_train_is_deterministic_and_writes_weights_and_card(runner, tmp_path):
 
 def test_train_star_on_water_is_recorded_and_checked(runner, tmp_path):
     out = tmp_path / "loose"
-    result = runner.invoke(
-        cli,
-        [
-            "zoo",
-            "train",
-            "--out",
-            str(out),
-            "--n",
-            "256",
-            "--epochs",
-            "1",
-            "--eval-n",
-            "48",
-            "--star-on-water",
-            "0.5",
-        ],
-    )
+    result = _train(runner, out, "--eval-n", "48", "--star-on-water", "0.5")
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
     assert record["config"]["p_star_on_water"] == 0.5
@@ -96,21 +83,9 @@ def test_train_continues_from_init_weights_and_refuses_a_misfit(runner, tmp_path
     from steerpatch.models.loading import concept_clip_weights_path
 
     out = tmp_path / "stage2"
-    args = [
-        "zoo",
-        "train",
-        "--out",
-        str(out),
-        "--n",
-        "256",
-        "--epochs",
-        "1",
-        "--eval-n",
-        "12",
-        "--lr",
-        "0.0001",
-    ]
-    result = runner.invoke(cli, [*args, "--init", str(concept_clip_weights_path())])
+    result = _train(
+        runner, out, "--eval-n", "12", "--lr", "0.0001", "--init", str(concept_clip_weights_path())
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
     assert record["stats"]["init_fingerprint"] == concept_model.fingerprint

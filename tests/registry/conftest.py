@@ -166,16 +166,38 @@ def store_uri(tmp_path, monkeypatch, _initialised_db) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
+@pytest.fixture()
+def two_versions(workspace, store_uri) -> Workspace:
+    """The workspace with two versions registered in `store_uri`: v1 passes the policy, v2 (1.1.0, a child
+    of v1) breaks 5 right answers."""
+    from steerpatch.registry import register_patch
+
+    good = workspace.candidate()
+    bad = workspace.candidate(version="1.1.0", parent="water-shortcut@1.0.0", scale=0.5, right_to_wrong=5)
+    register_patch(good.patch, good.report, tracking_uri=store_uri)
+    register_patch(bad.patch, bad.report, tracking_uri=store_uri)
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def make_store(_initialised_db):
+    """Builds `(uri, workspace)` in a folder: a copy of the empty store and a workspace beside it (for
+    fixtures wider than one test, which cannot use `store_uri` and `workspace`)."""
+
+    def make(root: Path) -> tuple[str, Workspace]:
+        (root / "store").mkdir()
+        shutil.copyfile(_initialised_db, root / "store" / "mlflow.db")
+        return f"sqlite:///{root / 'store' / 'mlflow.db'}", Workspace(root / "work")
+
+    return make
+
+
 @pytest.fixture(scope="module")
-def shared_store(tmp_path_factory, _initialised_db):
+def shared_store(tmp_path_factory, make_store):
     """`(uri, workspace)`: one registered version promoted to production, for tests that damage and repair it."""
     from steerpatch.registry import promote, register_patch
 
-    root = tmp_path_factory.mktemp("shared")
-    (root / "store").mkdir()
-    shutil.copyfile(_initialised_db, root / "store" / "mlflow.db")
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    workspace = Workspace(root / "work")
+    uri, workspace = make_store(tmp_path_factory.mktemp("shared"))
     good = workspace.candidate()
     register_patch(good.patch, good.report, tracking_uri=uri)
     promote("concept-clip.water-shortcut", 1, "production", policy=workspace.policy, tracking_uri=uri)

@@ -8,20 +8,16 @@ from pathlib import Path
 import pytest
 
 from steerpatch.cli.main import cli
-from steerpatch.registry import promote, register_patch, resolve_patch_ref, resolve_store
+from steerpatch.registry import promote, resolve_patch_ref, resolve_store
 from steerpatch.registry.store import client
 
 NAME = "concept-clip.water-shortcut"
 
 
 @pytest.fixture()
-def registered(workspace, store_uri):
-    a = workspace.candidate()
-    b = workspace.candidate(version="1.1.0", parent="water-shortcut@1.0.0", scale=0.5, right_to_wrong=5)
-    register_patch(a.patch, a.report, tracking_uri=store_uri)
-    register_patch(b.patch, b.report, tracking_uri=store_uri)
-    promote(NAME, 1, policy=workspace.policy, tracking_uri=store_uri)
-    return workspace
+def registered(two_versions, store_uri):
+    promote(NAME, 1, policy=two_versions.policy, tracking_uri=store_uri)
+    return two_versions
 
 
 def test_history_json_lists_versions_moves_and_parents(registered, store_uri, runner):

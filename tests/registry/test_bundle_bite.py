@@ -25,22 +25,11 @@ from steerpatch.registry.bundle import (
     report_dict,
     write_manifest,
 )
+from tests.helpers.bundle import BUNDLE_FILES
 
 CLASSES = ["circle", "square", "star"]  # the class names the registry fixtures report
 
-FILES = {
-    "MLmodel",
-    "MANIFEST.json",
-    "patch.json",
-    "report.json",
-    "report.html",
-    "classes.json",
-    "requirements.txt",
-    "python_env.yaml",
-    "sae/cfg.json",
-    "sae/sae_weights.safetensors",
-    "sae/reference.json",
-}
+FILES = set(BUNDLE_FILES)
 
 
 def _tree(root: Path) -> set[str]:

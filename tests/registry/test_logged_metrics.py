@@ -10,18 +10,11 @@ from steerpatch.validate.report import load_report
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, _initialised_db):
+def registered(tmp_path_factory, make_store):
     """One store with a passing (1.0.0) and a failing (1.1.0, 5 right->wrong flips) version."""
-    import shutil
-
     from steerpatch.registry import register_patch
-    from tests.registry.conftest import Workspace
 
-    root = tmp_path_factory.mktemp("metrics")
-    (root / "store").mkdir()
-    shutil.copyfile(_initialised_db, root / "store" / "mlflow.db")
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
-    ws = Workspace(root / "work")
+    uri, ws = make_store(tmp_path_factory.mktemp("metrics"))
     good, bad = ws.candidate(version="1.0.0"), ws.candidate(version="1.1.0", right_to_wrong=5)
     v1 = register_patch(good.patch, good.report, tracking_uri=uri, dataset_source="/data/heldout")
     v2 = register_patch(bad.patch, bad.report, tracking_uri=uri)

@@ -8,19 +8,10 @@ import pytest
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import GateFailed, RegistryError
-from steerpatch.registry import alias_moves, promote, register_patch, resolve_store, rollback
+from steerpatch.registry import alias_moves, promote, resolve_store, rollback
 from steerpatch.registry.store import client
 
 NAME = "concept-clip.water-shortcut"
-
-
-@pytest.fixture()
-def two_versions(workspace, store_uri):
-    good = workspace.candidate()
-    bad = workspace.candidate(version="1.1.0", parent="water-shortcut@1.0.0", scale=0.5, right_to_wrong=5)
-    register_patch(good.patch, good.report, tracking_uri=store_uri)
-    register_patch(bad.patch, bad.report, tracking_uri=store_uri)
-    return workspace
 
 
 def test_promote_passes_then_refuses_a_failing_version(two_versions, store_uri, runner, monkeypatch):

@@ -27,22 +27,10 @@ from steerpatch.registry import (
     write_manifest,
 )
 from steerpatch.registry.store import client, mlflow_uris
+from tests.helpers.bundle import BUNDLE_FILES
 
 NAME = "concept-clip.water-shortcut"
-# every file a registered patch version stores (MANIFEST.json hashes all the others)
-STORED = [
-    "MLmodel",
-    "MANIFEST.json",
-    "patch.json",
-    "report.json",
-    "report.html",
-    "classes.json",
-    "requirements.txt",
-    "python_env.yaml",
-    "sae/cfg.json",
-    "sae/reference.json",
-    "sae/sae_weights.safetensors",
-]
+STORED = BUNDLE_FILES  # every file a registered patch version stores (MANIFEST.json hashes all the others)
 
 
 def stored_folder(uri: str, name: str, version: str) -> Path:

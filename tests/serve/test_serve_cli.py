@@ -11,6 +11,7 @@ import pytest
 
 from steerpatch.cli.main import cli
 from steerpatch.serve import bind_socket, free_port
+from tests.helpers.process import assert_ctrl_c_exits_130
 
 
 def _start(path, port: int, *options: str) -> tuple[subprocess.Popen, list[str]]:
@@ -37,10 +38,7 @@ def test_serve_file_in_a_subprocess_and_ctrl_c_exits_130(graph):
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
         assert health["patch_hash"] == patch.content_hash
         assert httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=30).status_code == 200  # --docs
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
-        rest = process.stderr.read()
-        assert "Traceback" not in rest and "stopped (Ctrl-C)" in rest, rest
+        assert_ctrl_c_exits_130(process)
     finally:
         process.kill()
         process.wait(timeout=30)

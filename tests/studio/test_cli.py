@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
 import httpx
 
 from steerpatch.cli.main import cli
+from tests.helpers.process import assert_ctrl_c_exits_130
 
 
 def test_help_lists_the_options(runner):
@@ -79,10 +79,7 @@ def test_studio_command_prints_its_url_serves_and_ctrl_c_exits_130(tmp_path, tes
         info = httpx.get(url + "api/info", timeout=60).json()
         assert info["model"] == "concept-clip" and info["n_items"] == 600
         assert httpx.get(url, timeout=60).text.lstrip().startswith("<!doctype html>")
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
-        errors = process.stderr.read()
-        assert "Traceback" not in errors and "stopped (Ctrl-C)" in errors, errors
+        assert_ctrl_c_exits_130(process)
     finally:
         process.kill()
         process.wait(timeout=60)
