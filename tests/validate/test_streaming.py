@@ -86,7 +86,7 @@ def test_batches_keep_dataset_order_and_report_undecodable(tmp_path, small_world
     assert kept == [item.id for i, item in enumerate(data.items) if i not in (5, 17)]
     assert [i for b in batches for i, _ in b.undecodable] == [data.items[5].id, data.items[17].id]
     first = batches[0]
-    assert torch.equal(first.pixels[0], torch.from_numpy(np.asarray(data.load_image(data.items[0]))))
+    assert torch.equal(first.pixels[0], torch.from_numpy(np.array(data.load_image(data.items[0]))))
 
 
 def test_fail_mode_raises_the_first_broken_image_in_order(tmp_path, small_world):
