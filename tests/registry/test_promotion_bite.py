@@ -438,3 +438,12 @@ def test_a_broken_compiled_graph_of_the_patch_blocks_its_promotion(three):
         "registered by this steerpatch, so nothing vouches for its files: register it again"
     )
     assert _c(uri).get_registered_model(NAME).aliases == {"production": 3}
+
+
+def test_the_aliases_to_revalidate_come_from_the_policy_given(three, tmp_path):
+    uri, policy = three
+    mine = tmp_path / "policy.toml"
+    mine.write_text(policy.read_text() + '\n[promotion]\nrevalidate_aliases = ["staging"]\n')
+    assert promote(NAME, 1, policy=mine, tracking_uri=uri).revalidated is None
+    staged = promote(NAME, 1, "staging", policy=mine, tracking_uri=uri)
+    assert staged.revalidated == "not re-run: no dataset given (promote --data DIR re-runs validation for 'staging')"
