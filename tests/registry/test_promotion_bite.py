@@ -447,3 +447,10 @@ def test_the_aliases_to_revalidate_come_from_the_policy_given(three, tmp_path):
     assert promote(NAME, 1, policy=mine, tracking_uri=uri).revalidated is None
     staged = promote(NAME, 1, "staging", policy=mine, tracking_uri=uri)
     assert staged.revalidated == "not re-run: no dataset given (promote --data DIR re-runs validation for 'staging')"
+
+
+def test_a_reason_without_force_is_recorded_as_why_but_not_as_forced(three):
+    uri, policy = three
+    move = promote(NAME, 1, reason=" quarterly release ", policy=policy, tracking_uri=uri)
+    assert (move.why, move.forced) == ("quarterly release", False)
+    assert not any(k.startswith("steerpatch.forced.") for k in _c(uri).get_model_version(NAME, "1").tags)
