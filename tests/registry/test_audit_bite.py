@@ -36,6 +36,10 @@ def test_history_rows_hold_the_registered_values(three):
     uri, policy = three
     promote(NAME, 1, policy=policy, tracking_uri=uri)
     promote(NAME, 2, "staging", force=True, reason="try it", policy=policy, tracking_uri=uri)
+    # another model's version in the same store is not part of this history
+    c = _c(uri)
+    c.create_registered_model("concept-clip.other")
+    c.create_model_version("concept-clip.other", c.get_model_version_download_uri(NAME, "1"))
     data = history(NAME, tracking_uri=uri)
     assert data["name"] == NAME and data["aliases"] == {"production": "1", "staging": "2"}
     assert data["description"] == _c(uri).get_registered_model(NAME).description
