@@ -387,3 +387,32 @@ def test_a_store_that_cannot_list_the_graphs_audits_the_patches_alone(three, mon
     assert refused == [listing]
     assert data["versions"] == [{"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")]
     assert data["problems"] == []
+
+
+def test_an_unforced_move_that_fails_two_gates_today_names_both(three, tmp_path):
+    uri, _ = three
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.1\n")
+    move = promote(NAME, 2, policy=lenient, tracking_uri=uri)
+    assert not move.forced
+    strict = tmp_path / "strict.toml"
+    strict.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.99\n")
+    data = audit_model(NAME, policy=strict, tracking_uri=uri)
+    assert data["problems"] == [
+        f"{NAME}: alias production moved to v2 at {move.when} unforced, but it fails max_right_to_wrong_rate, min_cos_mean"
+    ]
+
+
+def test_versions_without_a_patch_ref_tag_are_grouped_under_a_question_mark(three):
+    """Versions registered outside steerpatch: no patch_ref tag (and so no verification); two contents are one problem."""
+    uri, policy = three
+    c = _c(uri)
+    source = c.get_model_version_download_uri(NAME, "1")
+    for content in ("a" * 64, "b" * 64):
+        c.create_model_version(NAME, source, tags={"steerpatch.patch_hash": content})
+    data = audit_model(NAME, policy=policy, tracking_uri=uri)
+    assert [(r["version"], r["ok"]) for r in data["versions"]] == [("1", True), ("2", True), ("3", True), ("4", False), ("5", False)]
+    assert data["problems"][:2] == [data["versions"][3]["problem"], data["versions"][4]["problem"]]
+    assert data["problems"][2:] == [
+        f"{NAME}: ? is registered with 2 different contents; one name@version must hold one content"
+    ]
