@@ -36,6 +36,10 @@ def test_history_rows_hold_the_registered_values(three):
     uri, policy = three
     promote(NAME, 1, policy=policy, tracking_uri=uri)
     promote(NAME, 2, "staging", force=True, reason="try it", policy=policy, tracking_uri=uri)
+    # another model's version in the same store is not part of this history
+    c = _c(uri)
+    c.create_registered_model("concept-clip.other")
+    c.create_model_version("concept-clip.other", c.get_model_version_download_uri(NAME, "1"))
     data = history(NAME, tracking_uri=uri)
     assert data["name"] == NAME and data["aliases"] == {"production": "1", "staging": "2"}
     assert data["description"] == _c(uri).get_registered_model(NAME).description
@@ -317,4 +321,98 @@ def test_format_audit_names_where_a_move_came_from():
     data = {"name": "n", "problems": [], "versions": [], "moves": [move, {**move, "from": None}]}
     assert format_audit(data).splitlines() == [
         "n: everything verifies", "  move  W prod: v1 -> v2: ok", "  move  W prod: (new) -> v2: ok",
+    ]
+
+
+def _graph_folder(folder):
+    """A graph version's files as `verify_graph_folder` checks them (MLmodel, model.onnx, MANIFEST.json);
+    returns the tags a registration would record. The bytes are not a real ONNX graph: only hashes are read."""
+    from steerpatch.registry.bundle import sha256_file, write_manifest
+
+    folder.mkdir()
+    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.onnx\n")
+    (folder / "model.onnx").write_bytes(b"graph bytes")
+    return {
+        "steerpatch.kind": "onnx-graph",
+        "steerpatch.manifest_sha256": write_manifest(folder),
+        "steerpatch.graph_sha256": sha256_file(folder / "model.onnx"),
+    }
+
+
+def test_audit_rows_of_a_graph_that_verifies_and_one_that_does_not(three, tmp_path):
+    from steerpatch.registry.integrity import GRAPH_SUFFIX
+
+    uri, policy = three
+    c = _c(uri)
+    graph = NAME + GRAPH_SUFFIX
+    c.create_registered_model(graph)
+    tags = _graph_folder(tmp_path / "g")
+    v1_hash = c.get_model_version(NAME, "1").tags["steerpatch.patch_hash"]
+    c.create_model_version(graph, str(tmp_path / "g"), tags={**tags, "steerpatch.patch_hash": v1_hash})
+    c.create_model_version(graph, str(tmp_path / "g"), tags={**tags, "steerpatch.graph_sha256": "f" * 64})
+    data = audit_model(NAME, policy=policy, tracking_uri=uri)
+    problem = f"{graph}@2: artifact 'model.onnx' sha256 differs from the one registered ({'f' * 64})"
+    assert data["versions"] == [
+        {"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")
+    ] + [
+        {"version": f"{graph}@1", "kind": "graph", "ok": True, "problem": None},
+        {"version": f"{graph}@2", "kind": "graph", "ok": False, "problem": problem},
+    ]
+    assert data["problems"] == [problem]
+    assert format_audit(data).splitlines() == [
+        f"{NAME}: 1 problem(s)", "  patch v1: ok", "  patch v2: ok", "  patch v3: ok",
+        f"  graph {graph}@1: ok", f"  graph {graph}@2: {problem}",
+    ]
+
+
+def test_a_store_that_cannot_list_the_graphs_audits_the_patches_alone(three, monkeypatch):
+    """The graph listing fails (busy, or no such model): no graph rows, no crash, the patches still verify."""
+    import mlflow
+
+    from steerpatch.registry.integrity import GRAPH_SUFFIX
+
+    uri, policy = three
+    real = mlflow.MlflowClient.search_model_versions
+    listing = f"name = '{NAME}{GRAPH_SUFFIX}'"
+    refused = []
+
+    def failing(self, filter_string=None, *args, **kwargs):
+        if filter_string == listing:
+            refused.append(filter_string)
+            raise mlflow.exceptions.MlflowException(f"no model {NAME}{GRAPH_SUFFIX}")
+        return real(self, filter_string, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_model_versions", failing)
+    data = audit_model(NAME, policy=policy, tracking_uri=uri)
+    assert refused == [listing]
+    assert data["versions"] == [{"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")]
+    assert data["problems"] == []
+
+
+def test_an_unforced_move_that_fails_two_gates_today_names_both(three, tmp_path):
+    uri, _ = three
+    lenient = tmp_path / "lenient.toml"
+    lenient.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.1\n")
+    move = promote(NAME, 2, policy=lenient, tracking_uri=uri)
+    assert not move.forced
+    strict = tmp_path / "strict.toml"
+    strict.write_text("format_version = 1\n[gates]\nmax_right_to_wrong_rate = 0.02\nmin_cos_mean = 0.99\n")
+    data = audit_model(NAME, policy=strict, tracking_uri=uri)
+    assert data["problems"] == [
+        f"{NAME}: alias production moved to v2 at {move.when} unforced, but it fails max_right_to_wrong_rate, min_cos_mean"
+    ]
+
+
+def test_versions_without_a_patch_ref_tag_are_grouped_under_a_question_mark(three):
+    """Versions registered outside steerpatch: no patch_ref tag (and so no verification); two contents are one problem."""
+    uri, policy = three
+    c = _c(uri)
+    source = c.get_model_version_download_uri(NAME, "1")
+    for content in ("a" * 64, "b" * 64):
+        c.create_model_version(NAME, source, tags={"steerpatch.patch_hash": content})
+    data = audit_model(NAME, policy=policy, tracking_uri=uri)
+    assert [(r["version"], r["ok"]) for r in data["versions"]] == [("1", True), ("2", True), ("3", True), ("4", False), ("5", False)]
+    assert data["problems"][:2] == [data["versions"][3]["problem"], data["versions"][4]["problem"]]
+    assert data["problems"][2:] == [
+        f"{NAME}: ? is registered with 2 different contents; one name@version must hold one content"
     ]

@@ -339,3 +339,118 @@ def test_rollback_moves_the_alias_it_is_given(three):
     move = rollback(NAME, "staging", policy=policy, tracking_uri=uri)
     assert (move.alias, move.from_version, move.to_version, move.kind) == ("staging", "3", "1", "rollback")
     assert _c(uri).get_registered_model(NAME).aliases == {"staging": 1}
+
+
+def _v1_files(policy):
+    """v1's patch and report as the workspace wrote them (the registered artifacts are these files)."""
+    from steerpatch.patch import load_patch
+    from steerpatch.validate.report import load_report
+
+    folder = policy.parent / "water-shortcut-1.0.0"
+    return load_patch(folder / "patch.json"), load_report(folder / "report.json")
+
+
+def test_check_consistent_names_the_first_contradiction_and_lists_the_rest(three):
+    from steerpatch.registry.evidence import consistency_problems
+
+    _, policy = three
+    patch, report = _v1_files(policy)
+    check_consistent(report, "r", patch)  # the report of this very patch is consistent
+    edited = report.model_copy(update={"patch": "water-shortcut@9.9.9", "n": report.n + 1})
+    problems = consistency_problems(edited, patch)
+    assert len(problems) >= 3 and problems[-1] == "patch is 'water-shortcut@9.9.9' but the patch is 'water-shortcut@1.0.0'"
+    with pytest.raises(IntegrityError) as info:
+        check_consistent(edited, "r", patch)
+    assert str(info.value).splitlines()[0] == (
+        f"r: artifact 'report.json' contradicts itself ({problems[0]}); it was edited after validation"
+    )
+    assert info.value.problems == problems[1:]
+    # the patch is what makes a report that only names another patch a contradiction
+    renamed = report.model_copy(update={"patch": "water-shortcut@9.9.9"})
+    check_consistent(renamed, "r")
+    with pytest.raises(IntegrityError) as info:
+        check_consistent(renamed, "r", patch)
+    assert str(info.value) == (
+        "r: artifact 'report.json' contradicts itself (patch is 'water-shortcut@9.9.9' but the patch is "
+        "'water-shortcut@1.0.0'); it was edited after validation"
+    )
+
+
+def test_a_report_re_signed_to_name_another_patch_is_refused_with_the_versions_name(three, tmp_path):
+    """Report and manifest edited and their hashes re-recorded: only the check against the patch is left."""
+    from steerpatch.registry.bundle import sha256_file, write_manifest
+
+    from steerpatch.registry.artifacts import download_version
+
+    uri, policy = three
+    c = _c(uri)
+    v1 = c.get_model_version(NAME, "1")
+    local = download_version(c, resolve_store(uri), NAME, "1", tmp_path / "copy")
+    report = json.loads((local / "report.json").read_text())
+    report["patch"] = "water-shortcut@9.9.9"
+    (local / "report.json").write_text(json.dumps(report))
+    (local / "MANIFEST.json").unlink()
+    tags = dict(v1.tags)
+    tags.update({
+        "steerpatch.manifest_sha256": write_manifest(local), "steerpatch.report_sha256": sha256_file(local / "report.json"),
+        "steerpatch.patch_ref": "water-shortcut@9.9.9",
+    })
+    mv = c.create_model_version(NAME, str(local), tags=tags)
+    with pytest.raises(IntegrityError) as info:
+        promote(NAME, mv.version, policy=policy, tracking_uri=uri)
+    assert str(info.value) == (
+        f"{NAME}@{mv.version}: artifact 'report.json' contradicts itself (patch is 'water-shortcut@9.9.9' but the "
+        "patch is 'water-shortcut@1.0.0'); it was edited after validation"
+    )
+    assert _c(uri).get_registered_model(NAME).aliases == {}
+    # the same files under v1's own record fail at the manifest, named by the version promoted
+    tags["steerpatch.manifest_sha256"] = v1.tags["steerpatch.manifest_sha256"]
+    mv = c.create_model_version(NAME, str(local), tags=tags)
+    with pytest.raises(IntegrityError) as info:
+        promote(NAME, mv.version, policy=policy, tracking_uri=uri)
+    assert str(info.value).splitlines() == [
+        f"{NAME}@{mv.version}: artifact 'MANIFEST.json' does not match its recorded hash",
+        "  - MANIFEST.json: changed (sha256 differs from the hash recorded at registration)",
+    ]
+
+
+def test_a_broken_compiled_graph_of_the_patch_blocks_its_promotion(three):
+    """A graph registered for v1's patch hash is verified before the alias moves; one for another hash is not."""
+    uri, policy = three
+    c = _c(uri)
+    v1 = c.get_model_version(NAME, "1")
+    source = c.get_model_version_download_uri(NAME, "1")  # a patch folder: no graph passes on it
+    graph_model = NAME + "-onnx"
+    c.create_registered_model(graph_model)
+    other = c.create_model_version(
+        graph_model, source, tags={"steerpatch.kind": "onnx-graph", "steerpatch.patch_hash": "0" * 64}
+    )
+    assert str(other.version) == "1"
+    moved = promote(NAME, 3, policy=policy, tracking_uri=uri)  # v3's hash has no graph
+    assert moved.to_version == "3"
+    c.create_model_version(
+        graph_model, source, tags={"steerpatch.kind": "onnx-graph", "steerpatch.patch_hash": v1.tags["steerpatch.patch_hash"]}
+    )
+    with pytest.raises(IntegrityError) as info:
+        promote(NAME, 1, policy=policy, tracking_uri=uri)
+    assert str(info.value) == (
+        f"{graph_model}@2: the registry has no recorded MANIFEST.json hash (steerpatch.manifest_sha256); it was not "
+        "registered by this steerpatch, so nothing vouches for its files: register it again"
+    )
+    assert _c(uri).get_registered_model(NAME).aliases == {"production": 3}
+
+
+def test_the_aliases_to_revalidate_come_from_the_policy_given(three, tmp_path):
+    uri, policy = three
+    mine = tmp_path / "policy.toml"
+    mine.write_text(policy.read_text() + '\n[promotion]\nrevalidate_aliases = ["staging"]\n')
+    assert promote(NAME, 1, policy=mine, tracking_uri=uri).revalidated is None
+    staged = promote(NAME, 1, "staging", policy=mine, tracking_uri=uri)
+    assert staged.revalidated == "not re-run: no dataset given (promote --data DIR re-runs validation for 'staging')"
+
+
+def test_a_reason_without_force_is_recorded_as_why_but_not_as_forced(three):
+    uri, policy = three
+    move = promote(NAME, 1, reason=" quarterly release ", policy=policy, tracking_uri=uri)
+    assert (move.why, move.forced) == ("quarterly release", False)
+    assert not any(k.startswith("steerpatch.forced.") for k in _c(uri).get_model_version(NAME, "1").tags)

@@ -175,3 +175,16 @@ def test_an_sae_that_does_not_subtract_b_dec_is_edited_on_its_own_codes(hidden):
     assert z.abs().sum() > 0  # the edit has something to remove
     delta = edits_delta(sae, hidden, [Edit(latent=3, op="scale", value=0.0)])
     torch.testing.assert_close(delta, -z * sae.W_dec[3], rtol=1e-5, atol=1e-6)
+
+
+def test_edit_values_keep_the_saes_float64_precision(hidden):
+    """0.1 is not 0.1 in float32: a float64 SAE must apply the value it was given, not its float32 rounding."""
+    import numpy as np
+
+    sae64 = random_sae("standard", seed=4).double()
+    x = hidden.double()
+    a, b, c = (edits_delta(sae64, x, [Edit(latent=3, op="scale", value=v)])
+               for v in (0.1, float(np.float32(0.1)), 0.2))
+    assert (a - c).abs().max() > 1e-3  # latent 3 is active, so its value shows
+    k = (0.1 - float(np.float32(0.1))) / (0.1 - 0.2)
+    torch.testing.assert_close(a - b, (a - c) * k, rtol=1e-4, atol=1e-15)
