@@ -378,9 +378,8 @@ def test_check_consistent_names_the_first_contradiction_and_lists_the_rest(three
 
 def test_a_report_re_signed_to_name_another_patch_is_refused_with_the_versions_name(three, tmp_path):
     """Report and manifest edited and their hashes re-recorded: only the check against the patch is left."""
-    from steerpatch.registry.bundle import sha256_file, write_manifest
-
     from steerpatch.registry.artifacts import download_version
+    from steerpatch.registry.bundle import sha256_file, write_manifest
 
     uri, policy = three
     c = _c(uri)
