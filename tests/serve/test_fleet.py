@@ -14,12 +14,9 @@ from steerpatch.serve import GraphSource, ServerThread, create_app
 from steerpatch.serve.batching import Batcher, run_graph
 from steerpatch.serve.fleet import Canary, Fleet
 from steerpatch.serve.metrics import scrape
+from tests.helpers.serve import pixels_of
 
 SIZE = 64
-
-
-def pixels_of(seed: int, rows: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(rows, 3, SIZE, SIZE)).astype(np.float32)
 
 
 def metric(text: str, name: str, **labels: str) -> float:

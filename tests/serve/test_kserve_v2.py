@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from test_fleet import pixels_of
 
 from steerpatch.compile.runtime import create_session
 from steerpatch.serve import GraphSource, ServerThread, create_app
 from steerpatch.serve.fleet import Fleet
+from tests.helpers.serve import pixels_of
 
 
 class OipClient:

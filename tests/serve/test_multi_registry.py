@@ -6,7 +6,6 @@ import json
 
 import httpx
 import pytest
-from test_graph_integrity import _register_patch, stored_folder
 
 from steerpatch.cli.main import cli
 from steerpatch.errors import IntegrityError
@@ -14,6 +13,8 @@ from steerpatch.patch import save_patch
 from steerpatch.registry import write_manifest
 from steerpatch.registry.graph_links import PATCHES_FILE, PATCHES_TAG
 from steerpatch.serve import GraphSource, ServerThread, create_app
+from tests.helpers.graphs import register_patch_version as _register_patch
+from tests.helpers.graphs import stored_folder
 from tests.helpers.tiny import CLASSES, fresh_store
 
 PIXELS = {"tensor": [[[0.0] * 64] * 64] * 3}

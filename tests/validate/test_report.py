@@ -9,21 +9,9 @@ import numpy as np
 import pytest
 
 from steerpatch.errors import SteerpatchError
-from steerpatch.validate import ImageResults, Policy, build_report, load_report, write_report
-
-CLASSES = ["circle", "square", "star"]
-HASHES = {"patch": "a" * 64, "model": "b" * 64, "sae": "c" * 64, "dataset": "d" * 64}
-
-
-def _results(labels, before, after, groups=None, cos=None):
-    n = len(labels)
-    eye = np.eye(3) * 0.8 + 0.2 / 3
-    return ImageResults(
-        ids=[f"{CLASSES[y]}/{i:03d}.png" for i, y in enumerate(labels)],
-        labels=np.array(labels), pred_before=np.array(before), pred_after=np.array(after),
-        probs_before=eye[before], probs_after=eye[after],
-        cos=np.ones(n) if cos is None else np.array(cos), classes=CLASSES, groups=groups,
-    )
+from steerpatch.validate import Policy, build_report, load_report, write_report
+from tests.helpers.reports import HASHES
+from tests.helpers.reports import results_of as _results
 
 
 @pytest.fixture()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from test_report import HASHES, _results
 
 from steerpatch.cli.validate import summary
 from steerpatch.validate import Policy, build_report, load_policy, load_report, write_report
 from steerpatch.validate.policy import PACKAGED_POLICY
 from steerpatch.validate.report import evaluate_gates, measurements
+from tests.helpers.reports import HASHES
+from tests.helpers.reports import results_of as _results
 
 LOOSE = {"max_right_to_wrong_rate": 0.5, "max_class_accuracy_drop": 0.5}
 
