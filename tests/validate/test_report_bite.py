@@ -162,3 +162,29 @@ def test_an_empty_result_set_has_neutral_drift():
     report = build_report(_results([], [], []), patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
     assert (report.kl_mean, report.blast_radius_observed) == (0.0, 0.0)
     assert (report.drift.cos_mean, report.drift.cos_min) == (1.0, 1.0)
+
+
+def test_the_results_digest_is_the_sha256_of_the_sorted_per_image_outcomes():
+    import hashlib
+
+    from steerpatch.validate.report import results_digest
+
+    labels, before, after = [2, 0, 1, 1], [2, 1, 1, 0], [0, 0, 2, 0]
+    results = _results(labels, before, after)
+    # written out independently: rows (id, label name, before, after) sorted by id, compact JSON, UTF-8
+    outcomes = enumerate(zip(labels, before, after, strict=True))
+    rows = sorted([f"{CLASSES[y]}/{i:03d}.png", CLASSES[y], b, a] for i, (y, b, a) in outcomes)
+    payload = json.dumps({"classes": CLASSES, "rows": rows}, separators=(",", ":"))
+    expected = hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    assert results_digest(results) == expected
+    report = build_report(results, patch_ref="p@1.0.0", hashes=HASHES, policy=Policy())
+    assert report.results_digest == expected
+    # the order the images were scored in does not matter; one changed outcome does
+    order = [3, 1, 0, 2]
+    shuffled = ImageResults(
+        ids=[results.ids[i] for i in order], labels=results.labels[order], pred_before=results.pred_before[order],
+        pred_after=results.pred_after[order], probs_before=results.probs_before[order],
+        probs_after=results.probs_after[order], cos=results.cos[order], classes=CLASSES,
+    )
+    assert results_digest(shuffled) == expected
+    assert results_digest(_results(labels, before, [0, 0, 2, 1])) != expected
