@@ -69,6 +69,24 @@ class SteerpatchGroup(click.Group):
             # click would turn Ctrl-C into Abort and exit 1, the code of a failed verdict
             click.echo("\ninterrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
+        except Exception as error:
+            # Ctrl-C during a lazy import can arrive wrapped (Python turns an exception in a class body's
+            # __set_name__ into RuntimeError); click's own exits and usage errors pass through
+            if isinstance(error, click.exceptions.Exit | click.ClickException) or not _interrupted(error):
+                raise
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is in the error's cause/context chain."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @click.group(cls=SteerpatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
