@@ -6,6 +6,7 @@ Named, like every CLI module, after the package it fronts (`steerpatch.registry`
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -153,9 +154,19 @@ def diff(ref_a: str, ref_b: str, tracking_uri: str | None, as_json: bool) -> Non
 @json_option
 def verify(ref: str, tracking_uri: str | None, as_json: bool) -> None:
     """Check a registered version and its compiled graphs against the registry's record; exit 1 if anything differs."""
+    from steerpatch.errors import IntegrityError
     from steerpatch.registry import verify_version
 
-    result = verify_version(ref, tracking_uri=tracking_uri)
+    patches: list[dict[str, Any]] = []
+    try:
+        result = verify_version(ref, tracking_uri=tracking_uri, on_patch=patches.append)
+    except IntegrityError as error:
+        if patches:  # a multi-patch graph: each patch's outcome, then (on stderr) the one-line reason
+            if as_json:
+                _echo_json({"ref": ref, "ok": False, "error": str(error), "patches": patches})
+            else:
+                click.echo("\n".join(_patch_line(outcome) for outcome in patches))
+        raise
     if as_json:
         _echo_json(result)
     else:
@@ -164,6 +175,17 @@ def verify(ref: str, tracking_uri: str | None, as_json: bool) -> None:
             f"{result['name']}@{result['version']}: {result['files']} files match their recorded SHA-256"
             + (f"; compiled graphs verified: {graphs}" if graphs else "")
         )
+        for outcome in result.get("patches", []):
+            click.echo(_patch_line(outcome))
+
+
+def _patch_line(outcome: dict[str, Any]) -> str:
+    """One patch of a multi-patch graph as `verify` shows it: index, ref, hash prefix, outcome."""
+    head = f"  patch_index {outcome['index']}  {outcome['patch_ref']}  {outcome['patch_hash'][:12]}  "
+    linked = f"{outcome['patch_model']}@{outcome['patch_version']}"
+    if outcome["status"] == "unregistered":
+        return head + "not checked (compiled from a file, no registered patch version)"
+    return head + ("ok" if outcome["status"] == "ok" else "FAILED") + f" ({linked})"
 
 
 @click.command()

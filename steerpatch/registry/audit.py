@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -201,27 +202,55 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def verify_version(ref: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+def verify_version(ref: str, *, tracking_uri: str | None = None,
+                   on_patch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Check a registered version, and for a patch version its compiled graphs, against the registry's record.
+
+    A multi-patch graph's patch links are checked as downloading it checks them
+    (`steerpatch.registry.graph_links.verify_patch_links`): its `steerpatch.patches` tag, `PATCHES.json`
+    and the graph's metadata agree, and every linked patch version verifies.
 
     Args:
         ref: `NAME@VERSION|NAME@ALIAS` of a patch version or of a compiled graph (`NAME-onnx@…`).
         tracking_uri: MLflow tracking URI; default: see `resolve_store`.
+        on_patch: for a multi-patch graph, called with each patch's outcome as it is checked, so a
+            caller can show them even when a later one fails.
 
     Returns:
-        `{"name", "version", "kind", "files": <number checked>, "graphs": [{"name", "version"}], "ok": True}`.
+        `{"name", "version", "kind", "files": <number checked>, "graphs": [{"name", "version"}], "ok": True}`,
+        and for a multi-patch graph `"patches"`: one outcome per patch (`verify_patch_links`).
 
     Raises:
         IntegrityError: (exit 1) naming the version, the file and what differs: a file against
             MANIFEST.json, MANIFEST.json against its recorded hash, MLmodel's loader, the patch and
-            report against the recorded hashes, a graph against its recorded hash and patch version.
+            report against the recorded hashes, a graph against its recorded hash and patch version,
+            a multi-patch graph's patch list or a linked patch version (naming the patch_index).
     """
+    from steerpatch.registry.graph_links import verify_patch_links
+    from steerpatch.registry.graphs import graph_record
+    from steerpatch.registry.integrity import GRAPH_FILE, is_graph
     from steerpatch.registry.verification import verify_model_version
 
     store = resolve_store(tracking_uri)
     c = client(store)
     name, selector = parse_ref(ref)
-    return verify_model_version(c, store, get_version(c, name, selector))
+    mv = get_version(c, name, selector)
+    patches: list[dict[str, Any]] = []
+
+    def record(outcome: dict[str, Any]) -> None:
+        patches.append(outcome)
+        if on_patch is not None:
+            on_patch(outcome)
+
+    def check_links(folder: Path) -> None:
+        info = graph_record(folder / GRAPH_FILE) if is_graph(mv) else None
+        if info is not None and info.patches:  # the same decision as download_graph
+            verify_patch_links(c, store, mv, info, folder, f"{mv.name}@{mv.version}", report=record)
+
+    result = verify_model_version(c, store, mv, check_folder=check_links)
+    if patches:
+        result["patches"] = patches
+    return result
 
 
 def _first_line(error: Exception) -> str:

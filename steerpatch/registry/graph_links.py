@@ -9,11 +9,13 @@ graph's own metadata against each other and verifies every linked patch version.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import IntegrityError
+from steerpatch.errors import IntegrityError, SteerpatchError
 from steerpatch.registry.integrity import GRAPH_SUFFIX, TAG
 from steerpatch.registry.register import registered_name
 from steerpatch.registry.store import with_retry
@@ -51,12 +53,19 @@ def multi_record(c: Any, info: Any) -> tuple[dict[str, str], dict[str, str]]:
     return {PATCHES_TAG: text, "steerpatch.patch_hashes": hashes}, {PATCHES_FILE: text}
 
 
-def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, what: str) -> int:
+def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, what: str, *,
+                       report: Callable[[dict[str, Any]], None] | None = None) -> int:
     """Check a downloaded multi-patch graph's patch links; each linked patch version is verified too.
 
     The version's tag, the folder's `PATCHES.json` (already checked against MANIFEST.json) and the
     graph's own metadata must list the same patches in the same order, and every linked patch version
-    must hold the patch hash, model and SAE fingerprints the graph was compiled with.
+    must hold the patch hash, model and SAE fingerprints the graph was compiled with. Every link is
+    checked before one error names each patch that failed.
+
+    Args:
+        report: called once per patch, in index order, with `{"index", "patch_ref", "patch_hash",
+            "patch_model", "patch_version", "status": "ok"|"failed"|"unregistered", "problem"}`
+            (`steerpatch verify` prints these); not called when the list itself does not match.
 
     Returns:
         The number of linked patch versions verified.
@@ -66,8 +75,10 @@ def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, wha
     """
     recorded = (mv.tags or {}).get(PATCHES_TAG)
     stored = folder / PATCHES_FILE
-    if not recorded or not stored.is_file() or stored.read_text() != recorded:
-        raise IntegrityError(f"{what}: artifact '{PATCHES_FILE}' is missing or differs from the {PATCHES_TAG} tag")
+    stored_text = stored.read_text(errors="replace") if stored.is_file() else None
+    if not recorded or stored_text != recorded:
+        where = _first_difference(info, recorded, stored_text)
+        raise IntegrityError(f"{what}: artifact '{PATCHES_FILE}' is missing or differs from the {PATCHES_TAG} tag{where}")
     try:
         links = json.loads(recorded)
         listed = [(link["index"], link["patch_hash"]) for link in links]
@@ -75,20 +86,61 @@ def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, wha
         raise IntegrityError(f"{what}: the {PATCHES_TAG} tag is not a list of patch links ({error})") from None
     if listed != [(entry.index, entry.patch_hash) for entry in info.patches]:
         raise IntegrityError(f"{what}: the graph's patches {[e.patch_hash[:12] for e in info.patches]} differ from "
-                             f"the registered ones {[h[:12] for _, h in listed]}")
-    checked = 0
+                             f"the registered ones {[h[:12] for _, h in listed]}"
+                             f"{_first_difference(info, listed, [(e.index, e.patch_hash) for e in info.patches])}")
+    checked, problems = 0, []
     for link, entry in zip(links, info.patches, strict=True):
-        if not link.get("patch_version"):
-            continue
-        model, version = str(link["patch_model"]), str(link["patch_version"])
-        pv = with_retry(functools.partial(c.get_model_version, model, version), what=f"read {model}@{version}")
-        tags = pv.tags or {}
-        expected = {"patch_hash": entry.patch_hash, "model_fingerprint": info.model_fingerprint,
-                    "sae_fingerprint": entry.sae_fingerprint}
-        for key, value in expected.items():
-            if tags.get(TAG + key) != value:
-                raise IntegrityError(f"{what}: patch_index {entry.index} was compiled with {key} {value!r} but "
-                                     f"{model}@{version} has {tags.get(TAG + key)!r}")
-        verify_model_version(c, store, pv, graphs=False)
-        checked += 1
+        outcome = {"index": entry.index, "patch_ref": entry.patch_ref, "patch_hash": entry.patch_hash,
+                   "patch_model": link.get("patch_model"), "patch_version": link.get("patch_version"),
+                   "status": "unregistered", "problem": None}
+        if link.get("patch_version"):
+            try:
+                _verify_link(c, store, link, entry, info)
+                outcome["status"] = "ok"
+                checked += 1
+            except SteerpatchError as error:  # a deleted or changed patch version; the others are still checked
+                outcome["status"], outcome["problem"] = "failed", str(error).splitlines()[0]
+                problems.append(outcome["problem"])
+        if report is not None:
+            report(outcome)
+    if problems:
+        raise IntegrityError(f"{what}: " + "; ".join(problems))
     return checked
+
+
+def _verify_link(c: Any, store: Any, link: dict[str, Any], entry: Any, info: Any) -> None:
+    """One linked patch version against the patch the graph was compiled with, then its own files."""
+    from mlflow.exceptions import MlflowException
+
+    model, version = str(link.get("patch_model")), str(link["patch_version"])
+    try:
+        pv = with_retry(functools.partial(c.get_model_version, model, version), what=f"read {model}@{version}")
+    except MlflowException as error:  # deleted since the graph was registered, say
+        raise IntegrityError(f"patch_index {entry.index} is linked to {model}@{version}, which the registry "
+                             f"cannot read ({str(error).splitlines()[0]})") from None
+    tags = pv.tags or {}
+    expected = {"patch_hash": entry.patch_hash, "model_fingerprint": info.model_fingerprint,
+                "sae_fingerprint": entry.sae_fingerprint}
+    for key, value in expected.items():
+        if tags.get(TAG + key) != value:
+            raise IntegrityError(f"patch_index {entry.index} was compiled with {key} {value!r} but "
+                                 f"{model}@{version} has {tags.get(TAG + key)!r}")
+    try:
+        verify_model_version(c, store, pv, graphs=False)
+    except SteerpatchError as error:
+        raise IntegrityError(f"patch_index {entry.index} ({entry.patch_ref}): {str(error).splitlines()[0]}") from None
+
+
+def _first_difference(info: Any, a: Any, b: Any) -> str:
+    """`; first at patch_index N (REF)` for the first position where two patch lists differ, from the graph's metadata."""
+    try:
+        first = [json.loads(x) if isinstance(x, str) else x for x in (a, b)]
+        if not all(isinstance(x, list) for x in first):
+            return ""
+        position = next(i for i, (x, y) in enumerate(itertools.zip_longest(*first)) if x != y)
+    except (ValueError, RecursionError, StopIteration):  # unreadable lists: the message says the file differs
+        return ""
+    if position >= len(info.patches):
+        return f"; first after the graph's last patch (patch_index {len(info.patches)})"
+    entry = info.patches[position]
+    return f"; first at patch_index {entry.index} ({entry.patch_ref})"

@@ -299,7 +299,8 @@ def _verified_files(c: Any, store: Any, name: str, version: str, dst: Path) -> t
     return mv, path
 
 
-def _graph_record(path: Path) -> Any:
+def graph_record(path: Path) -> Any:
+    """The steerpatch metadata (`GraphInfo`) inside a graph file, or None when it has none."""
     import onnx
 
     from steerpatch.compile.metadata import GraphInfo
@@ -341,7 +342,7 @@ def download_graph(graph: GraphVersion, dst: str | Path, *, tracking_uri: str | 
             f"{what}: artifact '{GRAPH_FILE}' is recorded for patch hash {tags.get(TAG + 'patch_hash')!r}, "
             f"but {graph.via} resolved to patch hash {graph.patch_hash!r}"
         )
-    info = _graph_record(path)
+    info = graph_record(path)
     if info is None:
         raise IntegrityError(f"{what}: artifact '{GRAPH_FILE}' has no steerpatch metadata")
     for key in ("patch_hash", "model_fingerprint"):

@@ -7,6 +7,7 @@ of those needs the other.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ from steerpatch.registry.integrity import (
 )
 
 
-def verify_model_version(c: Any, store: Any, mv: Any, *, graphs: bool = True) -> dict[str, Any]:
+def verify_model_version(c: Any, store: Any, mv: Any, *, graphs: bool = True,
+                         check_folder: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Download one version (patch or graph) and check it, and for a patch its compiled graphs.
+
+    Args:
+        check_folder: called with the downloaded folder once its files have been checked, before it
+            is removed, for a caller's further checks (a multi-patch graph's patch links).
 
     Returns:
         `{"name", "version", "kind", "files", "graphs": [{"name", "version"}], "ok": True}`.
@@ -41,6 +47,8 @@ def verify_model_version(c: Any, store: Any, mv: Any, *, graphs: bool = True) ->
         else:
             n, _, _ = verify_patch_folder(local, mv, what)
             kind = "patch"
+        if check_folder is not None:
+            check_folder(local)
     if kind == "patch" and graphs:
         for gv in graphs_of(c, mv.name, (mv.tags or {}).get(TAG + "patch_hash")):
             verify_model_version(c, store, gv, graphs=False)

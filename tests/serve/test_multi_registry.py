@@ -100,3 +100,92 @@ def test_a_patch_list_rewritten_in_the_store_is_refused(registered):
     finally:
         (folder / PATCHES_FILE).write_text(original)
         (folder / "MANIFEST.json").write_bytes(manifest)
+
+
+def _verify(runner, store, ref, *extra):
+    return runner.invoke(cli, ["verify", ref, "--tracking-uri", store, *extra])
+
+
+def test_verify_checks_each_linked_patch_of_an_intact_version(registered, runner_module):
+    import mlflow
+
+    store, (first, second), patch_version, doc = registered
+    name = doc["registered"]["name"]
+    result = _verify(runner_module, store, f"{name}@1")
+    assert result.exit_code == 0, result.output
+    linked = f"{patch_version.name}@{patch_version.version}"
+    assert result.stdout.splitlines()[1:] == [
+        f"  patch_index 1  {first.ref}  {first.content_hash[:12]}  ok ({linked})",
+        f"  patch_index 2  {second.ref}  {second.content_hash[:12]}  not checked (compiled from a file, no registered "
+        "patch version)"]
+    mlflow.MlflowClient(store, store).set_registered_model_alias(name, "verified", "1")
+    result = _verify(runner_module, store, f"{name}@verified", "--json")  # the alias form checks the same links
+    assert result.exit_code == 0, result.output
+    patches = json.loads(result.stdout)["patches"]
+    assert [(p["index"], p["patch_hash"], p["patch_version"], p["status"]) for p in patches] == [
+        (1, first.content_hash, str(patch_version.version), "ok"), (2, second.content_hash, None, "unregistered")]
+
+
+@pytest.mark.parametrize("rewrite_tag", [False, True], ids=["file", "file-and-tag"])
+def test_verify_fails_on_a_patch_list_rewritten_with_its_manifest_record(registered, runner_module, rewrite_tag):
+    """PATCHES.json swapped in the store with MANIFEST.json and its recorded hash: only the link check sees it."""
+    import mlflow
+
+    from steerpatch.registry.integrity import MANIFEST_TAG
+
+    store, (first, _), _, doc = registered
+    name = doc["registered"]["name"]
+    c = mlflow.MlflowClient(store, store)
+    tags = c.get_model_version(name, "1").tags
+    folder = stored_folder(store, name, "1")
+    original, manifest = (folder / PATCHES_FILE).read_text(), (folder / "MANIFEST.json").read_bytes()
+    swapped = json.dumps(json.loads(original)[::-1], sort_keys=True)
+    try:
+        (folder / PATCHES_FILE).write_text(swapped)
+        c.set_model_version_tag(name, "1", MANIFEST_TAG, write_manifest(folder))
+        if rewrite_tag:
+            c.set_model_version_tag(name, "1", PATCHES_TAG, swapped)
+        result = _verify(runner_module, store, f"{name}@1")
+        assert result.exit_code == 1, result.output
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"Error: {name}@1: ")
+        assert f"first at patch_index 1 ({first.ref})" in result.stderr
+        assert ("differs from the steerpatch.patches tag" in result.stderr) is not rewrite_tag
+    finally:
+        (folder / PATCHES_FILE).write_text(original)
+        (folder / "MANIFEST.json").write_bytes(manifest)
+        for tag in (MANIFEST_TAG, PATCHES_TAG):
+            c.set_model_version_tag(name, "1", tag, tags[tag])
+    assert _verify(runner_module, store, f"{name}@1").exit_code == 0  # restored: verifies again
+
+
+@pytest.mark.parametrize("tamper", ["tag", "file"])
+def test_verify_fails_naming_the_patch_when_its_linked_version_changed(registered, runner_module, tamper):
+    import mlflow
+
+    store, (first, second), patch_version, doc = registered
+    name, linked = doc["registered"]["name"], (patch_version.name, str(patch_version.version))
+    c = mlflow.MlflowClient(store, store)
+    html = stored_folder(store, *linked) / "report.html"
+    saved = html.read_bytes()
+    try:
+        if tamper == "tag":
+            c.set_model_version_tag(*linked, "steerpatch.patch_hash", "0" * 64)
+            reason = f"patch_index 1 was compiled with patch_hash '{first.content_hash}' but {'@'.join(linked)} has"
+        else:
+            html.write_text("<html>edited in the store</html>")
+            reason = f"patch_index 1 ({first.ref}): {'@'.join(linked)}: artifact 'report.html'"
+        result = _verify(runner_module, store, f"{name}@1")
+        assert result.exit_code == 1, result.output
+        assert result.stderr.splitlines() == [result.stderr.strip()] and reason in result.stderr, result.stderr
+        assert result.stdout.splitlines()[0] == (
+            f"  patch_index 1  {first.ref}  {first.content_hash[:12]}  FAILED ({'@'.join(linked)})")
+        assert result.stdout.splitlines()[1].startswith(f"  patch_index 2  {second.ref}  {second.content_hash[:12]}")
+        result = _verify(runner_module, store, f"{name}@1", "--json")
+        assert result.exit_code == 1, result.output
+        body = json.loads(result.stdout)
+        assert (body["ok"], [p["status"] for p in body["patches"]]) == (False, ["failed", "unregistered"])
+        assert reason in body["patches"][0]["problem"]
+    finally:
+        c.set_model_version_tag(*linked, "steerpatch.patch_hash", first.content_hash)
+        html.write_bytes(saved)
