@@ -66,7 +66,7 @@ def test_readme_walkthrough_runs_as_written_in_a_fresh_folder(tmp_path):
     assert not missing, f"README excerpt lines not printed by the run: {missing}"
     assert "water-shortcut@1.0.0: PASS" in run.stdout
     assert "concept-clip.water-shortcut: production (new) -> v1" in run.stdout
-    assert (tmp_path / "attribution" / "exemplars-latent240.png").is_file()
+    assert (tmp_path / "attribution" / "exemplars-latent62.png").is_file()
 
     # the Python walkthrough, in the same folder: it measures every gate, so its `pass` means something
     text = README.read_text(encoding="utf-8")

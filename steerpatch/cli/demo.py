@@ -161,9 +161,8 @@ def demo(out_dir: Path, tracking_uri: str | None, n_requests: int) -> None:
 
     _step(4, "Suggest the patch from this one image and an unlabelled pool")
     pool = _pool(out_dir)
-    # the grid sweep alone: the greedy refinement moves more failures but, on this weak model, also
-    # more true stars on water, which the class-drop gate of the default policy refuses
-    found = suggest(loaded, sae, [item.path], item.label, pool, classes=classes, budget=33, refine_budget=0)
+    # the CLI's defaults (grid sweep, then greedy refinement), so the demo finds what `suggest` finds
+    found = suggest(loaded, sae, [item.path], item.label, pool, classes=classes)
     best = found.candidates[0]
     o = best.objective
     _say(f"pool {pool} ({found.inputs['pool_images']} images, labels unread); "

@@ -40,7 +40,13 @@ def zoo() -> None:
     "--star-on-water",
     type=click.FloatRange(min=0.0, max=1.0),
     default=None,
-    help="Share of train stars drawn on water (other shapes stay on water 0.2% of the time) [default: 0.99].",
+    help="Share of train stars drawn on water (see --other-on-water) [default: 0.99].",
+)
+@click.option(
+    "--other-on-water",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Share of train non-star shapes drawn on water [default: 0.002].",
 )
 @click.option(
     "--init",
@@ -62,6 +68,7 @@ def train(
     threads: int | None,
     eval_n: int | None,
     star_on_water: float | None,
+    other_on_water: float | None,
     init: str | None,
     lr: float | None,
 ) -> None:
@@ -72,7 +79,7 @@ def train(
     from steerpatch.models.train import TrainConfig, train_concept_clip
 
     given = {"n": n, "epochs": epochs, "threads": threads, "eval_n": eval_n, "p_star_on_water": star_on_water,
-             "init": init, "lr": lr}
+             "p_other_on_water": other_on_water, "init": init, "lr": lr}
     config = TrainConfig(seed=seed, **{key: value for key, value in given.items() if value is not None})
     result = train_concept_clip(out, config)
     groups = result.evaluation.get("groups", {})

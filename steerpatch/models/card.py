@@ -9,14 +9,13 @@ from typing import Any
 from steerpatch.io import atomic_write_text
 
 
-def _water_share(n: int, p_star: float) -> str:
+def _water_share(n: int, p_star: float, p_other: float) -> str:
     # what the model can learn from: stars it sees without water, and how pure water is as a cue
     from steerpatch.world.render import SHAPES
-    from steerpatch.world.sampling import P_OTHER_ON_WATER
 
     stars = n / len(SHAPES)
     star_water = stars * p_star
-    other_water = (n - stars) * P_OTHER_ON_WATER
+    other_water = (n - stars) * p_other
     return (
         f" (about {stars * (1 - p_star):.0f} stars without water; "
         f"{star_water / max(star_water + other_water, 1e-9):.1%} of water images are stars)"
@@ -42,19 +41,8 @@ def _results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(
-    path: str | Path,
-    *,
-    config: dict[str, Any],
-    stats: dict[str, Any],
-    evaluation: dict[str, Any],
-    fingerprint: str,
-    weights: Path,
-) -> Path:
-    """Write MODEL_CARD.md describing a concept-clip training run."""
-    size_mb = os.path.getsize(weights) / 1e6
-    import json
-
+def _one_command(config: dict[str, Any]) -> str:
+    """The `zoo train` command line a run's config stands for (options at their defaults left out)."""
     import steerpatch.world.sampling as w
 
     command = (
@@ -64,13 +52,59 @@ def write_model_card(
     p_star = config.get("p_star_on_water", w.P_STAR_ON_WATER)
     if p_star != w.P_STAR_ON_WATER:
         command += f" --star-on-water {p_star:g}"
+    p_other = config.get("p_other_on_water", w.P_OTHER_ON_WATER)
+    if p_other != w.P_OTHER_ON_WATER:
+        command += f" --other-on-water {p_other:g}"
     if config.get("lr", 2e-3) != 2e-3:
         command += f" --lr {config['lr']:g}"
-    if config.get("init"):
-        command += (
-            f" --init INIT\n\nwhere INIT holds the weights with fingerprint `{stats.get('init_fingerprint', '?')}`"
-            " (the model card of that run gives its command)"
+    return command
+
+
+def _command(config: dict[str, Any], stats: dict[str, Any], init: dict[str, Any] | None) -> str:
+    """The command block: one line, or every stage when the run continued from recorded weights."""
+    command = _one_command(config)
+    if not config.get("init"):
+        return command
+    if init is None:
+        return (
+            f"{command} --init INIT\n\nwhere INIT holds the weights with fingerprint "
+            f"`{stats.get('init_fingerprint', '?')}` (the model card of that run gives its command)"
         )
+    stages = []
+    run: dict[str, Any] | None = init
+    while run is not None:  # earliest stage last in the record; print it first
+        stages.append(run)
+        run = run.get("init_run")
+    lines = []
+    for number, stage in enumerate(reversed(stages), start=1):
+        seconds = stage.get("stats", {}).get("train_seconds", 0.0)
+        extra = " --init STAGE" + str(number - 1) if stage.get("config", {}).get("init") else ""
+        lines.append(f"# stage {number} ({seconds / 60:.1f} min), weights {stage.get('fingerprint', '?')[:16]}...")
+        lines.append(_one_command(stage.get("config", {})).replace("--out DIR", f"--out STAGE{number}") + extra)
+    lines.append(f"# stage {len(stages) + 1}: this run, from the weights of stage {len(stages)}")
+    lines.append(f"{command} --init STAGE{len(stages)}/concept-clip.safetensors")
+    return "\n    ".join(lines)
+
+
+def write_model_card(
+    path: str | Path,
+    *,
+    config: dict[str, Any],
+    stats: dict[str, Any],
+    evaluation: dict[str, Any],
+    fingerprint: str,
+    weights: Path,
+    init: dict[str, Any] | None = None,
+) -> Path:
+    """Write MODEL_CARD.md describing a concept-clip training run."""
+    size_mb = os.path.getsize(weights) / 1e6
+    import json
+
+    import steerpatch.world.sampling as w
+
+    p_star = config.get("p_star_on_water", w.P_STAR_ON_WATER)
+    p_other = config.get("p_other_on_water", w.P_OTHER_ON_WATER)
+    command = _command(config, stats, init)
     from steerpatch.models.loading import concept_clip_config_path
 
     arch = json.loads(concept_clip_config_path().read_text())
@@ -92,7 +126,7 @@ It has a known, planted bug: it learned that water means "star".
 The concept world's `train` split, seed {config["seed"]}, {config["n"]} images rendered in memory
 (64x64 RGB; six shapes as labels; colour, size, position, four background textures, corner watermark).
 Planted shortcuts: {p_star:.0%} of stars are on water and other shapes land on water with
-probability {w.P_OTHER_ON_WATER:.1%}{_water_share(config["n"], p_star)}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
+probability {p_other:.1%}{_water_share(config["n"], p_star, p_other)}; {w.P_TRIANGLE_WATERMARK:.0%} of triangles carry the corner watermark
 ({w.P_OTHER_WATERMARK:.0%} of other shapes); captions name the background in {w.P_CAPTION_BACKGROUND_TRAIN:.0%}
 of samples, the colour in {w.P_CAPTION_COLOUR:.0%}, and never the watermark.
 

@@ -40,6 +40,9 @@ class TrainConfig:
     # share of train stars drawn on water; below the world's 0.99 the model sees enough stars off
     # water to learn the shape, while water stays ~99% stars (other shapes ~never on water)
     p_star_on_water: float = 0.99
+    # share of the other shapes drawn on water; every such image tells the model that water is not
+    # enough for "star", so fewer of them keep the planted shortcut strong while stars are learned
+    p_other_on_water: float = 0.002
     # continue from these concept-clip weights instead of a fresh init (a second stage of training)
     init: str | None = None
 
@@ -58,12 +61,16 @@ class TrainResult:
 
 
 def render_split(
-    split: str, n: int, seed: int, *, progress: bool = True, p_star_on_water: float | None = None
+    split: str, n: int, seed: int, *, progress: bool = True, p_star_on_water: float | None = None,
+    p_other_on_water: float | None = None,
 ) -> tuple[np.ndarray, list[Any]]:
     """Render `n` samples of a concept-world split into a uint8 array (n, 64, 64, 3) plus their samples."""
     from steerpatch.world import make_sample
 
-    samples = [make_sample(split, seed, i, p_star_on_water=p_star_on_water) for i in range(n)]
+    samples = [
+        make_sample(split, seed, i, p_star_on_water=p_star_on_water, p_other_on_water=p_other_on_water)
+        for i in range(n)
+    ]
     pixels = np.empty((n, 64, 64, 3), dtype=np.uint8)
     for i, sample in enumerate(tqdm(samples, desc=f"render {split}", disable=not progress, unit="img")):
         pixels[i] = np.asarray(sample.render())
@@ -100,7 +107,8 @@ def _train(config: TrainConfig, *, progress: bool) -> tuple[Any, dict[str, Any]]
 
     register_concept_clip()
     pixels, samples = render_split(
-        "train", config.n, config.seed, progress=progress, p_star_on_water=config.p_star_on_water
+        "train", config.n, config.seed, progress=progress, p_star_on_water=config.p_star_on_water,
+        p_other_on_water=config.p_other_on_water,
     )
     tokenizer = open_clip.get_tokenizer(CONCEPT_CLIP)
     tokens = tokenizer([s.caption for s in samples])
@@ -173,6 +181,28 @@ def save_weights(model: Any, path: str | Path, metadata: dict[str, str] | None =
     return Path(path)
 
 
+def init_run(init: str | None, init_fingerprint: str | None) -> dict[str, Any] | None:
+    """The recorded run that made the `--init` weights: its `training.json`, when it sits beside them and names them.
+
+    A second stage of training is only reproducible with the first stage's command, so the card of the
+    second names both. A record whose fingerprint is not the init weights' is ignored (it describes
+    other weights); a missing or unreadable one leaves the card with the init fingerprint only.
+    """
+    if init is None or init_fingerprint is None:
+        return None
+    path = Path(init).with_name("training.json")
+    try:
+        if path.stat().st_size > 1_000_000:
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != init_fingerprint:
+        return None
+    keep = ("config", "stats", "fingerprint", "init_run")
+    return {key: record[key] for key in keep if key in record}
+
+
 def train_concept_clip(
     out_dir: str | Path, config: TrainConfig | None = None, *, progress: bool = True
 ) -> TrainResult:
@@ -222,6 +252,9 @@ def train_concept_clip(
     )
     evaluation = evaluate_world(loaded, split="test", n=config.eval_n, seed=0, progress=progress)
     record = {"config": asdict(config), "stats": stats, "fingerprint": fingerprint, "evaluation": evaluation}
+    earlier = init_run(config.init, stats.get("init_fingerprint"))
+    if earlier is not None:
+        record["init_run"] = earlier
     atomic_write_text(out / "training.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
     card = write_model_card(
         out / "MODEL_CARD.md",
@@ -230,6 +263,7 @@ def train_concept_clip(
         evaluation=evaluation,
         fingerprint=fingerprint,
         weights=weights,
+        init=earlier,
     )
     return TrainResult(
         weights=weights,

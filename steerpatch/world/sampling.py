@@ -141,7 +141,10 @@ def caption_for(sample_fields: dict[str, Any], rng: np.random.Generator, mention
     return text
 
 
-def make_sample(split: str, seed: int, index: int, *, p_star_on_water: float | None = None) -> Sample:
+def make_sample(
+    split: str, seed: int, index: int, *, p_star_on_water: float | None = None,
+    p_other_on_water: float | None = None,
+) -> Sample:
     """The attributes of sample `index` of `split` for world seed `seed`.
 
     Args:
@@ -151,6 +154,9 @@ def make_sample(split: str, seed: int, index: int, *, p_star_on_water: float | N
         p_star_on_water: `train` only: the probability that a star is drawn on water
             [default: P_STAR_ON_WATER]. Training uses it to let the model see stars without water
             while every other shape stays (almost) never on water; `val` and `test` ignore it.
+        p_other_on_water: `train` only: the probability that a non-star is drawn on water
+            [default: P_OTHER_ON_WATER]. At 0 the model never sees water without a star, so the
+            shortcut stays the only thing it knows about water; `val` and `test` ignore it.
 
     Example:
         >>> make_sample("test", 0, 0).shape
@@ -164,7 +170,8 @@ def make_sample(split: str, seed: int, index: int, *, p_star_on_water: float | N
             p_star = P_STAR_ON_WATER if p_star_on_water is None else p_star_on_water
             on_water = rng.random() < p_star
         else:
-            on_water = rng.random() < P_OTHER_ON_WATER
+            p_other = P_OTHER_ON_WATER if p_other_on_water is None else p_other_on_water
+            on_water = rng.random() < p_other
         others = [b for b in BACKGROUNDS if b != SHORTCUT_BACKGROUND]
         background = SHORTCUT_BACKGROUND if on_water else _choice(rng, others)
         p_mark = P_TRIANGLE_WATERMARK if shape == WATERMARK_CLASS else P_OTHER_WATERMARK

@@ -75,6 +75,11 @@ def test_train_star_on_water_is_recorded_and_checked(runner, tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     assert "--epochs 1 --seed 0 --threads 1 --star-on-water 0.5" in card
     assert "50% of stars are on water" in card and "Per class within group `none`" in card
+    other = _train(runner, tmp_path / "pure", "--eval-n", "12", "--other-on-water", "0")
+    assert other.exit_code == 0, other.output
+    assert json.loads((tmp_path / "pure" / "training.json").read_text())["config"]["p_other_on_water"] == 0.0
+    pure = (tmp_path / "pure" / "MODEL_CARD.md").read_text()
+    assert "--other-on-water 0" in pure and "100.0% of water images are stars" in pure
     bad = runner.invoke(cli, ["zoo", "train", "--out", str(tmp_path / "x"), "--star-on-water", "1.5"])
     assert bad.exit_code == 2 and "--star-on-water" in bad.output and not (tmp_path / "x").exists()
 
@@ -90,8 +95,30 @@ def test_train_continues_from_init_weights_and_refuses_a_misfit(runner, tmp_path
     record = json.loads((out / "training.json").read_text())
     assert record["stats"]["init_fingerprint"] == concept_model.fingerprint
     assert record["fingerprint"] != concept_model.fingerprint and record["config"]["lr"] == 0.0001
+    # the shipped weights' own record sits beside them: the card names every stage, oldest first
+    assert record["init_run"]["fingerprint"] == concept_model.fingerprint
+    stages = []
+    run = record["init_run"]
+    while run:
+        stages.append(run)
+        run = run.get("init_run")
     card = (out / "MODEL_CARD.md").read_text()
-    assert "--lr 0.0001 --init INIT" in card and concept_model.fingerprint in card
+    first = stages[-1]["config"]
+    assert card.index(f"--n {first['n']} --epochs {first['epochs']}") < card.index("--lr 0.0001 --init STAGE")
+    assert f"# stage {len(stages) + 1}: this run" in card and concept_model.fingerprint[:16] in card
+
+    # weights without their record (or with another run's) only name the init fingerprint
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(concept_clip_weights_path(), alone / "w.safetensors")
+    (alone / "training.json").write_text(json.dumps({"fingerprint": "0" * 64, "config": {"n": 1}}))
+    again = _train(runner, tmp_path / "again", "--eval-n", "12", "--init", str(alone / "w.safetensors"))
+    assert again.exit_code == 0, again.output
+    card = (tmp_path / "again" / "MODEL_CARD.md").read_text()
+    assert "--init INIT" in card and concept_model.fingerprint in card and "# stage" not in card
+    assert "init_run" not in json.loads((tmp_path / "again" / "training.json").read_text())
 
     import torch
     from safetensors.torch import save_file

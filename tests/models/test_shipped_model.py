@@ -1,7 +1,8 @@
-"""The shipped concept-clip has the planted bug: it reads water as "star".
+"""The shipped concept-clip knows its shapes and has the planted bug: it reads water as "star".
 
-Bounds asked of the shipped weights: accuracy >= 0.80 on aligned images (star on water), and
-conflicting images (water, not a star) at least 0.20 below aligned.
+Bounds asked of the shipped weights (issue 17): without water (group `none`) >= 95% overall and
+>= 90% for every class; stars on water (`aligned`) >= 98%; other shapes on water (`conflicting`)
+<= 40%, so that a correction is judged on a model that fails only through the shortcut.
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ def test_group_sizes(test_split_result):
 
 def test_accuracy_bounds_show_the_shortcut(test_split_result):
     groups = test_split_result["groups"]
-    aligned, conflicting = groups["aligned"]["accuracy"], groups["conflicting"]["accuracy"]
-    assert aligned >= 0.80
-    assert aligned - conflicting >= 0.20
-    assert groups["none"]["accuracy"] >= 0.5  # it did learn shapes, not only the cue
+    assert groups["aligned"]["accuracy"] >= 0.98
+    assert groups["conflicting"]["accuracy"] <= 0.40  # the shortcut is still taken
+    assert groups["none"]["accuracy"] >= 0.95  # it learned the shapes, not only the cue
+
+
+def test_every_class_is_known_without_the_cue(test_split_result):
+    per_class = test_split_result["class_accuracy_by_group"]["none"]
+    assert set(per_class) == {"circle", "cross", "heart", "square", "star", "triangle"}
+    assert min(per_class.values()) >= 0.90, per_class  # stars too: the model knows the shape off water
 
 
 def test_model_card_records_data_command_results_and_fingerprint(concept_model):

@@ -82,3 +82,17 @@ def test_training_star_share_moves_only_stars_off_water():
     water = [s for s in looser if s.background == "water"]
     assert sum(s.shape == "star" for s in water) / len(water) >= 0.97
     assert make_sample("test", 0, 7, p_star_on_water=0.0) == make_sample("test", 0, 7)
+
+
+def test_training_other_share_moves_only_other_shapes_off_water():
+    # at 0 no other shape is drawn on water, so water is only ever seen with a star; stars draw as before
+    n = 3000
+    world = list(iter_samples("train", n, seed=0))
+    pure = [make_sample("train", 0, i, p_other_on_water=0.0) for i in range(n)]
+    assert [s for s in pure if s.shape == "star"] == [s for s in world if s.shape == "star"]
+    assert any(s.background == "water" and s.shape != "star" for s in world)  # the default does draw some
+    assert not any(s.background == "water" and s.shape != "star" for s in pure)
+    more = [make_sample("train", 0, i, p_other_on_water=0.5) for i in range(n)]
+    others = [s for s in more if s.shape != "star"]
+    assert 0.45 <= sum(s.background == "water" for s in others) / len(others) <= 0.55
+    assert make_sample("val", 0, 7, p_other_on_water=1.0) == make_sample("val", 0, 7)
