@@ -117,11 +117,16 @@ def objective(
 
 
 def rank(candidates: list[Candidate], max_ripple: float) -> list[Candidate]:
-    """Best first: every misclassified image fixed, ripple within budget, then score, then fewer edits."""
+    """Best first: every misclassified image fixed, ripple within budget, then score, then fewer edits.
+
+    Among candidates that all break the ripple budget, the one that breaks it least comes first: the
+    budget is the rule, and the score would otherwise favour the largest edit.
+    """
 
     def key(c: Candidate) -> tuple:
         o = c.objective
-        return (o["targets_fixed"] < 1.0, o["ripple"] > max_ripple, -o["score"], len(c.latents), -c.value)
+        over = o["ripple"] > max_ripple
+        return (o["targets_fixed"] < 1.0, over, o["ripple"] if over else 0.0, -o["score"], len(c.latents), -c.value)
 
     return sorted(candidates, key=key)
 
