@@ -56,6 +56,13 @@ class Scorer(Protocol):
         """The per-image results of the patch at `strength` on `dataset` (groups filled when `grouped`)."""
         ...
 
+    def score_patches(self, validator: Any, patches: Sequence[Any], dataset: Any, cached: Any) -> list[ImageResults]:
+        """The results of other patches at strength 1 on a dataset already read (the floor's random patches).
+
+        Rows are in the order of `cached.ids`; groups are not filled.
+        """
+        ...
+
 
 def group_values(dataset, ids: Sequence[str], group_by: str | None) -> list[str] | None:
     """The value of attribute `group_by` for each id, as text.
@@ -134,3 +141,14 @@ class LocalScorer:
             groups=group_values(dataset, cached.ids, validator.group_by) if grouped else None,
             strength=strength, batch_size=validator.batch_size, progress=validator.progress,
         )
+
+    def score_patches(self, validator: Any, patches: Sequence[Any], dataset: Any, cached: Any) -> list[ImageResults]:
+        """Each patch's results from the cached activations, one suffix run per patch."""
+        from steerpatch.validate.candidate import score_patch
+
+        labels = _labels(dataset, cached.ids, validator.classes)
+        return [
+            score_patch(validator.model.model, validator.head, validator.sae, patch, cached, labels=labels,
+                        batch_size=validator.batch_size)
+            for patch in patches
+        ]
