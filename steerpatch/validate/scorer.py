@@ -46,7 +46,11 @@ class Scorer(Protocol):
         ...
 
     def activations(self, validator: Any, dataset: Any, block: int) -> Any:
-        """What `score` reads for a dataset, with `ids` and `undecodable`, checked against the data policy."""
+        """What `score` reads for a dataset, checked against the data policy.
+
+        It has `ids`, `undecodable`, and `features` (the unpatched image embeddings, rows as `ids`,
+        which the ceiling baseline re-fits on).
+        """
         ...
 
     def score(
