@@ -195,6 +195,7 @@ def compare_frames(
     preprocess: dict[str, Any],
     batch_size: int = 32,
     threads: int = 1,
+    embedding: bool = False,
 ) -> Iterator[Any]:
     """Run an unsteered graph and one or more steered graphs on the same images: validation on Spark.
 
@@ -205,11 +206,13 @@ def compare_frames(
         preprocess: a `Preprocess` as a dict.
         batch_size: images per ONNX Runtime call.
         threads: ONNX Runtime intra-op threads.
+        embedding: also return the unsteered embedding (float32), which the ceiling baseline re-fits on.
 
     Yields:
         pandas frames with id, probs_before, probs_after (one row of probabilities per steered
-        graph), cos (cosine between the unsteered and each steered embedding) and error.
-        Embeddings stay on the executor; predictions are the argmax of the probabilities.
+        graph), cos (cosine between the unsteered and each steered embedding), embedding (when asked;
+        see `compare_schema`) and error. Steered embeddings stay on the executor; predictions are the
+        argmax of the probabilities.
     """
     import pandas as pd
 
@@ -223,16 +226,24 @@ def compare_frames(
         runs = [runner.run(pixels) for runner in steered]
         probs_after = np.stack([r["probs"] for r in runs], axis=1)  # (B, S, C)
         cos = np.stack([_cosine(base["embedding"], r["embedding"]) for r in runs], axis=1)  # (B, S)
-        yield pd.DataFrame({
+        out = pd.DataFrame({
             "id": frame["id"],
             "probs_before": _rows(base["probs"], ok),
             "probs_after": [list(p.astype(np.float32)) if good else None for p, good in zip(probs_after, ok, strict=True)],
             "cos": [c if good else None for c, good in zip(cos, ok, strict=True)],
-            "error": errors,
         })
+        if embedding:
+            out["embedding"] = _rows(base["embedding"], ok)
+        out["error"] = errors
+        yield out
 
 
 COMPARE_SCHEMA = "id string, probs_before array<float>, probs_after array<array<float>>, cos array<double>, error string"
+
+
+def compare_schema(embedding: bool) -> str:
+    """The Spark DDL schema of `compare_frames`' rows, with or without the unsteered embedding."""
+    return COMPARE_SCHEMA.replace(", error string", ", embedding array<float>, error string") if embedding else COMPARE_SCHEMA
 
 
 def graph_info(graph: str) -> dict[str, Any]:

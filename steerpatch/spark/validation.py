@@ -42,6 +42,8 @@ class SparkRun:
         probs_before: unsteered class probabilities, (N, C).
         probs_after: strength -> steered class probabilities, (N, C).
         cos: strength -> cosine between unsteered and steered embeddings, (N,).
+        features: unsteered image embeddings, (N, E) float32, for the ceiling baseline (as the local
+            engine's `CachedActivations.features`).
     """
 
     ids: list[str]
@@ -49,6 +51,7 @@ class SparkRun:
     probs_before: np.ndarray
     probs_after: dict[float, np.ndarray]
     cos: dict[float, np.ndarray]
+    features: np.ndarray
     _local: Any = field(default=None, repr=False)
 
     @property
@@ -77,7 +80,9 @@ class SparkScorer:
     """A scorer (`steerpatch.validate.scorer.Scorer`) that runs compiled ONNX graphs on Spark executors.
 
     For each patch it compiles the unsteered graph and the steered one per strength, and scores each
-    dataset once with all of them; `score` then only picks a strength's rows.
+    dataset once with all of them; `score` then only picks a strength's rows. The floor baseline's
+    random patches (`score_patches`) take one more pass, and the unsteered embeddings the ceiling
+    re-fits on come back with a dataset's first pass (kept per dataset: they do not depend on the patch).
 
     Args:
         spark: a running SparkSession.
@@ -91,6 +96,7 @@ class SparkScorer:
         self.partitions = partitions
         self.compiled: CompiledSet | None = None
         self._runs: dict[str, SparkRun] = {}
+        self._features: dict[str, tuple[list[str], np.ndarray]] = {}  # model:dataset fingerprint -> (ids, embeddings)
 
     @contextmanager
     def session(self, validator: Validator, patch: Any, strengths: Sequence[float]) -> Iterator[CompiledSet]:
@@ -110,7 +116,7 @@ class SparkScorer:
             PatchError / SAEError: the patch does not fit the model or SAE.
             CompileError: a graph fails its parity check.
         """
-        from steerpatch.compile import build_graph, compile_patch
+        from steerpatch.compile import build_graph
         from steerpatch.compile.export import export_graph, serialize
         from steerpatch.validate import at_strength
 
@@ -120,12 +126,8 @@ class SparkScorer:
         info = None
         for i, strength in enumerate(strengths):
             edits = at_strength(patch.edits, strength) if strength != 1.0 else list(patch.edits)
-            result = compile_patch(
-                patch.model_copy(update={"edits": edits}), model=validator.model, sae=validator.sae,
-                classes=validator.classes, out=root / f"steered-{i}.onnx",
-            )
             after[strength] = root / f"steered-{i}.onnx"
-            info = result.info
+            info = self._compile_one(validator, patch.model_copy(update={"edits": edits}), after[strength])
         module, _, _, _ = build_graph(validator.model, None, None, validator.head)
         before = root / "unsteered.onnx"
         before.write_bytes(serialize(export_graph(module, validator.model.image_size, module.output_names)))
@@ -133,6 +135,14 @@ class SparkScorer:
             raise PatchError(f"patch {patch.ref} compiled to no graph")
         preprocess = runner.Preprocess.from_dict(info.preprocessing.model_dump()).to_dict()
         return CompiledSet(before, after, preprocess, folder)
+
+    @staticmethod
+    def _compile_one(validator: Validator, patch: Any, out: Path) -> Any:
+        """Compile one patch (parity-gated) to `out`; returns the graph's compile record."""
+        from steerpatch.compile import compile_patch
+
+        return compile_patch(patch, model=validator.model, sae=validator.sae, classes=validator.classes, out=out,
+                             progress=validator.progress).info
 
     def activations(self, validator: Validator, dataset: Any, block: int) -> SparkRun:
         """Score a dataset on Spark with every compiled graph (once per dataset), then apply the data policy.
@@ -149,16 +159,23 @@ class SparkScorer:
         check_decoded(dataset, run.ids, run.undecodable, validator.policy.data)
         return run
 
-    def _run(self, validator: Validator, dataset: Any, block: int) -> SparkRun:
+    def _compiled(self) -> CompiledSet:
+        if self.compiled is None:
+            raise PatchError("SparkScorer needs a compiled patch; call Validator.validate(patch)")
+        return self.compiled
+
+    def _pass(self, validator: Validator, dataset: Any, after: list[Path], *, embedding: bool, desc: str) -> Any:
+        """One Spark pass over a dataset: the unsteered graph and every `after` graph on each image.
+
+        Returns:
+            The rows of `runner.compare_frames`, as a pandas frame.
+        """
         from pyspark.sql import functions as F
 
-        if self.compiled is None:
-            raise PatchError("SparkScorer.activations needs a compiled patch; call Validator.validate(patch)")
-        compiled = self.compiled
-        strengths = list(compiled.after)
+        compiled = self._compiled()
         ship_runner()
         spark = self.spark
-        with spark_progress(spark, f"validating on spark ({len(dataset)} images)", enabled=validator.progress):
+        with spark_progress(spark, desc, enabled=validator.progress):
             items = spark.createDataFrame([(item.id,) for item in dataset.items], "id string")
             frame = folder_frame(spark, str(Path(dataset.root).resolve()))
             frame = frame.join(F.broadcast(items), on="id", how="inner")
@@ -166,10 +183,18 @@ class SparkScorer:
             body = runner.partition_function(
                 runner.compare_frames,
                 before=ship_graph(spark, compiled.before),
-                after=[ship_graph(spark, compiled.after[s]) for s in strengths],
+                after=[ship_graph(spark, path) for path in after],
                 preprocess=compiled.preprocess, batch_size=validator.batch_size, threads=task_threads(spark),
+                embedding=embedding,
             )
-            rows: Any = frame.repartition(partitions).mapInPandas(body, runner.COMPARE_SCHEMA).toPandas()
+            return frame.repartition(partitions).mapInPandas(body, runner.compare_schema(embedding)).toPandas()
+
+    def _run(self, validator: Validator, dataset: Any, block: int) -> SparkRun:
+        strengths = list(self._compiled().after)
+        key = f"{validator.model.fingerprint}:{validator.fingerprint(dataset)}"  # embeddings depend on both
+        known = self._features.get(key)
+        rows = self._pass(validator, dataset, [self._compiled().after[s] for s in strengths], embedding=known is None,
+                          desc=f"validating on spark ({len(dataset)} images)")
         by_id = {row.id: row for row in rows.itertuples(index=False)}
         ids, undecodable = [], []
         for item in dataset.items:
@@ -182,38 +207,88 @@ class SparkScorer:
                 ids.append(item.id)
         decoded = [by_id[i] for i in ids]
         n_classes = len(validator.classes)
-
-        def matrix(values: list[Any], width: int) -> np.ndarray:
-            return np.asarray([np.asarray(v, dtype=np.float64) for v in values]).reshape(len(values), width)
-
-        probs_before = matrix([r.probs_before for r in decoded], n_classes)
-        probs_after = {s: matrix([r.probs_after[j] for r in decoded], n_classes) for j, s in enumerate(strengths)}
+        probs_before = _matrix([r.probs_before for r in decoded], n_classes)
+        probs_after = {s: _matrix([r.probs_after[j] for r in decoded], n_classes) for j, s in enumerate(strengths)}
         cos = {s: np.asarray([r.cos[j] for r in decoded], dtype=np.float64) for j, s in enumerate(strengths)}
+        if known is None:
+            features = np.asarray([np.asarray(r.embedding, dtype=np.float32) for r in decoded], dtype=np.float32)
+            known = self._features[key] = (ids, features.reshape(len(ids), -1) if ids else features.reshape(0, 0))
+        features = _reorder(known, ids, dataset)
 
         def local() -> Any:
             return validator.cache.get(validator.model, dataset, block, batch_size=validator.batch_size,
                                        on_undecodable=validator.policy.data.on_undecodable,
                                        progress=validator.progress)
 
-        return SparkRun(ids, undecodable, probs_before, probs_after, cos, _local=local)
+        return SparkRun(ids, undecodable, probs_before, probs_after, cos, features, _local=local)
+
+    def score_patches(self, validator: Validator, patches: Sequence[Any], dataset: Any,
+                      cached: SparkRun) -> list[ImageResults]:
+        """Compile each patch (strength 1) and score them all in one more Spark pass (the floor's random patches).
+
+        Raises:
+            DatasetError: an image scored in the dataset's first pass is missing or unreadable in this one.
+        """
+        if not patches:
+            return []
+        root = Path(self._compiled().folder.name)
+        first = len(list(root.glob("extra-*.onnx")))
+        paths = [root / f"extra-{first + i}.onnx" for i in range(len(patches))]
+        for patch, path in zip(patches, paths, strict=True):
+            self._compile_one(validator, patch, path)
+        rows = self._pass(validator, dataset, paths, embedding=False,
+                          desc=f"scoring {len(patches)} baseline patches on spark ({len(dataset)} images)")
+        by_id = {row.id: row for row in rows.itertuples(index=False)}
+        lost = [i for i in cached.ids if i not in by_id or isinstance(by_id[i].error, str)]
+        if lost:
+            raise DatasetError(
+                f"image '{lost[0]}' of '{dataset.root}' scored in the first pass but not in the baseline pass; "
+                "the data changed during validation, run it again"
+            )
+        decoded = [by_id[i] for i in cached.ids]
+        n_classes = len(validator.classes)
+        return [
+            _results(validator, dataset, cached, _matrix([r.probs_after[j] for r in decoded], n_classes),
+                     np.asarray([r.cos[j] for r in decoded], dtype=np.float64), grouped=False)
+            for j in range(len(patches))
+        ]
 
     def score(self, validator: Validator, patch: Any, dataset: Any, cached: SparkRun, *, strength: float = 1.0,
               grouped: bool = False) -> ImageResults:
         """The rows of one compiled strength as `ImageResults`."""
         if strength not in cached.probs_after:
             raise PatchError(f"strength {strength} was not compiled for this run; compiled: {sorted(cached.probs_after)}")
-        probs_after = cached.probs_after[strength]
-        return ImageResults(
-            ids=list(cached.ids),
-            labels=_labels(dataset, cached.ids, validator.classes),
-            pred_before=cached.probs_before.argmax(-1),
-            pred_after=probs_after.argmax(-1),
-            probs_before=cached.probs_before,
-            probs_after=probs_after,
-            cos=cached.cos[strength],
-            classes=list(validator.classes),
-            groups=group_values(dataset, cached.ids, validator.group_by) if grouped else None,
-        )
+        return _results(validator, dataset, cached, cached.probs_after[strength], cached.cos[strength], grouped=grouped)
+
+
+def _matrix(values: list[Any], width: int) -> np.ndarray:
+    return np.asarray([np.asarray(v, dtype=np.float64) for v in values]).reshape(len(values), width)
+
+
+def _reorder(known: tuple[list[str], np.ndarray], ids: list[str], dataset: Any) -> np.ndarray:
+    """The kept embeddings of a dataset, in the rows of `ids`."""
+    index = {item_id: row for row, item_id in enumerate(known[0])}
+    missing = [i for i in ids if i not in index]
+    if missing:  # the same fingerprint (file hashes) decodes the same images, so this means a changed folder
+        raise DatasetError(f"image '{missing[0]}' of '{dataset.root}' has no embedding from an earlier pass; "
+                           "the data changed during validation, run it again")
+    return known[1][[index[i] for i in ids]]
+
+
+def _results(validator: Validator, dataset: Any, run: SparkRun, probs_after: np.ndarray, cos: np.ndarray, *,
+             grouped: bool) -> ImageResults:
+    """`ImageResults` from a run's unsteered probabilities and one steered graph's rows."""
+    return ImageResults(
+        ids=list(run.ids),
+        labels=_labels(dataset, run.ids, validator.classes),
+        pred_before=run.probs_before.argmax(-1),
+        pred_after=probs_after.argmax(-1),
+        probs_before=run.probs_before,
+        probs_after=probs_after,
+        cos=cos,
+        classes=list(validator.classes),
+        groups=group_values(dataset, run.ids, validator.group_by) if grouped else None,
+    )
 
 
 class SparkValidator(Validator):

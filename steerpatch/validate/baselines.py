@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,44 +26,62 @@ def _worst(right: np.ndarray, groups: np.ndarray) -> float | None:
     return min(values) if values else None
 
 
-@torch.no_grad()
-def floor_baseline(model, head, sae, patch, cached, *, labels, groups, draws: int = FLOOR_DRAWS, seed: int = 0,
-                   batch_size: int = 64) -> dict[str, Any] | None:
-    """The patch's ops on as many random latents, averaged over `draws` draws.
+def floor_patches(patch, sae, *, draws: int = FLOOR_DRAWS, seed: int = 0) -> list:
+    """The floor's random patches: the patch's edits moved onto randomly drawn latents, one patch per draw.
 
     The draws depend on the seed and the number of edits only, so two patches with the same ops and
-    values share their floor (see `floor_key`).
+    values share their floor (see `floor_key`), and every engine scores the same random patches.
 
     Args:
-        model: the open_clip CLIP.
-        head: the `ZeroShotHead`.
-        sae: the patch's SAE.
         patch: the patch.
-        cached: `CachedActivations` at the patch's hook.
-        labels: true class index per cached image.
-        groups: group value per cached image.
+        sae: the patch's SAE (latents are drawn from its `d_sae`).
         draws: how many random draws.
         seed: seed of the draws.
-        batch_size: images per pass.
 
     Returns:
-        {"worst_group", "accuracy", "draws", "worst_group_draws"}, or None for a patch without edits.
+        `draws` patches (none for a patch without edits).
     """
-    from steerpatch.validate.candidate import score_patch
-
     if not patch.edits:
-        return None
+        return []
     # drawn from every latent (the patch's own included, by chance): the floor then depends only on the
     # edits' ops and values, so a validator scores it once per edit signature
     rng = np.random.default_rng(seed)
     pool = np.arange(sae.d_sae)
-    worst, acc = [], []
-    group_arr = np.asarray([str(g) for g in groups], dtype=object)
+    out = []
     for _ in range(draws):
         chosen = rng.choice(pool, size=min(len(patch.edits), len(pool)), replace=False)
         edits = [e.model_copy(update={"latent": int(i)}) for e, i in zip(patch.edits, chosen, strict=False)]
-        results = score_patch(model, head, sae, patch.model_copy(update={"edits": edits}), cached,
-                              labels=labels, batch_size=batch_size)
+        out.append(patch.model_copy(update={"edits": edits}))
+    return out
+
+
+def floor_baseline(score: Callable[[list], list], patch, sae, *, groups, draws: int = FLOOR_DRAWS,
+                   seed: int = 0) -> dict[str, Any] | None:
+    """The patch's ops on as many random latents (`floor_patches`), averaged over `draws` draws.
+
+    Args:
+        score: scores patches at strength 1 on the validated data, returning one `ImageResults` per
+            patch, rows in the order of `groups`; a validator's scorer provides it
+            (`Scorer.score_patches`), so the local engine and Spark score the same random patches.
+        patch: the patch.
+        sae: the patch's SAE.
+        groups: group value per image.
+        draws: how many random draws.
+        seed: seed of the draws.
+
+    Returns:
+        {"worst_group", "accuracy", "draws", "worst_group_draws"}, or None for a patch without edits.
+
+    Example:
+        >>> floor_baseline(lambda ps: [score_patch(model, head, sae, p, cached, labels=labels) for p in ps],
+        ...                patch, sae, groups=groups)  # doctest: +SKIP
+    """
+    patches = floor_patches(patch, sae, draws=draws, seed=seed)
+    if not patches:
+        return None
+    group_arr = np.asarray([str(g) for g in groups], dtype=object)
+    worst, acc = [], []
+    for results in score(patches):
         worst.append(_worst(results.right_after, group_arr))
         acc.append(float(results.right_after.mean()))
     scored = [w for w in worst if w is not None]
@@ -150,8 +169,8 @@ def ceiling_baseline(features: torch.Tensor, labels: np.ndarray, groups, head, *
     }
 
 
-def compute_baselines(memo: dict, dataset_key: str, model, head, sae, patch, cached, results, *,
-                      batch_size: int = 64) -> tuple[dict | None, dict | None]:
+def compute_baselines(memo: dict, dataset_key: str, head, sae, patch, results, *, score: Callable[[list], list],
+                      features) -> tuple[dict | None, dict | None]:
     """The floor and ceiling for a patch's report, reusing `memo` across patches validated on the same data.
 
     Both depend on the data, and the floor on the edits' ops and values, not on which latents a patch
@@ -160,13 +179,13 @@ def compute_baselines(memo: dict, dataset_key: str, model, head, sae, patch, cac
     Args:
         memo: a dict the caller keeps between calls.
         dataset_key: the dataset's fingerprint.
-        model: the open_clip CLIP.
         head: the `ZeroShotHead`.
         sae: the SAE.
         patch: the patch.
-        cached: `CachedActivations` of the dataset at the hook.
         results: the patch's `ImageResults` (labels and groups); no baselines when ungrouped.
-        batch_size: images per pass.
+        score: scores the floor's random patches on the data (see `floor_baseline`); called only
+            when the floor is not in `memo`.
+        features: unpatched image embeddings, (N, E), rows as in `results` (a tensor or an array).
 
     Returns:
         (floor, ceiling), each None when not measurable.
@@ -175,11 +194,10 @@ def compute_baselines(memo: dict, dataset_key: str, model, head, sae, patch, cac
         return None, None
     key = (dataset_key, floor_key(patch))
     if key not in memo:
-        memo[key] = floor_baseline(model, head, sae, patch, cached, labels=results.labels, groups=results.groups,
-                                   batch_size=batch_size)
+        memo[key] = floor_baseline(score, patch, sae, groups=results.groups)
     ceiling_key = (dataset_key, "ceiling")
     if ceiling_key not in memo:
-        memo[ceiling_key] = ceiling_baseline(cached.features, results.labels, results.groups, head)
+        memo[ceiling_key] = ceiling_baseline(torch.as_tensor(features), results.labels, results.groups, head)
     return memo[key], memo[ceiling_key]
 
 

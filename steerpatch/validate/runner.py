@@ -230,7 +230,9 @@ class Validator:
         cached = self.activations(self.dataset, patch.hook.block)
         from steerpatch.validate.blast import estimate_blast  # made before the full evaluation below
 
-        local = isinstance(cached, CachedActivations)  # an engine that scores elsewhere (Spark) has no activations here
+        # the estimate ranks every image by the edit's size at the hook, so it needs the hook activations here;
+        # an engine that scores elsewhere (Spark) has none on the driver, and already has every image's outcome
+        local = isinstance(cached, CachedActivations)
         estimate = (
             estimate_blast(self.model.model, self.head, self.sae, patch, cached, batch_size=self.batch_size)
             if local else None
@@ -260,15 +262,20 @@ class Validator:
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
-        return self._with_baselines(report, patch, cached, results, estimate) if local else report
+        return self._with_baselines(report, patch, cached, results, estimate)
 
     def _with_baselines(self, report, patch, cached, results, estimate):
-        """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added."""
+        """The report with the floor, the ceiling, gap_closed and the blast-radius estimate added.
+
+        The floor's random patches are scored by the scorer (on Spark, on the executors); the ceiling
+        re-fits on the embeddings the scorer returned with its results (`cached.features`).
+        """
         from steerpatch.validate.baselines import compute_baselines, with_baselines
 
         floor, ceiling = compute_baselines(
-            self._baselines, self.fingerprint(self.dataset), self.model.model, self.head, self.sae, patch, cached,
-            results, batch_size=self.batch_size,
+            self._baselines, self.fingerprint(self.dataset), self.head, self.sae, patch, results,
+            score=lambda patches: self.scorer.score_patches(self, patches, self.dataset, cached),
+            features=cached.features,
         )
         return with_baselines(report, floor=floor, ceiling=ceiling, blast=estimate)
 

@@ -46,7 +46,11 @@ class Scorer(Protocol):
         ...
 
     def activations(self, validator: Any, dataset: Any, block: int) -> Any:
-        """What `score` reads for a dataset, with `ids` and `undecodable`, checked against the data policy."""
+        """What `score` reads for a dataset, checked against the data policy.
+
+        It has `ids`, `undecodable`, and `features` (the unpatched image embeddings, rows as `ids`,
+        which the ceiling baseline re-fits on).
+        """
         ...
 
     def score(
@@ -54,6 +58,13 @@ class Scorer(Protocol):
         grouped: bool = False,
     ) -> ImageResults:
         """The per-image results of the patch at `strength` on `dataset` (groups filled when `grouped`)."""
+        ...
+
+    def score_patches(self, validator: Any, patches: Sequence[Any], dataset: Any, cached: Any) -> list[ImageResults]:
+        """The results of other patches at strength 1 on a dataset already read (the floor's random patches).
+
+        Rows are in the order of `cached.ids`; groups are not filled.
+        """
         ...
 
 
@@ -134,3 +145,14 @@ class LocalScorer:
             groups=group_values(dataset, cached.ids, validator.group_by) if grouped else None,
             strength=strength, batch_size=validator.batch_size, progress=validator.progress,
         )
+
+    def score_patches(self, validator: Any, patches: Sequence[Any], dataset: Any, cached: Any) -> list[ImageResults]:
+        """Each patch's results from the cached activations, one suffix run per patch."""
+        from steerpatch.validate.candidate import score_patch
+
+        labels = _labels(dataset, cached.ids, validator.classes)
+        return [
+            score_patch(validator.model.model, validator.head, validator.sae, patch, cached, labels=labels,
+                        batch_size=validator.batch_size)
+            for patch in patches
+        ]

@@ -62,3 +62,35 @@ def test_metrics_agree_within_float_tolerance(reports):
                 assert db[key] == pytest.approx(value, abs=1e-5), key
             else:
                 assert db[key] == value, key
+
+
+def test_spark_report_carries_the_local_baselines(reports, test_world):
+    """Floor, ceiling and gap_closed on Spark come from the same code as the local ones, and agree with them."""
+    from collections import Counter
+
+    from steerpatch.data import load_dataset
+
+    local, remote = reports
+    assert remote.baselines is not None, "the Spark report has no baselines"
+    assert remote.baselines.floor is not None and remote.baselines.ceiling is not None
+    # the floor's random patches are the same seeded draws; scored by ONNX Runtime on the executors they make the
+    # same predictions as torch does here (as the patch itself does, see test_counts_are_identical), so the
+    # per-draw worst groups are equal, not merely close
+    assert remote.baselines.floor.model_dump() == local.baselines.floor.model_dump()
+    assert local.baselines.floor.worst_group != min(g.before for g in local.groups.values())  # random edits bite
+    ceiling, expected = remote.baselines.ceiling, local.baselines.ceiling
+    # the split depends only on labels, groups and the seed; the zero-shot head's predictions match exactly
+    assert (ceiling.n_fit, ceiling.n_eval, ceiling.method) == (expected.n_fit, expected.n_eval, expected.method)
+    assert ceiling.before_worst_group == expected.before_worst_group
+    # the re-fit starts from embeddings that differ by float error (ONNX vs torch, ~1e-6); L-BFGS may then move
+    # an image lying on the new boundary: allow one image of the smallest group's evaluation half
+    smallest = min(Counter(str(i.attributes["shortcut"]) for i in load_dataset(test_world).items).values())
+    one_image = 1.0 / (smallest // 2)
+    assert ceiling.worst_group == pytest.approx(expected.worst_group, abs=one_image)
+    assert ceiling.accuracy == pytest.approx(expected.accuracy, abs=1.0 / expected.n_eval)
+    assert remote.gap_closed is not None and local.gap_closed is not None
+    before = min(g.before for g in remote.groups.values())
+    assert remote.gap_closed == pytest.approx((remote.worst_group.after - before) / (ceiling.worst_group - before))
+    # gap = (after - before) / (ceiling - before): a ceiling off by d moves it by at most gap * d / (ceiling - before - d)
+    slack = abs(local.gap_closed) * one_image / (expected.worst_group - before - one_image)
+    assert remote.gap_closed == pytest.approx(local.gap_closed, abs=slack)

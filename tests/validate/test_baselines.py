@@ -58,12 +58,11 @@ def test_floor_is_shared_by_patches_with_the_same_ops(validator, concept_model, 
 
 def test_floor_of_identity_edits_is_the_unpatched_worst_group(validator, cached, concept_model, concept_sae, report):
     from steerpatch.patch import new_patch
-    from steerpatch.validate.scorer import _labels, group_values
+    from steerpatch.validate.scorer import group_values
 
     identity = new_patch("same", concept_model, concept_sae, [(i, "scale", 1.0) for i in range(4)], rationale="t", author="t")
-    floor = floor_baseline(concept_model.model, validator.head, concept_sae, identity, cached,
-                           labels=_labels(validator.dataset, cached.ids, validator.classes),
-                           groups=group_values(validator.dataset, cached.ids, "shortcut"))
+    floor = floor_baseline(lambda patches: validator.scorer.score_patches(validator, patches, validator.dataset, cached),
+                           identity, concept_sae, groups=group_values(validator.dataset, cached.ids, "shortcut"))
     assert floor["worst_group"] == pytest.approx(min(g.before for g in report.groups.values()))
 
 
