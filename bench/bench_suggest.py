@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from steerpatch.data import iter_image_batches, load_dataset
     from steerpatch.models import build_zero_shot_head, classify_dataset, load_model
+    from steerpatch.models.tower import num_blocks
     from steerpatch.sae import default_sae_path, load_sae
     from steerpatch.suggest import suggest
     from steerpatch.validate import ActivationCache, score_patch
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = found.timings
     f, c = statistics.median(fulls), statistics.median(cands)
-    print(f"pool {args.n} images, concept-clip (hook block 2 of 4), SAE {sae.d_sae} latents, budget {args.budget}, "
+    print(f"pool {args.n} images, concept-clip (hook after block {sae.hook.block} of {num_blocks(loaded)}), SAE {sae.d_sae} latents, budget {args.budget}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"suggest wall time              {wall:.1f} s  (cache {t['cache_s']:.1f}, propose {t['propose_s']:.1f}, "
           f"search {t['sweep_s']:.1f}, re-measure {t['final_s']:.1f})")

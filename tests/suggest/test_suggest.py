@@ -104,6 +104,28 @@ def test_rank_puts_fixed_within_budget_first_then_score_then_fewer_edits():
 
     a, b, c, d = cand(8, 1.0, 0.01, 0.1), cand(4, 1.0, 0.01, 0.1), cand(2, 0.0, 0.0, 0.9), cand(1, 1.0, 0.5, 0.5)
     assert rank([a, c, d, b], max_ripple=0.02) == [b, a, d, c]
+    # all over the budget: the one that breaks it least first, whatever the score
+    e, f = cand(64, 1.0, 0.027, 0.09), cand(24, 1.0, 0.022, 0.08)
+    assert rank([e, f], max_ripple=0.02) == [f, e]
+
+
+def test_a_top_candidate_over_budget_on_the_pool_sends_the_search_to_a_gentler_one():
+    from steerpatch.suggest.engine import _within_budget_on_pool
+
+    def cand(n, ripple, score):
+        return Candidate(list(range(n)), "scale", 0.0, {"targets_fixed": 1.0, "ripple": ripple, "score": score})
+
+    trace = [cand(64, 0.020, 0.10), cand(24, 0.015, 0.09), cand(8, 0.004, 0.01)]
+    pool_ripple = {64: 0.027, 24: 0.022, 8: 0.006}  # the sample under-estimates every one
+    asked = []
+
+    def on_pool(c):
+        asked.append(len(c.latents))
+        return cand(len(c.latents), pool_ripple[len(c.latents)], c.objective["score"])
+
+    found = _within_budget_on_pool(trace, 0.02, on_pool, {trace[0].key()}, None)
+    assert asked == [24, 8]  # 3/4 of the budget on the sample first, then 1/2 (1/4 is not reached)
+    assert [len(c.latents) for c in rank(found, 0.02)] == [8, 24]
 
 
 def test_sweep_keeps_within_budget_and_thins_sizes_evenly():
