@@ -80,7 +80,9 @@ def test_pool_labels_and_manifest_are_never_read(tmp_path, mistake, small_pool, 
     path, label, _ = mistake
     a = suggest(concept_model, default_sae, [path], label, small_pool, budget=6, keep=2)
     b = suggest(concept_model, default_sae, [path], label, scrambled, budget=6, keep=2)
-    assert [(c.latents, c.value, c.objective) for c in a.candidates] == [(c.latents, c.value, c.objective) for c in b.candidates]
+    assert [(c.latents, c.value) for c in a.candidates] == [(c.latents, c.value) for c in b.candidates]
+    # the pool is read in another file order, so float sums may round differently; nothing else differs
+    assert [c.objective for c in a.candidates] == [pytest.approx(c.objective, rel=1e-9) for c in b.candidates]
 
 
 def test_objective_counts_moves_ripple_and_weights():
