@@ -64,8 +64,13 @@ class ImageDataset:
     def __repr__(self) -> str:
         return f"ImageDataset(root='{self.root}', items={len(self)}, classes={self.classes})"
 
-    def load_image(self, item_or_index: Item | int):
+    def load_image(self, item_or_index: Item | int, *, fast_decode: int | None = None):
         """Open one image as RGB.
+
+        Args:
+            item_or_index: the item, or its position.
+            fast_decode: a model input size: decode a JPEG at reduced scale for it (`steerpatch.pixels.draft`;
+                pixels approximate). None decodes exactly.
 
         Raises:
             DatasetError: the file is missing or cannot be decoded as an image.
@@ -75,6 +80,10 @@ class ImageDataset:
         item = self.items[item_or_index] if isinstance(item_or_index, int) else item_or_index
         try:
             with Image.open(item.path) as img:
+                if fast_decode is not None:
+                    from steerpatch.pixels import draft
+
+                    draft(img, fast_decode)
                 img.load()
                 # convert() of an RGB image is a full copy: skip it (a 1024x768 photo is 2.4 MB)
                 return img if img.mode == "RGB" else img.convert("RGB")
@@ -348,6 +357,7 @@ def iter_image_batches(
     batch_size: int = 64,
     workers: int | None = None,
     on_undecodable: str = "skip",
+    fast_decode: int | None = None,
 ) -> Iterator[ImageBatch]:
     """Decode, transform and stack a dataset's images batch by batch, in dataset order.
 
@@ -363,6 +373,8 @@ def iter_image_batches(
         batch_size: items per batch.
         workers: decoding threads; 0 decodes in the calling thread; None uses `default_workers()`.
         on_undecodable: "skip" reports unreadable images in `ImageBatch.undecodable`; "fail" raises.
+        fast_decode: the model's input size, to decode an `ImageDataset`'s JPEGs at reduced scale for it
+            (see `ImageDataset.load_image`; pixels approximate); None (the default) decodes exactly.
 
     Yields:
         `ImageBatch` per `batch_size` items (fewer pixels where images did not decode).
@@ -376,8 +388,11 @@ def iter_image_batches(
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
 
-    load = dataset.load_image if isinstance(dataset, ImageDataset) else dataset
+    if fast_decode is not None and not isinstance(dataset, ImageDataset):
+        raise TypeError("fast_decode needs an ImageDataset; a loading function decodes as it likes")
+    load = partial(dataset.load_image, fast_decode=fast_decode) if isinstance(dataset, ImageDataset) else dataset
     chosen = list(dataset.items if items is None and isinstance(dataset, ImageDataset) else items or [])
     chunks = (chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size))
     workers = default_workers() if workers is None else workers
