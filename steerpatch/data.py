@@ -392,7 +392,9 @@ def iter_image_batches(
 
     if fast_decode is not None and not isinstance(dataset, ImageDataset):
         raise TypeError("fast_decode needs an ImageDataset; a loading function decodes as it likes")
-    load = partial(dataset.load_image, fast_decode=fast_decode) if isinstance(dataset, ImageDataset) else dataset
+    load = dataset.load_image if isinstance(dataset, ImageDataset) else dataset
+    if fast_decode is not None:  # the default path calls load_image exactly as before
+        load = partial(load, fast_decode=fast_decode)
     chosen = list(dataset.items if items is None and isinstance(dataset, ImageDataset) else items or [])
     chunks = (chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size))
     workers = default_workers() if workers is None else workers

@@ -26,9 +26,9 @@ from PIL import Image
 # open_clip's default normalisation (the OpenAI CLIP statistics)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-# the draft's shorter side is kept >= DRAFT_FACTOR x the input size: measured on 1024x768 photos for
-# concept-clip, factor 2 (1/4 scale) decodes and resizes 5.8x faster than exact, 4 (1/2 scale) 3.4x,
-# both within 0.03 of the exact normalised pixels; 1 (1/8 scale) drifts to 0.12
+# the draft's shorter side is kept >= DRAFT_FACTOR x the input size. Measured on 1024x768 photos for a
+# 64-pixel model (bench/bench_validate_memory.py): factor 2 (1/4 scale) decodes and transforms 3.6x faster
+# than exact, 4 (1/2 scale) 2.8x, both within 0.03 of the exact normalised pixels; 1 (1/8 scale) 0.10
 DRAFT_FACTOR = 2
 FAST_DECODING = f"jpeg-draft-{DRAFT_FACTOR}x"  # how a report and a cache key name pixels decoded this way
 FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
