@@ -84,3 +84,12 @@ def test_fast_decode_is_refused_where_images_are_decoded_elsewhere(runner, photo
 
     with pytest.raises(SteerpatchError, match="'remote' engine decodes its own"):
         Validator(concept_model, concept_sae, photos, scorer=Remote(), fast_decode=True)
+
+
+def test_fast_decode_needs_a_dataset_not_a_loading_function(photos):
+    from steerpatch.data import iter_image_batches, load_dataset
+
+    data = load_dataset(photos)
+    batches = iter_image_batches(data.load_image, lambda image: image, items=data.items[:1], fast_decode=64)
+    with pytest.raises(TypeError, match="fast_decode needs an ImageDataset"):
+        next(batches)
