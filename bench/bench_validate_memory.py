@@ -8,7 +8,10 @@ saved as JPEG (about what a phone photo costs to decode), with the world's manif
 2. Validation throughput (stream, decode in threads, preprocess, full forward, cache) over pure forward
    throughput (`encode_image` + head on already preprocessed tensors, same model and batch), alternating
    --repeats times (median ratio), and the serial cost of each stage per image, which says how many
-   decoding cores it takes to hide decoding behind the forward pass.
+   decoding cores it takes to hide decoding behind the forward pass. The same validation pass with
+   `--fast-decode` (JPEGs decoded at reduced scale, `steerpatch.pixels.draft`) runs in the same
+   rounds, next to the exact one; its top-1 agreement with the exact pass (zero-shot predictions of
+   the unpatched embeddings) and its largest pixel difference are reported with it.
 3. One more candidate patch over one forward, per image, with the activations on disk (spilled shards)
    and in memory; the on-disk figure over the in-memory one.
 4. The same on random-init ViT-B-32 (SAE of 12288 latents at block 8) at --n-vit photos, spilled, with
@@ -108,14 +111,18 @@ def stage_costs(loaded, data, *, batch_size: int, n: int, repeats: int) -> dict[
     decode: open + decode the JPEG; preprocess: the model's transform (PIL resize, crop, to tensor,
     normalise); forward: `encode_image` on the stacked batch; fingerprint: SHA-256 of the file;
     rest: a serial validation pass (workers=0, activations in memory) minus those, i.e. stacking,
-    the cache's collection and the loop's own overhead. Each is the median of `repeats` rounds.
+    the cache's collection and the loop's own overhead; decode_fast, preprocess_fast: the first two
+    with `--fast-decode`. Each is the median of `repeats` rounds. Also "max_abs_pixel_diff": the
+    largest difference between fast and exact preprocessed pixels over the sample.
     """
     import torch
 
     from steerpatch.validate.activations import compute_activations
 
     sample = data.subset([item.id for item in data.items[:n]])
-    rounds: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "fingerprint": [], "serial": []}
+    rounds: dict[str, list[float]] = {"decode": [], "preprocess": [], "forward": [], "fingerprint": [], "serial": [],
+                                      "decode_fast": [], "preprocess_fast": []}
+    max_diff = 0.0
     for _ in range(repeats):
         decode = preprocess = 0.0
         pixels = []
@@ -125,6 +132,14 @@ def stage_costs(loaded, data, *, batch_size: int, n: int, repeats: int) -> dict[
             t1 = time.perf_counter()
             pixels.append(loaded.preprocess(image))
             decode, preprocess = decode + t1 - t0, preprocess + time.perf_counter() - t1
+        decode_fast = preprocess_fast = 0.0
+        for item, exact in zip(sample.items, pixels, strict=True):
+            t0 = time.perf_counter()
+            image = sample.load_image(item, fast_decode=loaded.image_size)
+            t1 = time.perf_counter()
+            fast = loaded.preprocess(image)
+            decode_fast, preprocess_fast = decode_fast + t1 - t0, preprocess_fast + time.perf_counter() - t1
+            max_diff = max(max_diff, float((fast - exact).abs().max()))
         start = time.perf_counter()
         with torch.no_grad():
             for s in range(0, len(pixels), batch_size):
@@ -137,11 +152,60 @@ def stage_costs(loaded, data, *, batch_size: int, n: int, repeats: int) -> dict[
         compute_activations(loaded, sample, 0, batch_size=batch_size, progress=False, workers=0)
         serial = time.perf_counter() - start
         for name, value in (("decode", decode), ("preprocess", preprocess), ("forward", forward),
-                            ("fingerprint", fingerprint), ("serial", serial)):
+                            ("fingerprint", fingerprint), ("serial", serial), ("decode_fast", decode_fast),
+                            ("preprocess_fast", preprocess_fast)):
             rounds[name].append(1000 * value / len(sample))
     ms = {name: statistics.median(values) for name, values in rounds.items()}
     ms["rest"] = ms.pop("serial") - ms["decode"] - ms["preprocess"] - ms["forward"]
+    ms["max_abs_pixel_diff"] = max_diff
     return ms
+
+
+# the cheaper decodings compared with the exact one: (JPEG draft factor or None, PIL resize reducing_gap or None)
+VARIANTS = {"exact": (None, None), "draft 1x": (1, None), "draft 2x": (2, None), "draft 4x": (4, None),
+            "reducing_gap 2": (None, 2.0), "reducing_gap 3": (None, 3.0)}
+
+
+def decode_variants(loaded, data, *, n: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Per variant of `VARIANTS`: ms per image to decode and transform (`steerpatch.pixels`), and the
+    largest difference from the exact pixels, over the first n images (median ms of `repeats` rounds).
+
+    "draft Kx" decodes a JPEG at reduced scale, its shorter side kept >= K x the input size (K=DRAFT_FACTOR
+    is `--fast-decode`); "reducing_gap G" decodes exactly and lets PIL's resize box-reduce first by an
+    integer factor, keeping G x the target before the bicubic pass.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from steerpatch.compile.inputs import preprocessing_of
+    from steerpatch.pixels import FILTERS, draft, to_pixels
+
+    spec = preprocessing_of(loaded)
+    size, resample = spec.image_size, FILTERS[spec.interpolation]
+    items = data.items[:n]
+
+    def read(path, factor, gap):
+        with Image.open(path) as image:
+            if factor is not None:
+                draft(image, size, factor=factor)
+            image.load()
+            if gap is not None and spec.resize_mode == "shortest":  # to_pixels' target, reached with reducing_gap
+                width, height = image.size
+                long = int(size * max(width, height) / min(width, height))
+                image = image.resize((size, long) if width <= height else (long, size), resample, reducing_gap=gap)
+            return to_pixels(image, spec)
+
+    exact = [read(item.path, None, None) for item in items]
+    rounds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    diffs: dict[str, float] = {}
+    for _ in range(repeats):  # every round times every variant, so a burst of load hits them alike
+        for name, (factor, gap) in VARIANTS.items():
+            start = time.perf_counter()
+            pixels = [read(item.path, factor, gap) for item in items]
+            rounds[name].append(1000 * (time.perf_counter() - start) / len(items))
+            diffs[name] = max(float(np.abs(p - e).max()) for p, e in zip(pixels, exact, strict=True))
+    return {name: {"ms_per_image": statistics.median(rounds[name]), "max_abs_pixel_diff": diffs[name]}
+            for name in VARIANTS}
 
 
 def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: int, n_forward: int, repeats: int,
@@ -150,7 +214,8 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
 
     The pure forward pass and the validation pass (fingerprint, streamed decode in threads, forward,
     activations spilled to checksummed shards) alternate `repeats` times, so both see the same load;
-    the throughput ratio is the median of the per-repeat ratios.
+    the throughput ratio is the median of the per-repeat ratios. The validation pass runs twice per
+    round, exact and with `fast_decode` (their order swapped every round), each into a fresh cache.
     """
     import shutil
 
@@ -174,15 +239,27 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
     forward()  # warm-up
     block = patch_factory(0).hook.block
     per_forward, per_fill, ratios = [], [], []
+    per_fast, fast_ratios, fast_entry, exact_entry = [], [], None, None
     for r in range(repeats):
         per_forward.append(forward())
         if r:
             shutil.rmtree(budget_dir / f"fill-{r - 1}")
-        disk = ActivationCache(budget_dir / f"fill-{r}", memory_budget=0)  # every activation goes to shards
-        start = time.perf_counter()
-        disk.get(loaded, data, block, batch_size=batch_size, progress=False)
-        per_fill.append((time.perf_counter() - start) / len(data))
+            shutil.rmtree(budget_dir / f"fast-{r - 1}")
+        for fast_decode in (False, True) if r % 2 == 0 else (True, False):
+            cache = ActivationCache(budget_dir / f"{'fast' if fast_decode else 'fill'}-{r}", memory_budget=0)  # all to shards
+            start = time.perf_counter()
+            entry = cache.get(loaded, data, block, batch_size=batch_size, progress=False, fast_decode=fast_decode)
+            (per_fast if fast_decode else per_fill).append((time.perf_counter() - start) / len(data))
+            if fast_decode:
+                fast_entry = entry
+            else:
+                disk, exact_entry = cache, entry
         ratios.append(per_forward[-1] / per_fill[-1])
+        fast_ratios.append(per_forward[-1] / per_fast[-1])
+    assert fast_entry is not None and exact_entry is not None and fast_entry.ids == exact_entry.ids
+    with torch.no_grad():
+        agreement = float((head.logits(fast_entry.features).argmax(-1) == head.logits(exact_entry.features).argmax(-1))
+                          .float().mean())
     memory = ActivationCache(budget_dir / f"fill-{repeats - 1}", memory_budget=1 << 40)  # the entry, in memory
     runs = {}
     for name, cache in (("disk", disk), ("memory", memory)):
@@ -197,13 +274,19 @@ def timings(loaded, sae, data, patch_factory, *, budget_dir: Path, batch_size: i
     assert disk.misses == 1 and memory.misses == 0, "candidates must reuse the cached activations"
     fwd = statistics.median(per_forward)
     stages = stage_costs(loaded, data, batch_size=batch_size, n=min(n_forward, 128), repeats=repeats)
+    variants = decode_variants(loaded, data, n=min(n_forward, 128), repeats=repeats)
     return {
         "forward_ms_per_image": 1000 * fwd,
         "validation_images_per_s": 1 / statistics.median(per_fill),
         "forward_images_per_s": 1 / fwd,
         "throughput_ratio": statistics.median(ratios),
         "throughput_ratios": ratios,
+        "fast_decode_validation_images_per_s": 1 / statistics.median(per_fast),
+        "fast_decode_throughput_ratio": statistics.median(fast_ratios),
+        "fast_decode_throughput_ratios": fast_ratios,
+        "fast_decode_top1_agreement": agreement,
         "stage_ms_per_image": stages,
+        "decode_variants": variants,
         "candidate_over_forward_memory": runs["memory"] / fwd,
         "candidate_over_forward_disk": runs["disk"] / fwd,
         "disk_over_memory": runs["disk"] / runs["memory"],
@@ -320,8 +403,14 @@ def _print(model: str, n: int, t: dict[str, float]) -> None:
     st = t["stage_ms_per_image"]
     decode = st["decode"] + st["preprocess"]
     print(f"  ratios per repeat {', '.join(f'{r:.3f}' for r in t['throughput_ratios'])}")
+    print(f"  with --fast-decode: validation pass {t['fast_decode_validation_images_per_s']:.1f} img/s: ratio "
+          f"{t['fast_decode_throughput_ratio']:.3f} (per repeat {', '.join(f'{r:.3f}' for r in t['fast_decode_throughput_ratios'])}); "
+          f"top-1 agreement with exact {t['fast_decode_top1_agreement']:.4f} over {n} photos")
     print(f"  serial ms/image: decode {st['decode']:.1f}, preprocess {st['preprocess']:.1f}, forward {st['forward']:.1f}, "
-          f"fingerprint {st['fingerprint']:.2f}, rest {st['rest']:.2f}")
+          f"fingerprint {st['fingerprint']:.2f}, rest {st['rest']:.2f}; fast decode {st['decode_fast']:.1f}, "
+          f"preprocess {st['preprocess_fast']:.1f} (largest pixel difference {st['max_abs_pixel_diff']:.4f})")
+    print("  decode + transform with steerpatch.pixels, ms/image (largest pixel difference from exact): " + ", ".join(
+        f"{name} {v['ms_per_image']:.1f} ({v['max_abs_pixel_diff']:.3f})" for name, v in t["decode_variants"].items()))
     print(f"  decode + preprocess / forward = {decode / st['forward']:.2f}: hiding it needs that many decoding cores "
           f"beside the forward's; with C cores the ratio is at most min(1, (C - 1) x {st['forward'] / decode:.3f})")
     print(f"  one more candidate / one forward: in memory {t['candidate_over_forward_memory']:.3f}, "

@@ -20,18 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from steerpatch.errors import DatasetError
+from steerpatch.file_hashes import FILE_HASHES as FILE_HASHES  # re-exported: callers import them from here
+from steerpatch.file_hashes import FileHashes
 
 MANIFEST = "manifest.jsonl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-FILE_HASHES = "file-hashes.json"  # the fingerprint memo's name beside a cache
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,13 @@ class ImageDataset:
     def __repr__(self) -> str:
         return f"ImageDataset(root='{self.root}', items={len(self)}, classes={self.classes})"
 
-    def load_image(self, item_or_index: Item | int):
+    def load_image(self, item_or_index: Item | int, *, fast_decode: int | None = None):
         """Open one image as RGB.
+
+        Args:
+            item_or_index: the item, or its position.
+            fast_decode: a model input size: decode a JPEG at reduced scale for it (`steerpatch.pixels.draft`;
+                pixels approximate). None decodes exactly.
 
         Raises:
             DatasetError: the file is missing or cannot be decoded as an image.
@@ -75,6 +79,10 @@ class ImageDataset:
         item = self.items[item_or_index] if isinstance(item_or_index, int) else item_or_index
         try:
             with Image.open(item.path) as img:
+                if fast_decode is not None:
+                    from steerpatch.pixels import draft
+
+                    draft(img, fast_decode)
                 img.load()
                 # convert() of an RGB image is a full copy: skip it (a 1024x768 photo is 2.4 MB)
                 return img if img.mode == "RGB" else img.convert("RGB")
@@ -238,68 +246,6 @@ def load_dataset(root: str | Path, *, verify: bool = False) -> ImageDataset:
     return dataset
 
 
-class FileHashes:
-    """SHA-256 of files remembered by (path, size, mtime), so a dataset's unchanged files are read once.
-
-    A file whose size and modification time (nanoseconds) are as recorded is trusted to hold the same
-    bytes, as make and rsync trust them; `rehash=True` reads every file again and rewrites the memo.
-    The memo is a JSON file (usually `file-hashes.json` beside an activation cache); one that is
-    unreadable or malformed is ignored, since it is only a shortcut.
-
-    Example:
-        >>> hashes = FileHashes("cache/file-hashes.json")  # doctest: +SKIP
-        >>> load_dataset("world/test").fingerprint(hashes=hashes)  # doctest: +SKIP
-    """
-
-    def __init__(self, path: str | Path | None = None, *, rehash: bool = False) -> None:
-        self.path = Path(path) if path is not None else None
-        self.rehash = rehash
-        self._known: dict[str, list] = {} if rehash or self.path is None else self._load()
-        self._dirty = rehash
-        self.hashed = 0  # files read (not taken from the memo); tests and benchmarks read it
-
-    def _load(self) -> dict[str, list]:
-        assert self.path is not None
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        files = data.get("files") if isinstance(data, dict) and data.get("format") == 1 else None
-        if not isinstance(files, dict):
-            return {}
-        return {
-            key: row for key, row in files.items()
-            if isinstance(row, list) and len(row) == 3 and all(type(v) is int for v in row[:2])
-            and isinstance(row[2], str) and _SHA256.fullmatch(row[2])
-        }
-
-    def sha256(self, path: str | Path) -> str:
-        """The file's SHA-256, read from the memo when its size and mtime are unchanged."""
-        from steerpatch.io import sha256_file
-
-        key = os.path.abspath(path)
-        before = os.stat(key)
-        known = self._known.get(key)
-        if known is not None and known[0] == before.st_size and known[1] == before.st_mtime_ns:
-            return known[2]
-        sha = sha256_file(key)
-        self.hashed += 1
-        after = os.stat(key)
-        if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):  # not written meanwhile
-            self._known[key] = [after.st_size, after.st_mtime_ns, sha]
-            self._dirty = True
-        return sha
-
-    def save(self) -> None:
-        """Write the memo atomically (nothing when there is no file or nothing new)."""
-        from steerpatch.io import atomic_write_text
-
-        if self.path is None or not self._dirty:
-            return
-        atomic_write_text(self.path, json.dumps({"format": 1, "files": self._known}))
-        self._dirty = False
-
-
 @dataclass
 class ImageBatch:
     """One batch of a streamed dataset.
@@ -348,6 +294,7 @@ def iter_image_batches(
     batch_size: int = 64,
     workers: int | None = None,
     on_undecodable: str = "skip",
+    fast_decode: int | None = None,
 ) -> Iterator[ImageBatch]:
     """Decode, transform and stack a dataset's images batch by batch, in dataset order.
 
@@ -363,6 +310,8 @@ def iter_image_batches(
         batch_size: items per batch.
         workers: decoding threads; 0 decodes in the calling thread; None uses `default_workers()`.
         on_undecodable: "skip" reports unreadable images in `ImageBatch.undecodable`; "fail" raises.
+        fast_decode: the model's input size, to decode an `ImageDataset`'s JPEGs at reduced scale for it
+            (see `ImageDataset.load_image`; pixels approximate); None (the default) decodes exactly.
 
     Yields:
         `ImageBatch` per `batch_size` items (fewer pixels where images did not decode).
@@ -376,8 +325,13 @@ def iter_image_batches(
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
 
     load = dataset.load_image if isinstance(dataset, ImageDataset) else dataset
+    if fast_decode is not None:  # only then: the default path calls load_image exactly as before
+        if not isinstance(dataset, ImageDataset):
+            raise TypeError("fast_decode needs an ImageDataset; a loading function decodes as it likes")
+        load = partial(dataset.load_image, fast_decode=fast_decode)
     chosen = list(dataset.items if items is None and isinstance(dataset, ImageDataset) else items or [])
     chunks = (chosen[start : start + batch_size] for start in range(0, len(chosen), batch_size))
     workers = default_workers() if workers is None else workers

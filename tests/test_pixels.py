@@ -84,3 +84,37 @@ def test_executors_run_the_transform_without_steerpatch(tmp_path):
     expected, expected_errors = decode_batch(images, spec)
     assert pixels.tobytes() == expected.tobytes() and np.any(pixels[0] != 0)
     assert errors[0] is expected_errors[0] is None and errors[1].startswith("not a decodable image")
+
+
+# the sizes a JPEG decodes at after `draft(image, 64)`: the largest of 1/8, 1/4, 1/2 scale whose shorter
+# side stays >= 2 x 64 = 128 (sides rounded up, as libjpeg does); too small to reduce: left as it is
+DRAFTED = {
+    (1024, 768): (256, 192),   # 1/4: 1/8 would give a 96-pixel side
+    (768, 1024): (192, 256),
+    (1000, 750): (250, 188),   # 750 / 4 = 187.5, rounded up
+    (4032, 3024): (504, 378),  # 1/8
+    (600, 300): (300, 150),    # 1/2
+    (300, 200): (300, 200),    # 200 < 2 x 128: not reduced
+}
+
+
+@pytest.mark.parametrize("size", sorted(DRAFTED), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_draft_reduces_a_jpeg_as_far_as_twice_the_input_size_allows(size):
+    from steerpatch.pixels import DRAFT_FACTOR, draft
+
+    assert DRAFT_FACTOR == 2  # the table above is for factor 2
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 120, 200)).save(buffer, format="JPEG")
+    image = draft(Image.open(buffer), 64)
+    image.load()
+    assert image.size == DRAFTED[size] and image.mode == "RGB"
+
+
+def test_draft_leaves_other_formats_exact():
+    from steerpatch.pixels import draft
+
+    data = _encoded("RGB", (1024, 768), "PNG")
+    image = draft(Image.open(io.BytesIO(data)), 64)
+    image.load()
+    assert image.size == (1024, 768)
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(io.BytesIO(data))))

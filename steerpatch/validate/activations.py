@@ -105,6 +105,7 @@ def compute_activations(
     memory_budget: int | None = None,
     spill_folder: str | Path | None = None,
     workers: int | None = None,
+    fast_decode: bool = False,
 ) -> CachedActivations:
     """Run the image tower up to `block` over a dataset, and the rest once for the unpatched embeddings.
 
@@ -121,6 +122,8 @@ def compute_activations(
             `spill_folder` (None: no limit).
         spill_folder: an existing folder for the shards.
         workers: image decoding threads (None: `steerpatch.data.default_workers()`).
+        fast_decode: decode JPEGs at reduced scale for the model's input size (`steerpatch.pixels.draft`):
+            faster, pixels approximate.
 
     Returns:
         The activations, in dataset order, without the unreadable images.
@@ -137,7 +140,8 @@ def compute_activations(
     features, bad = [], []
     bar = tqdm(total=len(dataset), desc=f"caching block {block}", unit="img", disable=not progress)
     for batch in iter_image_batches(
-        dataset, loaded.preprocess, batch_size=batch_size, workers=workers, on_undecodable=on_undecodable
+        dataset, loaded.preprocess, batch_size=batch_size, workers=workers, on_undecodable=on_undecodable,
+        fast_decode=loaded.image_size if fast_decode else None,
     ):
         bad.extend(batch.undecodable)
         if batch.pixels is not None:

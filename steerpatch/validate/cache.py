@@ -48,9 +48,12 @@ FEATURES = "features.safetensors"
 __all__ = ["ActivationCache", "CachedActivations", "cache_key", "check_cache_dir", "compute_activations", "row_batches"]
 
 
-def cache_key(model_fingerprint: str, dataset_fingerprint: str, block: int) -> str:
-    """The cache key: which weights, which images, which block."""
-    return f"{model_fingerprint[:16]}-{dataset_fingerprint[:16]}-b{block}"
+def cache_key(model_fingerprint: str, dataset_fingerprint: str, block: int, *, fast_decode: bool = False) -> str:
+    """The cache key: which weights, which images, which block (and approximate decoding, when asked for)."""
+    from steerpatch.pixels import FAST_DECODING
+
+    # approximately decoded pixels give other activations: they never share an entry with exact ones
+    return f"{model_fingerprint[:16]}-{dataset_fingerprint[:16]}-b{block}" + (f"-{FAST_DECODING}" if fast_decode else "")
 
 
 class ActivationCache:
@@ -110,6 +113,7 @@ class ActivationCache:
         progress: bool = True,
         dataset_fingerprint: str | None = None,
         workers: int | None = None,
+        fast_decode: bool = False,
     ) -> CachedActivations:
         """The activations of `dataset` at `block`, computing them on a miss.
 
@@ -122,6 +126,8 @@ class ActivationCache:
             progress: show progress bars on stderr.
             dataset_fingerprint: `dataset.fingerprint()` when the caller already has it (it reads every file).
             workers: image decoding threads (None: `steerpatch.data.default_workers()`).
+            fast_decode: decode JPEGs at reduced scale (`steerpatch.pixels.draft`; pixels approximate),
+                cached under a key of their own.
 
         Returns:
             The cached activations.
@@ -132,13 +138,14 @@ class ActivationCache:
         """
         if dataset_fingerprint is None:
             dataset_fingerprint = dataset.fingerprint(hashes=self.file_hashes())
-        key = cache_key(loaded.fingerprint, dataset_fingerprint, block)
+        key = cache_key(loaded.fingerprint, dataset_fingerprint, block, fast_decode=fast_decode)
         entry = self._entries.get(key)
         if entry is None and self.directory is not None:
             entry = self._read(key)
         if entry is None:
             self.misses += 1
-            entry = self._compute(key, loaded, dataset, block, batch_size, on_undecodable, progress, workers)
+            entry = self._compute(key, loaded, dataset, block, batch_size, on_undecodable, progress, workers,
+                                  fast_decode)
         if on_undecodable == "fail" and entry.undecodable:
             item_id, reason = entry.undecodable[0]
             raise DatasetError(reason)
@@ -151,7 +158,8 @@ class ActivationCache:
             self._entries.popitem(last=False)
         return entry
 
-    def _compute(self, key, loaded, dataset, block, batch_size, on_undecodable, progress, workers) -> CachedActivations:
+    def _compute(self, key, loaded, dataset, block, batch_size, on_undecodable, progress, workers,
+                 fast_decode=False) -> CachedActivations:
         if self.directory is not None:
             folder = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{key}.tmp-"))
         else:
@@ -160,7 +168,7 @@ class ActivationCache:
         try:
             entry = compute_activations(
                 loaded, dataset, block, batch_size=batch_size, on_undecodable=on_undecodable, progress=progress,
-                memory_budget=self.memory_budget, spill_folder=folder, workers=workers,
+                memory_budget=self.memory_budget, spill_folder=folder, workers=workers, fast_decode=fast_decode,
             )
             if self.directory is None:
                 if entry.in_memory:

@@ -142,6 +142,7 @@ def build_report(
     undecodable: Sequence[str] = (),
     engine: str = "local",
     overrides: Sequence[dict[str, str]] = (),
+    decoding: str = "exact",
     duration_s: float = 0.0,
 ) -> ValidationReport:
     """Build the report from per-image results.
@@ -158,6 +159,7 @@ def build_report(
         dose: strength -> results of the edits at that strength, for the dose-response curve.
         undecodable: ids of images that could not be read.
         engine: which engine produced the results.
+        decoding: "exact", or how images were decoded approximately (`steerpatch.pixels.FAST_DECODING`).
         overrides: fingerprint mismatches that were allowed (see `steerpatch.steer.check_binding`).
         duration_s: wall time of the run.
 
@@ -203,6 +205,7 @@ def build_report(
         gates=[],
         patch=patch_ref,
         engine=engine,
+        decoding=decoding,
         n=n,
         n_undecodable=len(undecodable),
         undecodable=list(undecodable),

@@ -167,3 +167,5 @@ class ValidationReport(_Strict):
     baselines: Baselines | None = None  # floor and ceiling, when the report is grouped
     gap_closed: float | None = None  # (worst group after - before) / (ceiling - before)
     blast_radius: BlastRadiusEstimate | None = None  # sample-based prediction beside the observed share
+    # "exact", or e.g. "jpeg-draft-2x": JPEGs decoded at reduced scale (`--fast-decode`), pixels approximate
+    decoding: str = "exact"

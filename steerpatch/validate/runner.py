@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerpatch.errors import DatasetError, SAEError
+from steerpatch.errors import DatasetError, SAEError, SteerpatchError
 from steerpatch.validate.cache import ActivationCache, CachedActivations
 from steerpatch.validate.policy import Policy, load_policy
 from steerpatch.validate.report import ValidationReport, build_report
@@ -113,6 +113,7 @@ class Validator:
         rehash: bool = False,
         workers: int | None = None,
         scorer: Scorer | None = None,
+        fast_decode: bool = False,
     ) -> None:
         from steerpatch.models import build_zero_shot_head
 
@@ -134,6 +135,13 @@ class Validator:
         self.rehash = rehash  # read every file for the fingerprint, ignoring the memo beside the cache
         self.workers = workers
         self.scorer = scorer if scorer is not None else LocalScorer()
+        if fast_decode and not isinstance(self.scorer, LocalScorer):
+            raise SteerpatchError(
+                f"fast decoding is for images read on this machine; the {self.scorer.engine!r} engine decodes its "
+                "own exactly: drop fast_decode (--fast-decode) or use the local engine"
+            )
+        # opt-in: JPEGs decoded at reduced scale (steerpatch.pixels.draft), pixels approximate; recorded in the report
+        self.fast_decode = fast_decode
         self._baselines: dict = {}  # floor and ceiling per (dataset, edit signature); see validate/baselines.py
 
     def fingerprint(self, dataset) -> str:
@@ -219,6 +227,7 @@ class Validator:
 
     def _validate(self, patch, targets, same_failure, strengths, allow_fingerprint_mismatch, engine, started):
         from steerpatch.models.tower import num_blocks, residual_width
+        from steerpatch.pixels import FAST_DECODING
         from steerpatch.steer import check_binding
 
         overrides = check_binding(
@@ -259,6 +268,7 @@ class Validator:
             dose=dose_results,
             undecodable=[item_id for item_id, _ in cached.undecodable],
             engine=engine,
+            decoding=FAST_DECODING if self.fast_decode else "exact",
             overrides=[o.to_dict() for o in overrides],
             duration_s=time.perf_counter() - started,
         )
@@ -318,6 +328,7 @@ def validate_patch(
     allow_fingerprint_mismatch: bool = False,
     rehash: bool = False,
     workers: int | None = None,
+    fast_decode: bool = False,
 ) -> ValidationReport:
     """Validate a patch on a labelled held-out dataset and judge it against the policy's gates.
 
@@ -337,6 +348,8 @@ def validate_patch(
         allow_fingerprint_mismatch: validate a patch made for other weights anyway (recorded).
         rehash: read every image file for the dataset fingerprint, ignoring the memo beside the cache.
         workers: image decoding threads (None: one per core, at most four).
+        fast_decode: decode JPEGs at reduced scale (`steerpatch.pixels.draft`): several times faster on
+            large photos, pixels approximate; recorded as the report's `decoding`. Off by default.
 
     Returns:
         The `ValidationReport`; `report.verdict` is "pass" or "fail".
@@ -353,7 +366,7 @@ def validate_patch(
     patch, model, sae = resolve_patch_inputs(patch, model, sae)
     validator = Validator(
         model, sae, dataset, classes=classes, group_by=group_by, policy=policy, cache=cache, progress=progress,
-        rehash=rehash, workers=workers,
+        rehash=rehash, workers=workers, fast_decode=fast_decode,
     )
     return validator.validate(
         patch, targets=targets, same_failure=same_failure, dose=dose,

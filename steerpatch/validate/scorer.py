@@ -27,7 +27,7 @@ class Scorer(Protocol):
     """The per-image work of a validation, called by `Validator` with itself as the first argument.
 
     A scorer reads from the validator what it was set up with (`model`, `sae`, `head`, `classes`,
-    `group_by`, `policy`, `cache`, `batch_size`, `progress`, `workers`, `fingerprint(dataset)`).
+    `group_by`, `policy`, `cache`, `batch_size`, `progress`, `workers`, `fast_decode`, `fingerprint(dataset)`).
 
     Attributes:
         engine: the engine name a report scored this way records ("local", "spark").
@@ -128,6 +128,7 @@ class LocalScorer:
             validator.model, dataset, block, batch_size=validator.batch_size,
             on_undecodable=validator.policy.data.on_undecodable, progress=validator.progress,
             dataset_fingerprint=validator.fingerprint(dataset), workers=validator.workers,
+            fast_decode=validator.fast_decode,
         )
         check_decoded(dataset, cached.ids, cached.undecodable, validator.policy.data)
         return cached
