@@ -139,7 +139,13 @@ def failed_gates_of(
 
     policy = load_policy(policy_path)
     results = evaluate_gates(measured_values(report), policy, alias=alias)
-    return [r.name + ("" if r.measured else " (not measured)") for r in results if not r.passed], policy.source
+    failed = [r.name + ("" if r.measured else " (not measured)") for r in results if not r.passed]
+    decoding = getattr(report, "decoding", "exact")
+    if decoding != "exact":
+        # numbers measured on approximate pixels (validate --fast-decode) are not what serving computes:
+        # they guide, they do not vet
+        failed.append(f"exact_decoding (the report was made with {decoding} pixels; validate without --fast-decode)")
+    return failed, policy.source
 
 
 def verified_evidence(c: Any, store: Store, mv: Any, workdir: Path) -> tuple[Any, Any, Path]:

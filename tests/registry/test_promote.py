@@ -106,3 +106,18 @@ def test_rollback_without_history_and_bad_alias_are_refused(two_versions, store_
         promote(NAME, 1, "v3", policy=two_versions.policy, tracking_uri=store_uri)
     with pytest.raises(RegistryError, match="versions: 1, 2"):
         promote(NAME, 9, policy=two_versions.policy, tracking_uri=store_uri)
+
+
+def test_a_report_on_approximate_pixels_vets_nothing():
+    # validate --fast-decode measures on reduced-size JPEG decodes, not what serving computes: every
+    # alias's policy check (promote, webhook, audit) counts it as a failed gate, even when the numbers pass
+    from pathlib import Path
+
+    from steerpatch.registry.promotion import failed_gates_of
+    from steerpatch.validate.report import load_report
+
+    shipped = load_report(Path(__file__).resolve().parents[2] / "registry" / "patches" / "water-shortcut" / "report.json")
+    assert failed_gates_of(shipped, None, alias="production")[0] == []
+    fast = shipped.model_copy(update={"decoding": "jpeg-draft-2x"})
+    failed, _ = failed_gates_of(fast, None, alias="staging")
+    assert len(failed) == 1 and failed[0].startswith("exact_decoding") and "--fast-decode" in failed[0]
