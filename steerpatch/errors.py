@@ -25,6 +25,20 @@ def shorten(items: Sequence[Any], limit: int = MAX_SHOWN, sep: str = ", ") -> st
     return f"{shown} and {rest:,} more" if rest > 0 else shown
 
 
+def shown_value(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters with the full length said: a hostile value must not fill a message.
+
+    Example:
+        >>> shown_value("x" * 5000, 10)
+        "'xxxxxxxx… (5,000 characters)"
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, str | bytes) else len(text)
+    return f"{text[: limit - 1]}… ({length:,} characters)"
+
+
 def shown_problems(problems: Sequence[str], limit: int = MAX_SHOWN) -> list[str]:
     """The first `limit` problems, plus one line counting the rest."""
     if len(problems) <= limit:

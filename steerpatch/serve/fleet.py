@@ -142,9 +142,10 @@ class Fleet:
         """
         if pinned is not None:
             if pinned not in self.sources:
+                from steerpatch.errors import shown_value
                 from steerpatch.serve.payload import BadPayload
 
-                raise BadPayload(f"alias {pinned!r} is not served here; served aliases: {', '.join(self.sources)} "
+                raise BadPayload(f"alias {shown_value(pinned)} is not served here; served aliases: {', '.join(self.sources)} "
                                  "(header X-Steerpatch-Alias or query parameter alias)", 400)
             return pinned
         if self.canary is not None and self._random.random() < self.canary.fraction:

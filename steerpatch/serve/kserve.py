@@ -21,6 +21,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from steerpatch.errors import shown_value
 from steerpatch.serve.payload import BadPayload, parse_json
 
 PLATFORM = "onnxruntime_onnx"
@@ -141,7 +142,7 @@ def add_v2_routes(app: FastAPI, fleet: Any, inference: Any, pick: Callable[[Requ
     def select(request: Request, name: str, version: str | None) -> tuple[str, Any]:
         pinned = version if version is not None else (name if name != fleet.name else None)
         if name != fleet.name and name not in fleet.sources:
-            raise BadPayload(f"model {name!r} is not served here; models: {', '.join([fleet.name, *fleet.sources])}", 404)
+            raise BadPayload(f"model {shown_value(name)} is not served here; models: {', '.join([fleet.name, *fleet.sources])}", 404)
         if pinned is None:
             return pick(request)
         if version is not None and name != fleet.name and version != name:

@@ -135,3 +135,17 @@ def test_batching_on_a_live_server_gathers_concurrent_requests(graph):
         text = http.get("/metrics").text
     assert metric(text, "steerpatch_batch_rows_sum") == 8
     assert metric(text, "steerpatch_batch_rows_count") < 8  # some calls carried several requests
+
+
+def test_an_unknown_alias_or_model_is_named_but_not_echoed_whole():
+    # a hostile pin must not make the error as large as itself: the message names it, cut, with its length
+    from steerpatch.serve.fleet import Fleet
+    from steerpatch.serve.payload import BadPayload
+
+    fleet = Fleet({"production": object(), "candidate": object()}, default="production", name="concept-clip")
+    with pytest.raises(BadPayload) as caught:
+        fleet.route("s" * 5000)
+    message = str(caught.value)
+    assert len(message) < 300 and "5,000 characters" in message and "served aliases: production, candidate" in message
+    with pytest.raises(BadPayload, match="alias 'staging' is not served here"):
+        fleet.route("staging")
