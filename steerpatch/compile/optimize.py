@@ -87,7 +87,8 @@ def tower_shape(loaded: Any) -> tuple[int, int]:
     """(attention heads, width) of an open_clip vision tower, for the optimiser."""
     from steerpatch.models.tower import resblocks, residual_width
 
-    return int(resblocks(loaded)[0].attn.num_heads), residual_width(loaded)
+    first: Any = resblocks(loaded)[0]  # an open_clip ResidualAttentionBlock (ModuleList items are typed loosely)
+    return int(first.attn.num_heads), residual_width(loaded)
 
 
 @dataclass

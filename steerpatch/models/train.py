@@ -159,7 +159,7 @@ def _train(config: TrainConfig, *, progress: bool) -> tuple[Any, dict[str, Any]]
     bar.close()
     seconds = time.perf_counter() - start
     model.eval()
-    stats = {
+    stats: dict[str, Any] = {
         "train_seconds": seconds,
         "images_per_second": total * config.batch_size / max(seconds, 1e-9),
         "steps": total,
