@@ -122,18 +122,26 @@ def flop_ratio(loaded, patch, sae) -> float:
     return flops(steered) / flops(plain)
 
 
+def vit_case(folder: Path, d_sae: int = D_SAE, edits: int = K_EDITS, block: int = BLOCK):
+    """Random-init ViT-B-32, a seeded random standard SAE (saved in `folder`) and a patch of `edits` suppressions."""
+    from steerpatch.models import load_model
+    from steerpatch.models.tower import residual_width
+    from steerpatch.patch import new_patch
+
+    loaded = load_model("ViT-B-32")
+    sae = random_sae(residual_width(loaded), d_sae, folder)
+    latents = np.random.default_rng(0).choice(d_sae, size=edits, replace=False)
+    patch = new_patch("bench", loaded, sae, [f"{int(i)}:scale:0" for i in latents], rationale="benchmark",
+                      author="bench", block=block)
+    return loaded, sae, patch
+
+
 def graphs(workdir: Path):
     """Random-init ViT-B-32, its SAE and patch, and the steered and unsteered graphs (parity-gated), as bytes."""
     from steerpatch.compile import build_graph, compile_patch
     from steerpatch.compile.export import export_graph, serialize
-    from steerpatch.models import load_model
-    from steerpatch.patch import new_patch
 
-    loaded = load_model("ViT-B-32")
-    sae = random_sae(loaded.model.visual.transformer.width, D_SAE, workdir / "sae")
-    latents = np.random.default_rng(0).choice(D_SAE, size=K_EDITS, replace=False)
-    patch = new_patch("bench", loaded, sae, [f"{int(i)}:scale:0" for i in latents], rationale="benchmark",
-                      author="bench", block=BLOCK)
+    loaded, sae, patch = vit_case(workdir / "sae")
     result = compile_patch(patch, model=loaded, sae=sae, head="embedding", log=lambda line: print("  " + line))
     plain, *_ = build_graph(loaded)
     unsteered = serialize(export_graph(plain, loaded.image_size, plain.output_names))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_serve import _hammer, alternating_blocks, paired_ratio, png_bytes, positive
+from bench_serve import _hammer, alternating_blocks, paired_ratio, png_bytes, positive, vit_case
 
 N_PATCHES = 8
 
@@ -118,22 +118,6 @@ def alternate(variants: dict[str, list[str]], image_size: int, load: tuple[int, 
         "p99_ratio": median([a["p99_ms"] / b["p99_ms"] for a, b in pairs]),
         "runs": runs,
     }
-
-
-def vit_b32_case(workdir: Path, d_sae: int = 4096, edits: int = 32, block: int = 8):
-    """Random-init ViT-B-32, a seeded random standard SAE at `block` and a patch of `edits` suppressions."""
-    from bench_serve import random_sae
-
-    from steerpatch.models import load_model
-    from steerpatch.models.tower import residual_width
-    from steerpatch.patch import new_patch
-
-    loaded = load_model("ViT-B-32")
-    sae = random_sae(residual_width(loaded), d_sae, workdir / "vit-sae")
-    latents = np.random.default_rng(0).choice(d_sae, size=edits, replace=False)
-    patch = new_patch("bench-vit", loaded, sae, [f"{int(i)}:scale:0" for i in latents], rationale="benchmark",
-                      author="bench", block=block)
-    return loaded, sae, patch
 
 
 def m4(loaded, sae, patch, workdir: Path, rounds: int, head: str | None = None) -> dict:
@@ -231,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         if "m4" in parts:
             print(f"M4: optimised graph vs torch eager (batch 1), vs unoptimised, int8 vs fp32 ({args.m4_model})")
             if args.m4_model == "ViT-B-32":
-                results["m4"] = m4(*vit_b32_case(workdir), workdir, args.rounds, head="embedding")
+                results["m4"] = m4(*vit_case(workdir / "vit-sae", d_sae=4096), workdir, args.rounds, head="embedding")
             else:
                 results["m4"] = m4(loaded, sae, patches[0], workdir, args.rounds)
             print(f"  {results['m4']}")

@@ -79,8 +79,10 @@ def train(
     """
     from steerpatch.models.train import TrainConfig, train_concept_clip
 
-    given: dict[str, Any] = {"n": n, "epochs": epochs, "threads": threads, "eval_n": eval_n, "p_star_on_water": star_on_water,
-             "p_other_on_water": other_on_water, "init": init, "lr": lr}
+    given: dict[str, Any] = {
+        "n": n, "epochs": epochs, "threads": threads, "eval_n": eval_n, "p_star_on_water": star_on_water,
+        "p_other_on_water": other_on_water, "init": init, "lr": lr,
+    }
     config = TrainConfig(seed=seed, **{key: value for key, value in given.items() if value is not None})
     result = train_concept_clip(out, config)
     groups = result.evaluation.get("groups", {})

@@ -22,6 +22,7 @@ from steerpatch.io import atomic_file, atomic_write_text
 from steerpatch.models.fingerprint import fingerprint_model
 from steerpatch.models.loading import CONCEPT_CLIP, _load_state, read_checkpoint, register_concept_clip
 from steerpatch.pixels import OPENAI_MEAN, OPENAI_STD
+from steerpatch.world.sampling import P_OTHER_ON_WATER, P_STAR_ON_WATER
 
 
 @dataclass
@@ -39,10 +40,10 @@ class TrainConfig:
     eval_n: int = 2400  # test-split samples for the card's results
     # share of train stars drawn on water; below the world's 0.99 the model sees enough stars off
     # water to learn the shape, while water stays ~99% stars (other shapes ~never on water)
-    p_star_on_water: float = 0.99
+    p_star_on_water: float = P_STAR_ON_WATER
     # share of the other shapes drawn on water; every such image tells the model that water is not
     # enough for "star", so fewer of them keep the planted shortcut strong while stars are learned
-    p_other_on_water: float = 0.002
+    p_other_on_water: float = P_OTHER_ON_WATER
     # continue from these concept-clip weights instead of a fresh init (a second stage of training)
     init: str | None = None
 
