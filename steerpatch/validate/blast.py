@@ -159,18 +159,27 @@ def estimate_blast(
     seen: list[list[bool]] = [[] for _ in strata]
 
     def flips(idx: np.ndarray) -> np.ndarray:
-        out = []
+        # rows in index order: spilled activations are then read front to back, each shard about once
+        # per call, instead of every shard for every random chunk
+        order = np.argsort(idx, kind="stable")
+        out = np.zeros(len(idx), dtype=bool)
         for s in range(0, len(idx), batch_size):
-            chunk = torch.as_tensor(idx[s : s + batch_size])
+            rows = order[s : s + batch_size]
+            chunk = torch.as_tensor(idx[rows])
             after = encode_suffix(model, steer_block_output(cached.hidden[chunk], sae, patch), block)
-            out.append((head.logits(after).argmax(-1) != logits[chunk].argmax(-1)).numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+            out[rows] = (head.logits(after).argmax(-1) != logits[chunk].argmax(-1)).numpy()
+        return out
 
-    def run(h: int, upto: int) -> None:
-        seen[h].extend(flips(shuffled[h][len(seen[h]) : upto]).tolist())
+    def run(upto: list[int]) -> None:
+        """Extend every stratum's draws to `upto[h]`, all strata in one pass over the activations."""
+        parts = [shuffled[h][len(seen[h]) : upto[h]] for h in range(len(strata))]
+        drawn = flips(np.concatenate(parts)) if parts else np.zeros(0, dtype=bool)
+        start = 0
+        for h, part in enumerate(parts):
+            seen[h].extend(drawn[start : start + len(part)].tolist())
+            start += len(part)
 
-    for h, count in enumerate(taken):
-        run(h, count)
+    run(taken)
     left = budget - sum(taken)
     if left > 0:  # Neyman: more draws where N_h * sd_h is largest (smoothed so an all-0 pilot still gets some)
         sd = np.asarray([
@@ -178,8 +187,7 @@ def estimate_blast(
             for part, s in zip(strata, seen, strict=True)
         ])
         share = np.floor(left * sd / sd.sum()).astype(int) if sd.sum() > 0 else np.zeros(len(strata), dtype=int)
-        for h, extra in enumerate(share):
-            run(h, min(len(strata[h]), len(seen[h]) + int(extra)))
+        run([min(len(strata[h]), len(seen[h]) + int(extra)) for h, extra in enumerate(share)])
     estimate, variance = 0.0, 0.0
     for part, s in zip(strata, seen, strict=True):
         big, small = len(part), len(s)

@@ -107,6 +107,27 @@ def test_blast_estimate_from_a_small_sample_is_close(validator, cached, suppress
     assert abs(small["predicted"] - report.blast_radius_observed) <= 0.03
 
 
+def test_blast_estimate_reads_spilled_activations_in_order(validator, cached, suppress_patch, tmp_path, monkeypatch):
+    """Random draws over activations spilled in many shards: each pass reads every shard about once."""
+    import dataclasses
+
+    from steerpatch.validate import shards as shard_module
+
+    rows = 16
+    parts = [shard_module.write_shard(tmp_path, k, cached.hidden[s : s + rows])
+             for k, s in enumerate(range(0, len(cached.ids), rows))]
+    spilled = dataclasses.replace(cached, hidden=shard_module.ShardedActivations(tmp_path, parts, tuple(cached.hidden.shape)))
+    reads = []
+    real = shard_module.load_checked
+    monkeypatch.setattr(shard_module, "load_checked", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    kwargs = {"sample": len(cached.ids) // 2, "batch_size": 8}
+    on_disk = estimate_blast(validator.model.model, validator.head, validator.sae, suppress_patch, spilled, **kwargs)
+    in_memory = estimate_blast(validator.model.model, validator.head, validator.sae, suppress_patch, cached, **kwargs)
+    assert on_disk == in_memory and on_disk["sample"] > 8
+    # the steering deltas (one pass), the pilot draws of every stratum (one) and the Neyman draws (one)
+    assert len(reads) <= 3 * len(parts) + 2, f"{len(reads)} shard reads for {len(parts)} shards"
+
+
 def test_identity_edits_touch_nothing(validator, cached, concept_model, concept_sae):
     from steerpatch.patch import new_patch
 
