@@ -49,7 +49,7 @@ def serve(ctx, source, port, tracking_uri, poll_seconds, max_body_mb, docs, alia
     from steerpatch.serve.batching import ort_threads
 
     sock = bind_socket(port)  # a taken port is one line and exit 2, before anything is loaded or printed
-    threads = ort_threads(not no_batching, WORKERS)
+    threads = ort_threads(WORKERS)
     try:
         if aliases:
             fleet = Fleet.open(source, list(aliases), default=default_alias, canary=canary, shadow=shadow,

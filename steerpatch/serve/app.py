@@ -233,7 +233,7 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     else:
         fleet = Fleet.single(source if isinstance(source, GraphSource) else GraphSource(
             source, tracking_uri=tracking_uri, poll_seconds=poll_seconds,
-            threads=ort_threads(batch_wait_ms is not None, workers),
+            threads=ort_threads(workers),
         ))
     graphs = fleet.sources[fleet.default]
     metrics = ServeMetrics()
@@ -245,7 +245,7 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-predict")
     batcher = None
     if batch_wait_ms is not None:
-        batcher = Batcher(batch_wait_ms, max_batch_rows, observe=metrics.batch_rows.observe)
+        batcher = Batcher(batch_wait_ms, max_batch_rows, observe=metrics.batch_rows.observe, lanes=workers)
     inference = Inference(fleet, pool, metrics, batcher)
     waiting = 0
 

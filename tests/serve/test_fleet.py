@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -123,6 +124,38 @@ def test_the_batcher_runs_queued_requests_in_one_call_per_graph_and_splits_them_
         alone = run_graph(graphs[g], pixels, index)
         for name in alone:
             np.testing.assert_allclose(result[name], alone[name], atol=1e-5)
+
+
+class _Meeting:
+    """A real graph whose calls wait inside ONNX Runtime's `run` until `parties` calls are there at once."""
+
+    def __init__(self, real, parties: int, timeout: float) -> None:
+        self.real, self.info, self.output_names, self.session = real, real.info, real.output_names, self
+        self.inside = threading.Event()
+        self.meeting = threading.Barrier(parties, timeout=timeout)
+
+    def run(self, names, feeds):
+        self.inside.set()
+        self.meeting.wait()  # BrokenBarrierError (the request fails) when no second call comes
+        return self.real.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_batcher_lanes_run_batches_at_once(graph, lanes):
+    # a second batch runs while the first is still inside ONNX Runtime: both cores compute, as without batching
+    meeting = _Meeting(GraphSource(graph[1]).current, parties=2, timeout=30 if lanes == 2 else 2)
+    batcher = Batcher(max_wait_ms=0, lanes=lanes).start()
+    try:
+        first = batcher.submit(meeting, pixels_of(20, 1))
+        assert meeting.inside.wait(timeout=30)
+        second = batcher.submit(meeting, pixels_of(21, 1))
+        if lanes == 2:
+            assert len(first.result(timeout=60)["embedding"]) == len(second.result(timeout=60)["embedding"]) == 1
+        else:  # one lane: the second batch waits for the first, which waits for a second call in vain
+            with pytest.raises(threading.BrokenBarrierError):
+                first.result(timeout=60)
+    finally:
+        batcher.stop()
 
 
 def test_batching_on_a_live_server_gathers_concurrent_requests(graph):
