@@ -54,6 +54,32 @@ def parse_canary(text: str) -> Canary:
     return Canary(alias, fraction)
 
 
+def pinned_alias(headers: list[str], query: list[str], path: str | None = None) -> str | None:
+    """The alias a request pins, from its `X-Steerpatch-Alias` headers, `?alias=` values and (KServe) path.
+
+    An empty header is no pin (as before); identical repeats are one pin. Two different pins are
+    refused rather than resolved by an order of precedence the client cannot see.
+
+    Raises:
+        BadPayload: 400 naming both values when the request pins two different aliases.
+
+    Example:
+        >>> pinned_alias(["candidate"], ["candidate"])
+        'candidate'
+    """
+    pins = [("path", path)] if path is not None else []
+    pins += [("header X-Steerpatch-Alias", value) for value in headers if value]
+    pins += [("query parameter alias", value) for value in query]
+    for where, value in pins[1:]:
+        if value != pins[0][1]:
+            from steerpatch.errors import shown_value
+            from steerpatch.serve.payload import BadPayload
+
+            raise BadPayload(f"the request pins two aliases: {shown_value(pins[0][1])} ({pins[0][0]}) and "
+                             f"{shown_value(value)} ({where}); send one alias", 400)
+    return pins[0][1] if pins else None
+
+
 def parse_alias(name: str | None, text: str) -> tuple[str, str]:
     """`LABEL` (served as `NAME@LABEL`) or `LABEL=FILE_OR_REF` -> (label, source).
 
