@@ -20,8 +20,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--alias", "aliases", multiple=True, metavar="LABEL[=FILE|NAME@ALIAS]",
               help="Serve NAME@LABEL (or a file/ref under LABEL); repeat for several versions. The first is the default.")
 @click.option("--default-alias", default=None, help="The alias un-pinned requests go to (default: the first --alias).")
-@click.option("--canary", default=None, metavar="ALIAS=FRACTION",
-              help="Send this share (0-1) of un-pinned requests to ALIAS.")
+@click.option("--canary", multiple=True, metavar="ALIAS=FRACTION",
+              help="Send this share (0-1) of un-pinned requests to ALIAS (once: a repeat is refused, not overridden).")
 @click.option("--shadow", default=None, metavar="ALIAS",
               help="Also run ALIAS on the default's requests and count where it disagrees (never answers).")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
@@ -38,13 +38,12 @@ def serve(ctx, source, port, tracking_uri, poll_seconds, max_body_mb, docs, alia
     X-Steerpatch-Alias (or ?alias=). Ctrl-C stops it (exit 130).
     """
     from steerpatch.serve import bind_socket, url_of
-    from steerpatch.serve.fleet import Fleet, FleetError, parse_canary
+    from steerpatch.serve.fleet import Fleet, FleetError, parse_canaries
     from steerpatch.serve.server import serve as run
 
     if not aliases and (default_alias or canary or shadow):
         raise FleetError("--default-alias, --canary and --shadow choose among --alias labels; add --alias LABEL ...")
-    if canary is not None:
-        parse_canary(canary)  # a bad fraction is exit 2 before the port or any graph is touched
+    parse_canaries(canary)  # a bad fraction or a repeated --canary is exit 2 before the port or any graph is touched
     from steerpatch.serve.app import WORKERS
     from steerpatch.serve.batching import ort_threads
 

@@ -272,9 +272,13 @@ def audit_model(name: str, *, policy: str | Path | None = None, tracking_uri: st
 
     Returns:
         `{"name", "versions": [{"version", "kind", "ok", "problem"}], "moves": [...], "problems": [str]}`;
-        `problems` is empty when everything verifies.
+        `problems` is empty when everything verifies. Each patch version's row also lists under
+        `linked_graphs` the multi-patch graph versions that link it (`{"name", "version", "aliases",
+        "patch_index"}`, `steerpatch.registry.graph_links.linking_graphs`), with `linked_graphs_more`
+        true when there were more than it lists.
     """
     from steerpatch.errors import SteerpatchError
+    from steerpatch.registry.graph_links import linking_graphs
     from steerpatch.registry.integrity import GRAPH_SUFFIX
     from steerpatch.registry.verification import verify_model_version
 
@@ -298,6 +302,9 @@ def audit_model(name: str, *, policy: str | Path | None = None, tracking_uri: st
             row.update(ok=False, problem=_first_line(error))
             problems.append(_first_line(error))
             failed_by_version[str(mv.version)] = None
+        linked, more, wrong = linking_graphs(c, name, str(mv.version), (mv.tags or {}).get(TAG + "patch_hash", ""))
+        row.update(linked_graphs=linked, linked_graphs_more=more)
+        problems.extend(wrong)
         rows.append(row)
     try:
         graphs = with_retry(lambda: c.search_model_versions(f"name = '{name}{GRAPH_SUFFIX}'"), what="list graphs")
@@ -347,6 +354,12 @@ def format_audit(data: dict[str, Any]) -> str:
     for row in data["versions"]:
         label = row["version"] if row["kind"] == "graph" else f"v{row['version']}"
         lines.append(f"  {row['kind']:5} {label}: " + ("ok" if row["ok"] else row["problem"]))
+        for graph in row.get("linked_graphs", []):
+            alias = f" [{', '.join(graph['aliases'])}]" if graph["aliases"] else ""
+            lines.append(f"        in multi-patch graph {graph['name']}@{graph['version']}{alias} "
+                         f"as patch_index {graph['patch_index']}")
+        if row.get("linked_graphs_more"):
+            lines.append("        and more multi-patch graphs (not listed)")
     for move in data["moves"]:
         origin = f"v{move['from']}" if move["from"] else "(new)"
         state = "ok" if move["ok"] else move["problem"]

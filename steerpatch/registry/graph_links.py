@@ -23,6 +23,12 @@ from steerpatch.registry.verification import verify_model_version
 
 PATCHES_TAG = "steerpatch.patches"
 PATCHES_FILE = "PATCHES.json"
+# one tag per linked patch version, `steerpatch.link.<patch_hash>` = `<patch model>@<version>`, so a
+# patch's audit finds the graphs that link it with one registry filter instead of reading every graph;
+# keyed by the hash (64 hex digits) because a key holding a model name could pass MLflow's key limit
+LINK_TAG = "steerpatch.link."
+# a patch linked into more graph versions than this is listed up to here, with `more` said
+MAX_LINKING = 100
 
 
 def multi_name(info: Any) -> str:
@@ -48,9 +54,57 @@ def patch_links(c: Any, info: Any) -> list[dict[str, Any]]:
 
 def multi_record(c: Any, info: Any) -> tuple[dict[str, str], dict[str, str]]:
     """(extra version tags, extra model-folder files) recording a multi-patch graph's patches."""
-    text = json.dumps(patch_links(c, info), sort_keys=True)
+    links = patch_links(c, info)
+    text = json.dumps(links, sort_keys=True)
     hashes = json.dumps([entry.patch_hash for entry in info.patches])
-    return {PATCHES_TAG: text, "steerpatch.patch_hashes": hashes}, {PATCHES_FILE: text}
+    found = {LINK_TAG + link["patch_hash"]: f"{link['patch_model']}@{link['patch_version']}"
+             for link in links if link["patch_version"]}
+    return {PATCHES_TAG: text, "steerpatch.patch_hashes": hashes, **found}, {PATCHES_FILE: text}
+
+
+def linking_graphs(c: Any, patch_model: str, version: str,
+                   patch_hash: str) -> tuple[list[dict[str, Any]], bool, list[str]]:
+    """The registered multi-patch graph versions that link one patch version, found by its `steerpatch.link.` tag.
+
+    Each hit is confirmed against the graph version's `steerpatch.patches` list, which says the
+    patch_index; a graph tagged as linking the patch whose list does not say so is a problem.
+    Graphs registered before the link tag existed are not found.
+
+    Args:
+        c: an `MlflowClient`.
+        patch_model: the registered patch model (`<model>.<patch>`).
+        version: the patch version.
+        patch_hash: that version's recorded patch hash.
+
+    Returns:
+        (`[{"name", "version", "aliases", "patch_index"}]` one per graph version and index, by name
+        then version; whether more than `MAX_LINKING` graph versions link it (the rest unlisted); problems).
+    """
+    if len(patch_hash or "") != 64 or not all(ch in "0123456789abcdef" for ch in patch_hash):
+        return [], False, []  # no (or a mangled) recorded hash: nothing links it by that tag
+    target = f"{patch_model}@{version}"
+    query = f"tag.`{LINK_TAG}{patch_hash}` = '{target}'"
+    found = with_retry(functools.partial(c.search_model_versions, query, max_results=MAX_LINKING + 1),
+                       what=f"find the graphs linking {target}")
+    aliases: dict[str, dict[str, str]] = {}
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for gv in sorted(found, key=lambda v: (v.name, int(v.version)))[:MAX_LINKING]:
+        if gv.name not in aliases:
+            model = with_retry(functools.partial(c.get_registered_model, gv.name), what=f"read {gv.name}")
+            aliases[gv.name] = {a: str(v) for a, v in (model.aliases or {}).items()}
+        try:
+            links = json.loads((gv.tags or {}).get(PATCHES_TAG) or "[]")
+            indexes = [link["index"] for link in links if isinstance(link, dict) and link.get("patch_hash") == patch_hash
+                       and link.get("patch_model") == patch_model and str(link.get("patch_version")) == str(version)]
+        except (ValueError, TypeError, RecursionError):
+            indexes = []
+        if not indexes:
+            problems.append(f"{gv.name}@{gv.version} is tagged as linking {target} but its {PATCHES_TAG} list does not")
+        for index in indexes:
+            rows.append({"name": gv.name, "version": str(gv.version), "patch_index": index,
+                         "aliases": sorted(a for a, v in aliases[gv.name].items() if v == str(gv.version))})
+    return rows, len(found) > MAX_LINKING, problems
 
 
 def verify_patch_links(c: Any, store: Any, mv: Any, info: Any, folder: Path, what: str, *,

@@ -222,7 +222,7 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
     """
     from contextlib import asynccontextmanager
 
-    from steerpatch.serve.fleet import ALIAS_HEADER, ALIAS_QUERY, Fleet
+    from steerpatch.serve.fleet import ALIAS_HEADER, ALIAS_QUERY, Fleet, pinned_alias
     from steerpatch.serve.inference import Inference, check_patch_index
     from steerpatch.serve.inference import predictions as shape_predictions
     from steerpatch.serve.metrics import CountRequests, ServeMetrics
@@ -280,7 +280,7 @@ def create_app(source: Any, *, max_body_bytes: int = MAX_BODY_BYTES, max_batch: 
 
     def pick(request: Request) -> tuple[str, Any]:
         """The alias that answers this request and its current graph (one graph for the whole request)."""
-        pinned = request.headers.get(ALIAS_HEADER) or request.query_params.get(ALIAS_QUERY)
+        pinned = pinned_alias(request.headers.getlist(ALIAS_HEADER), request.query_params.getlist(ALIAS_QUERY))
         alias = fleet.route(pinned)
         request.state.alias = alias
         return alias, fleet.sources[alias].current

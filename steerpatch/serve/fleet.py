@@ -54,6 +54,62 @@ def parse_canary(text: str) -> Canary:
     return Canary(alias, fraction)
 
 
+def parse_canaries(texts: str | list[str] | tuple[str, ...] | None) -> Canary | None:
+    """The one canary of a server from its `--canary ALIAS=FRACTION` options (click gives a repeated option as a tuple).
+
+    A repeated option is refused rather than the last one kept: a repeated alias names both values,
+    and two aliases are refused because one server routes one canary (their total share is said
+    when it is above 1).
+
+    Raises:
+        FleetError: for a bad `ALIAS=FRACTION` (`parse_canary`), a repeated alias, or a second alias.
+
+    Example:
+        >>> parse_canaries(("candidate=0.1",))
+        Canary(alias='candidate', fraction=0.1)
+    """
+    if texts is None or isinstance(texts, str):
+        return parse_canary(texts) if texts is not None else None
+    canaries = [parse_canary(text) for text in texts]
+    if len(canaries) > 1:
+        first = canaries[0]
+        later = next((c for c in canaries[1:] if c.alias == first.alias), canaries[1])
+        if later.alias == first.alias:
+            raise FleetError(f"--canary {first.alias!r} is given twice ({first.fraction:g} and {later.fraction:g}); "
+                             f"give each canary alias once, e.g. --canary {first.alias}={later.fraction:g}")
+        total = sum(c.fraction for c in canaries)
+        over = f" (total share {total:g} is above 1)" if total > 1 else ""
+        raise FleetError(f"--canary is given for two aliases, {first.alias!r} ({first.fraction:g}) and "
+                         f"{later.alias!r} ({later.fraction:g}){over}; one server has one canary: give --canary once")
+    return canaries[0] if canaries else None
+
+
+def pinned_alias(headers: list[str], query: list[str], path: str | None = None) -> str | None:
+    """The alias a request pins, from its `X-Steerpatch-Alias` headers, `?alias=` values and (KServe) path.
+
+    An empty header is no pin (as before); identical repeats are one pin. Two different pins are
+    refused rather than resolved by an order of precedence the client cannot see.
+
+    Raises:
+        BadPayload: 400 naming both values when the request pins two different aliases.
+
+    Example:
+        >>> pinned_alias(["candidate"], ["candidate"])
+        'candidate'
+    """
+    pins = [("path", path)] if path is not None else []
+    pins += [("header X-Steerpatch-Alias", value) for value in headers if value]
+    pins += [("query parameter alias", value) for value in query]
+    for where, value in pins[1:]:
+        if value != pins[0][1]:
+            from steerpatch.errors import shown_value
+            from steerpatch.serve.payload import BadPayload
+
+            raise BadPayload(f"the request pins two aliases: {shown_value(pins[0][1])} ({pins[0][0]}) and "
+                             f"{shown_value(value)} ({where}); send one alias", 400)
+    return pins[0][1] if pins else None
+
+
 def parse_alias(name: str | None, text: str) -> tuple[str, str]:
     """`LABEL` (served as `NAME@LABEL`) or `LABEL=FILE_OR_REF` -> (label, source).
 
@@ -105,10 +161,13 @@ class Fleet:
         self._random = random.Random(seed)
 
     @classmethod
-    def open(cls, name: str | None, aliases: list[str], *, default: str | None = None, canary: str | None = None,
+    def open(cls, name: str | None, aliases: list[str], *, default: str | None = None,
+             canary: str | list[str] | tuple[str, ...] | None = None,
              shadow: str | None = None, tracking_uri: str | None = None, poll_seconds: float = 5.0,
              threads: int | None = None) -> Fleet:
         """Open every alias (`LABEL` as `NAME@LABEL`, or `LABEL=FILE|REF`); the fleet's model name is NAME.
+
+        `canary` is one `ALIAS=FRACTION`, or the `--canary` options as given (`parse_canaries`).
 
         `threads` is each session's intra-op thread count (`steerpatch.serve.batching.ort_threads`).
 
@@ -121,7 +180,7 @@ class Fleet:
         labels = [label for label, _ in parsed]
         if len(set(labels)) != len(labels):
             raise FleetError(f"--alias labels must differ; got {', '.join(labels)}")
-        canary_spec = parse_canary(canary) if canary is not None else None
+        canary_spec = parse_canaries(canary)
         sources = {label: GraphSource(src, tracking_uri=tracking_uri, poll_seconds=poll_seconds, threads=threads)
                    for label, src in parsed}
         return cls(sources, default=default, canary=canary_spec, shadow=shadow, name=name)

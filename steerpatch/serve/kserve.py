@@ -8,7 +8,7 @@
 
 `{name}` is the served model name (routed like an un-pinned `/predict`: default or canary, or the
 alias pinned by the `X-Steerpatch-Alias` header) or an alias label (pinned to it); `{v}` is an alias
-label. Inputs: `pixels` (FP32, [B, 3, S, S], data flat row-major or nested) and, for a multi-patch
+label; a header or `?alias=` naming another alias than the path is a 400 (send one alias). Inputs: `pixels` (FP32, [B, 3, S, S], data flat row-major or nested) and, for a multi-patch
 graph, `patch_index` (INT64, [B] or [1]). Errors are `{"error": "..."}` as the protocol specifies.
 """
 
@@ -137,6 +137,7 @@ def infer_response(name: str, answer: Any, doc: dict[str, Any]) -> dict[str, Any
 def add_v2_routes(app: FastAPI, fleet: Any, inference: Any, pick: Callable[[Request], tuple[str, Any]],
                   decode: Callable[[Any], Awaitable[Any]], limits: Any) -> None:
     """Add the Open Inference Protocol routes to the app (see the module docstring)."""
+    from steerpatch.serve.fleet import ALIAS_HEADER, ALIAS_QUERY, pinned_alias
     from steerpatch.serve.inference import check_patch_index
 
     def select(request: Request, name: str, version: str | None) -> tuple[str, Any]:
@@ -149,6 +150,8 @@ def add_v2_routes(app: FastAPI, fleet: Any, inference: Any, pick: Callable[[Requ
             raise BadPayload(f"model {name!r} has no version {version!r}; use /v2/models/{fleet.name}/versions/{name}", 404)
         if pinned not in fleet.sources:
             raise BadPayload(f"version {pinned!r} of {name!r} is not served; versions: {', '.join(fleet.sources)}", 404)
+        # a header or ?alias= naming another alias than the path is a conflict, as on /predict
+        pinned_alias(request.headers.getlist(ALIAS_HEADER), request.query_params.getlist(ALIAS_QUERY), path=pinned)
         request.state.alias = pinned
         return pinned, fleet.sources[pinned].current
 

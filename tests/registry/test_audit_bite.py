@@ -182,13 +182,16 @@ def test_verify_version_reports_what_it_checked(three):
     }
 
 
+# no multi-patch graph links these patches (tests/serve/test_multi_registry.py covers one that does)
+NO_LINKED_GRAPHS = {"linked_graphs": [], "linked_graphs_more": False}
+
 def test_a_clean_history_audits_clean(three):
     uri, policy = three
     promote(NAME, 1, policy=policy, tracking_uri=uri)
     data = audit_model(NAME, policy=policy, tracking_uri=uri)
     assert data["problems"] == []
     assert data["versions"] == [
-        {"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")
+        {"version": v, "kind": "patch", "ok": True, "problem": None, **NO_LINKED_GRAPHS} for v in ("1", "2", "3")
     ]
     (move,) = data["moves"]
     assert (move["ok"], move["problem"], move["to"]) == (True, None, "1")
@@ -353,7 +356,7 @@ def test_audit_rows_of_a_graph_that_verifies_and_one_that_does_not(three, tmp_pa
     data = audit_model(NAME, policy=policy, tracking_uri=uri)
     problem = f"{graph}@2: artifact 'model.onnx' sha256 differs from the one registered ({'f' * 64})"
     assert data["versions"] == [
-        {"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")
+        {"version": v, "kind": "patch", "ok": True, "problem": None, **NO_LINKED_GRAPHS} for v in ("1", "2", "3")
     ] + [
         {"version": f"{graph}@1", "kind": "graph", "ok": True, "problem": None},
         {"version": f"{graph}@2", "kind": "graph", "ok": False, "problem": problem},
@@ -385,7 +388,7 @@ def test_a_store_that_cannot_list_the_graphs_audits_the_patches_alone(three, mon
     monkeypatch.setattr(mlflow.MlflowClient, "search_model_versions", failing)
     data = audit_model(NAME, policy=policy, tracking_uri=uri)
     assert refused == [listing]
-    assert data["versions"] == [{"version": v, "kind": "patch", "ok": True, "problem": None} for v in ("1", "2", "3")]
+    assert data["versions"] == [{"version": v, "kind": "patch", "ok": True, "problem": None, **NO_LINKED_GRAPHS} for v in ("1", "2", "3")]
     assert data["problems"] == []
 
 

@@ -182,3 +182,43 @@ def test_an_unknown_alias_or_model_is_named_but_not_echoed_whole():
     assert len(message) < 300 and "5,000 characters" in message and "served aliases: production, candidate" in message
     with pytest.raises(BadPayload, match="alias 'staging' is not served here"):
         fleet.route("staging")
+
+
+def test_a_request_pinning_two_different_aliases_is_refused_naming_both(graph, candidate):
+    # header vs query, two headers, two query values: no silent precedence; identical repeats are one pin
+    fleet = _fleet(graph, candidate, name="tiny")
+    body = {"tensor": pixels_of(0)[0].tolist()}
+    header = "X-Steerpatch-Alias"
+    conflicts = [
+        ({"headers": {header: "candidate"}, "params": {"alias": "production"}},
+         "'candidate' (header X-Steerpatch-Alias) and 'production' (query parameter alias)"),
+        ({"headers": [(header, "production"), (header, "candidate")]},
+         "'production' (header X-Steerpatch-Alias) and 'candidate' (header X-Steerpatch-Alias)"),
+        ({"params": [("alias", "candidate"), ("alias", "s" * 5000)]},
+         "'candidate' (query parameter alias) and 'sssssss"),
+    ]
+    with ServerThread(create_app(fleet, follow=False)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        for options, named in conflicts:
+            refused = http.post("/predict", json=body, **options)
+            assert refused.status_code == 400, refused.text
+            message = refused.json()["error"]
+            assert message.startswith("the request pins two aliases: " + named) and message.endswith("; send one alias")
+            assert len(message) < 300  # the 5,000-character pin is cut (errors.shown_value)
+        same = http.post("/predict", json=body, headers=[(header, "candidate"), (header, "candidate")],
+                         params=[("alias", "candidate"), ("alias", "candidate")])
+        assert same.status_code == 200 and same.json()["alias"] == "candidate"
+        # the KServe route: a header naming another alias than the path's version is the same conflict
+        infer = {"inputs": [{"name": "pixels", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
+                             "data": pixels_of(0).reshape(-1).tolist()}]}
+        v2 = http.post("/v2/models/tiny/versions/candidate/infer", json=infer, headers={header: "production"})
+        assert v2.status_code == 400
+        assert v2.json()["error"] == ("the request pins two aliases: 'candidate' (path) and 'production' "
+                                      "(header X-Steerpatch-Alias); send one alias")
+        agreeing = http.post("/v2/models/tiny/versions/candidate/infer", json=infer, headers={header: "candidate"})
+        assert agreeing.status_code == 200 and agreeing.json()["parameters"]["alias"] == "candidate"
+        unpinned_path = http.post("/v2/models/tiny/infer", json=infer, params=[("alias", "production"), ("alias", "candidate")])
+        assert unpinned_path.status_code == 400
+        text = http.get("/metrics").text
+    assert metric(text, "steerpatch_errors_total", alias="-", status="400", route="predict") == 3
+    assert metric(text, "steerpatch_errors_total", alias="-", status="400", route="v2-infer") == 2
+    assert metric(text, "steerpatch_requests_total", status="400") == 5

@@ -72,6 +72,40 @@ def test_the_registered_graph_serves_each_patch_by_index(registered):
         source.stop()
 
 
+def test_audit_of_a_patch_lists_the_multi_patch_graphs_that_link_it(registered, runner_module):
+    import mlflow
+
+    from steerpatch.registry.graph_links import LINK_TAG
+
+    store, (first, _), patch_version, doc = registered
+    graph_name, patch_name = doc["registered"]["name"], patch_version.name
+    c = mlflow.MlflowClient(store, store)
+    c.set_registered_model_alias(graph_name, "tenants", "1")
+    assert c.get_model_version(graph_name, "1").tags[LINK_TAG + first.content_hash] == f"{patch_name}@{patch_version.version}"
+    result = runner_module.invoke(cli, ["audit", patch_name, "--tracking-uri", store, "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["versions"]
+    assert row["linked_graphs_more"] is False
+    (linked,) = row["linked_graphs"]
+    assert (linked["name"], linked["version"], linked["patch_index"]) == (graph_name, "1", 1)
+    assert "tenants" in linked["aliases"]
+    text = runner_module.invoke(cli, ["audit", patch_name, "--tracking-uri", store]).stdout
+    assert f"        in multi-patch graph {graph_name}@1 [{', '.join(linked['aliases'])}] as patch_index 1" in text
+    # a link tag that the graph's own patch list does not confirm is a problem, not a listed link
+    tags = c.get_model_version(graph_name, "1").tags
+    try:
+        c.set_model_version_tag(graph_name, "1", PATCHES_TAG, "[]")
+        result = runner_module.invoke(cli, ["audit", patch_name, "--tracking-uri", store, "--json"])
+        assert result.exit_code == 1, result.output
+        body = json.loads(result.stdout)
+        assert body["versions"][0]["linked_graphs"] == []
+        assert body["problems"] == [f"{graph_name}@1 is tagged as linking {patch_name}@{patch_version.version} but "
+                                    f"its {PATCHES_TAG} list does not"]
+    finally:
+        c.set_model_version_tag(graph_name, "1", PATCHES_TAG, tags[PATCHES_TAG])
+        c.delete_registered_model_alias(graph_name, "tenants")
+
+
 def test_a_linked_patch_version_that_changed_is_refused_on_download(registered):
     import mlflow
 

@@ -79,6 +79,13 @@ def test_serve_refuses_a_file_that_is_not_a_steerpatch_graph(runner, tmp_path):
      "Error: --canary 'candidate' is not ALIAS=FRACTION; e.g. --canary candidate=0.1"),
     (["--canary", "candidate=0.1"],
      "Error: --default-alias, --canary and --shadow choose among --alias labels; add --alias LABEL ..."),
+    # a repeated --canary is refused before anything loads ("tiny" is not even registered), not overridden
+    (["--alias", "production", "--alias", "candidate", "--canary", "candidate=0.2", "--canary", "candidate=0.3"],
+     "Error: --canary 'candidate' is given twice (0.2 and 0.3); give each canary alias once, "
+     "e.g. --canary candidate=0.3"),
+    (["--alias", "production", "--alias", "a", "--alias", "b", "--canary", "a=0.6", "--canary", "b=0.7"],
+     "Error: --canary is given for two aliases, 'a' (0.6) and 'b' (0.7) (total share 1.3 is above 1); "
+     "one server has one canary: give --canary once"),
     (["--alias", "production={graph}", "--shadow", "staging"],
      "Error: --shadow 'staging' is not a served alias; served: production (add it with --alias staging)"),
     (["--alias", "production={graph}", "--alias", "candidate={graph}", "--canary", "production=0.5"],
