@@ -47,7 +47,8 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Every benchmark in bench/, each printing its measured ratios."""
     for script in ("bench/bench_validate.py", "bench/bench_validate_memory.py", "bench/bench_serve.py",
-                   "bench/bench_studio.py", "bench/bench_spark.py", "bench/bench_suggest.py"):
+                   "bench/bench_serve_multi.py", "bench/bench_reliability.py", "bench/bench_studio.py",
+                   "bench/bench_spark.py", "bench/bench_suggest.py"):
         session.run(sys.executable, script, *session.posargs, external=True)
 
 
