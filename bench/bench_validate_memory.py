@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10000, help="photos for the large concept-clip run")
     parser.add_argument("--n-small", type=int, default=1000, help="photos for the small concept-clip run")
     parser.add_argument("--n-vit", type=int, default=5000, help="photos for the ViT-B-32 run (0 skips it)")
+    parser.add_argument("--n-vit-small", type=int, default=1000,
+                        help="photos for the ViT-B-32 peak-memory run it is compared with (0 skips it)")
     parser.add_argument("--cache-memory", default="32MiB", help="--cache-memory of the concept-clip runs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--n-forward", type=int, default=512, help="images timed for the pure forward pass")
@@ -312,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.only != "vit" and (not args.n_small <= args.n or args.n_vit > args.n):
         parser.error("--n-small and --n-vit must not exceed --n")
+    if args.n_vit_small > args.n_vit:
+        parser.error("--n-vit-small must not exceed --n-vit")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: its folder does not exist; create it first")
 
@@ -384,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
                     "--cache-memory", "0", "--cache-dir", str(work / "cache-vit")]
             vit_rss, vit_s = measure_child(argv) if not args.no_rss else (float("nan"), 0.0)
             print(f"ViT-B-32 validate {args.n_vit} photos, spilled: peak RSS {vit_rss:.0f} MB in {vit_s:.0f} s")
+            if args.n_vit_small and not args.no_rss:
+                few = subset(work / "photos", rows[: args.n_vit_small], work / "vit-small")
+                at = argv.index("--data") + 1
+                small_rss, small_s = measure_child([*argv[:at], str(few), *argv[at + 1 : -1], str(work / "cache-vit-small")])
+                results["vit_b_32_rss_mb"] = {"small": small_rss, "large": vit_rss, "ratio": vit_rss / small_rss}
+                print(f"ViT-B-32 validate {args.n_vit_small} photos: peak RSS {small_rss:.0f} MB in {small_s:.0f} s; "
+                      f"{args.n_vit} / {args.n_vit_small}: {vit_rss / small_rss:.3f} (goal <= 1.1)")
             vit_t = timings(vit, vit_sae, load_dataset(vit_root), vit_patch, budget_dir=work / "t-vit",
                             batch_size=args.batch_size, n_forward=min(args.n_forward, args.n_vit),
                             repeats=args.repeats, group_by="shortcut")
