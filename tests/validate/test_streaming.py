@@ -203,18 +203,3 @@ def test_evaluation_spliced_accuracy_and_parity_inputs_stream_with_unchanged_res
     pixels, source = parity_inputs(concept_model, data)
     assert torch.equal(pixels[:40], every) and source.endswith("(40 images)")
     assert spy.calls == 40 + len(picks) + 40 and spy.peak <= default_workers()  # reading everything first peaks at 40
-
-
-@pytest.mark.parametrize("environment", [{}, {"MALLOC_ARENA_MAX": "4"}])
-def test_decoding_threads_start_with_malloc_arenas_capped(environment):
-    # the cap is set once per process, before the first decoding pool; an operator's own setting wins
-    import subprocess
-    import sys
-
-    script = ("from steerpatch.data import fewer_malloc_arenas, iter_image_batches\n"
-              "list(iter_image_batches(lambda key: None, lambda image: image, items=[], workers=2))\n"
-              "print(fewer_malloc_arenas.cache_info().currsize, fewer_malloc_arenas())\n")
-    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"} | environment
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True)
-    capped = "False" if environment else ("True" if sys.platform.startswith("linux") else "False")
-    assert out.stdout.split() == ["1", capped]
