@@ -17,11 +17,9 @@ options elsewhere name one of them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,30 +261,6 @@ class ImageBatch:
     undecodable: list[tuple[str, str]]
 
 
-# glibc gives threads that allocate their own malloc arenas (up to 8 per core); the decoding threads'
-# freed image buffers then fragment across them and peak memory creeps up with the number of images.
-# Random-init ViT-B-32 validate, spilled: 1,945 MB at 1,000 photos, 2,066 at 2,000, 2,145 at 5,000;
-# with 2 arenas, 1,916 MB at 2,000.
-MALLOC_ARENAS = 2
-
-
-@functools.cache
-def fewer_malloc_arenas() -> bool:
-    """Cap glibc's malloc arenas at `MALLOC_ARENAS` before decoding threads start (once per process).
-
-    A no-op off Linux, where the C library has no `mallopt`, or when the environment sets
-    `MALLOC_ARENA_MAX` itself. Returns whether the cap was set.
-    """
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL(None).mallopt(-8, MALLOC_ARENAS))  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False
-
-
 def default_workers() -> int:
     """Decoding threads when none are asked for: the cores, at most four."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -365,7 +339,6 @@ def iter_image_batches(
         for chunk in chunks:
             yield _decode_batch(load, chunk, transform, on_undecodable)
         return
-    fewer_malloc_arenas()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="steerpatch-decode")
     pending: deque = deque()
     try:
