@@ -314,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.only != "vit" and (not args.n_small <= args.n or args.n_vit > args.n):
         parser.error("--n-small and --n-vit must not exceed --n")
-    if args.n_vit_small > args.n_vit:
-        parser.error("--n-vit-small must not exceed --n-vit")
+    if args.n_vit and not 0 <= args.n_vit_small <= args.n_vit:
+        parser.error(f"--n-vit-small {args.n_vit_small} must be between 0 (skip) and --n-vit {args.n_vit}")
     if args.json and not Path(args.json).resolve().parent.is_dir():
         parser.error(f"--json {args.json}: its folder does not exist; create it first")
 

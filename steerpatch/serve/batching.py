@@ -6,10 +6,12 @@ request hands the queue its (B, 3, S, S) pixels, the graph it was routed to and,
 graphs, one `patch_index` per row; a free lane takes every request already queued, keeps gathering
 while more arrive (each within `gap_ms`, all within `max_wait_ms`, at most `max_rows` rows),
 concatenates the rows of each graph, runs each graph once, and hands every request back its own
-rows. While one lane's batch runs, the next lane gathers the requests arriving meanwhile. The window is adaptive: a lone
-request runs after one short gap instead of the whole wait, and under load the queue refills while
-the previous batch runs, so batches grow with the load without anyone waiting for them. A request keeps the graph it was routed to even when its
-alias moves meanwhile (the batch holds the old `LoadedGraph` until it has run).
+rows. While one lane's batch runs, the next lane gathers the requests arriving meanwhile.
+
+The window is adaptive: a lone request runs after one short gap instead of the whole wait, and under
+load the queue refills while the previous batch runs, so batches grow with the load without anyone
+waiting for them. A request keeps the graph it was routed to even when its alias moves meanwhile
+(the batch holds the old `LoadedGraph` until it has run).
 """
 
 from __future__ import annotations

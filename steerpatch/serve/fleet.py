@@ -68,9 +68,7 @@ def parse_canaries(texts: str | list[str] | tuple[str, ...] | None) -> Canary | 
         >>> parse_canaries(("candidate=0.1",))
         Canary(alias='candidate', fraction=0.1)
     """
-    if texts is None or isinstance(texts, str):
-        return parse_canary(texts) if texts is not None else None
-    canaries = [parse_canary(text) for text in texts]
+    canaries = [parse_canary(text) for text in ((texts,) if isinstance(texts, str) else texts or ())]
     if len(canaries) > 1:
         first = canaries[0]
         later = next((c for c in canaries[1:] if c.alias == first.alias), canaries[1])

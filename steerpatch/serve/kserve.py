@@ -8,8 +8,9 @@
 
 `{name}` is the served model name (routed like an un-pinned `/predict`: default or canary, or the
 alias pinned by the `X-Steerpatch-Alias` header) or an alias label (pinned to it); `{v}` is an alias
-label; a header or `?alias=` naming another alias than the path is a 400 (send one alias). Inputs: `pixels` (FP32, [B, 3, S, S], data flat row-major or nested) and, for a multi-patch
-graph, `patch_index` (INT64, [B] or [1]). Errors are `{"error": "..."}` as the protocol specifies.
+label; a header or `?alias=` naming another alias than the path is a 400 (send one alias). Inputs:
+`pixels` (FP32, [B, 3, S, S], data flat row-major or nested) and, for a multi-patch graph,
+`patch_index` (INT64, [B] or [1]). Errors are `{"error": "..."}` as the protocol specifies.
 """
 
 from __future__ import annotations
@@ -147,9 +148,11 @@ def add_v2_routes(app: FastAPI, fleet: Any, inference: Any, pick: Callable[[Requ
         if pinned is None:
             return pick(request)
         if version is not None and name != fleet.name and version != name:
-            raise BadPayload(f"model {name!r} has no version {version!r}; use /v2/models/{fleet.name}/versions/{name}", 404)
+            raise BadPayload(f"model {shown_value(name)} has no version {shown_value(version)}; "
+                             f"use /v2/models/{fleet.name}/versions/{name}", 404)
         if pinned not in fleet.sources:
-            raise BadPayload(f"version {pinned!r} of {name!r} is not served; versions: {', '.join(fleet.sources)}", 404)
+            raise BadPayload(f"version {shown_value(pinned)} of {shown_value(name)} is not served; "
+                             f"versions: {', '.join(fleet.sources)}", 404)
         # a header or ?alias= naming another alias than the path is a conflict, as on /predict
         pinned_alias(request.headers.getlist(ALIAS_HEADER), request.query_params.getlist(ALIAS_QUERY), path=pinned)
         request.state.alias = pinned
